@@ -6,24 +6,89 @@ what llama.cpp runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import cffi
+import numpy as np
 
+from sfmp_gguf.format import SfmpType
 from sfmp_gguf.llama.build import current_build
 
 CDEF = """
 int32_t sfmp_format_version(void);
+uint16_t sfmp_fp32_to_fp16(float f);
+float sfmp_fp16_to_fp32(uint16_t h);
+size_t sfmp_quantize(int type, const float * src, void * dst, int64_t nrows, int64_t n_per_row,
+                     const float * quant_weights);
+void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k);
+bool sfmp_validate_row(int type, const void * data, size_t nbytes);
+void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);
+const char * sfmp_cpu_path(void);
+void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
 """
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """numpy-friendly wrappers around one loaded copy of the library."""
+
+    ffi: cffi.FFI
+    lib: object
+
+    def _ptr(self, array: np.ndarray, ctype: str):
+        return self.ffi.cast(ctype, self.ffi.from_buffer(array))
+
+    def quantize(self, x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rows, n = x.shape
+        out = np.zeros((rows, n // t.block_size * t.type_size), dtype=np.uint8)
+        weights = self.ffi.NULL
+        if qw is not None:
+            qw = np.ascontiguousarray(qw, dtype=np.float32)
+            weights = self._ptr(qw, "float *")
+        written = self.lib.sfmp_quantize(t.type_id, self._ptr(x, "float *"), self._ptr(out, "void *"),
+                                         rows, n, weights)
+        if written != out.size:
+            raise ValueError(f"{t.name}: cannot quantize rows of {n}")
+        return out
+
+    def dequantize(self, data: np.ndarray, t: SfmpType) -> np.ndarray:
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        rows = data.shape[0] if data.ndim > 1 else 1
+        n = data.size // rows // t.type_size * t.block_size
+        out = np.zeros((rows, n), dtype=np.float32)
+        for r in range(rows):
+            self.lib.sfmp_dequantize_row(t.type_id, self._ptr(data.reshape(rows, -1)[r], "void *"),
+                                         self._ptr(out[r], "float *"), n)
+        return out
+
+    def validate(self, data: np.ndarray, t: SfmpType) -> bool:
+        data = np.ascontiguousarray(data, dtype=np.uint8)
+        return bool(self.lib.sfmp_validate_row(t.type_id, self._ptr(data, "void *"), data.size))
+
+    def vec_dot(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType, path: str = "generic") -> float:
+        """One row of SFMP weights against activations quantized to Q8_K or Q8_0 (raw bytes)."""
+        weights = np.ascontiguousarray(weights, dtype=np.uint8)
+        activations = np.ascontiguousarray(activations, dtype=np.uint8)
+        n = weights.size // t.type_size * t.block_size
+        result = self.ffi.new("float *")
+        fn = self.lib.sfmp_vec_dot_generic if path == "generic" else self.lib.sfmp_cpu_vec_dot
+        fn(t.type_id, n, result, self._ptr(weights, "void *"), self._ptr(activations, "void *"))
+        return float(result[0])
+
+    @property
+    def cpu_path(self) -> str:
+        return self.ffi.string(self.lib.sfmp_cpu_path()).decode()
+
+
 @lru_cache(maxsize=None)
-def load(path: Path | None = None):
-    """The loaded library (ffi, lib); ``path`` defaults to the cached build's copy."""
+def load(path: Path | None = None) -> Kernels:
+    """The loaded library; ``path`` defaults to the cached build's copy."""
     library = path or current_build().kernel_library
     if not library.is_file():
         raise FileNotFoundError(f"{library}: kernel library not built; run `python -m sfmp_gguf.llama.build`")
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
-    return ffi, ffi.dlopen(str(library))
+    return Kernels(ffi, ffi.dlopen(str(library)))

@@ -9,6 +9,7 @@ import pytest
 
 from sfmp_gguf import kernels
 from sfmp_gguf.llama.build import TOOLS
+from sfmp_gguf.format import BY_NAME, FORMAT_VERSION
 from sfmp_gguf.llama.patch import FILES_DIR
 
 USER_TOOLS = [t for t in TOOLS if t.startswith("llama-")]
@@ -28,22 +29,27 @@ def test_llama_quantize_fns_passes(build):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-def test_backend_ops_runs_on_cpu(build):
-    cmd = [str(build.tool("test-backend-ops")), "-b", "CPU", "-o", "GET_ROWS"]
+@pytest.mark.parametrize("op", ["GET_ROWS", "MUL_MAT"])
+def test_backend_ops_pass_on_cpu_for_sfmp_types(build, op):
+    cmd = [str(build.tool("test-backend-ops")), "-b", "CPU", "-o", op, "-p", "sfmp"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert re.search(r"\d+/\d+ tests passed", result.stdout)
+    # Every SFMP type took part, and nothing failed.
+    for name in BY_NAME:
+        assert f"type_a={name}" in result.stdout or f"type={name}" in result.stdout, name
+    assert "FAIL" not in result.stdout
 
 
 def test_ggml_carries_our_code(build):
-    """The patch compiles ggml_patch's files into ggml-base: our symbol is exported there."""
+    """The patch compiles ggml_patch's files into ggml: our symbols are exported there."""
     library = next(build.bin_dir.glob("libggml-base.so*"))
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
     assert re.search(r"\bT sfmp_format_version\b", symbols.stdout)
+    assert re.search(r"\bT sfmp_quantize_row_sfmp45_k_ref\b", symbols.stdout)
 
 
 def test_kernel_library_loads_from_the_same_sources(build):
-    _, lib = kernels.load(build.kernel_library)
-    header = (FILES_DIR / "ggml/src/sfmp/sfmp-format.h").read_text()
-    declared = int(re.search(r"#define SFMP_FORMAT_VERSION (\d+)", header).group(1))
-    assert lib.sfmp_format_version() == declared
+    lib = kernels.load(build.kernel_library)
+    types_inc = (FILES_DIR / "ggml/include/ggml-sfmp-types.inc").read_text()
+    declared = int(re.search(r"#define SFMP_FORMAT_VERSION (\d+)", types_inc).group(1))
+    assert lib.lib.sfmp_format_version() == declared == FORMAT_VERSION

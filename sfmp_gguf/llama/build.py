@@ -46,9 +46,14 @@ class Build:
         return self.folder / KERNEL_LIBRARY
 
 
+def patched_tree(source: LlamaSource) -> Path:
+    """Where the patched copy of ``source`` lives (not brought up to date)."""
+    return cache_dir() / source.key / "patched"
+
+
 def prepare_tree(source: LlamaSource) -> Path:
     """The patched copy of ``source``, brought up to date."""
-    tree = cache_dir() / source.key / "patched"
+    tree = patched_tree(source)
     tree.mkdir(parents=True, exist_ok=True)
     sync_tree(source.tree, tree)
     apply_patch(source.tree, tree)

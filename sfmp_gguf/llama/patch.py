@@ -136,3 +136,38 @@ def sync_tree(pristine: Path, tree: Path) -> None:
                 continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
+
+
+def render_hunks(pristine: Path, edited: Path, paths: list[str]) -> str:
+    """register.patch content for ``paths`` as edited in ``edited`` (for developers changing the hooks)."""
+    chunks = []
+    for rel in sorted(set(paths)):
+        result = subprocess.run(["diff", "-u", "--label", f"a/{rel}", "--label", f"b/{rel}",
+                                 str(pristine / rel), str(edited / rel)], capture_output=True, text=True)
+        if result.returncode > 1:
+            raise PatchError(f"diff failed on {rel}: {result.stderr.strip()}")
+        chunks.append(result.stdout)
+    return "".join(chunks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Developer workflow: edit files in the cached patched tree, then rebuild register.patch from them."""
+    import argparse
+    import sys
+
+    from sfmp_gguf.llama.build import patched_tree
+    from sfmp_gguf.llama.source import llama_source
+
+    parser = argparse.ArgumentParser(description="Regenerate ggml_patch/register.patch from hand edits "
+                                                 "made in the cached patched tree")
+    parser.add_argument("paths", nargs="*", help="tree-relative files to add to the patch")
+    args = parser.parse_args(argv)
+    source = llama_source()
+    paths = patched_paths(HUNKS_FILE.read_text()) + list(args.paths)
+    HUNKS_FILE.write_text(render_hunks(source.tree, patched_tree(source), paths))
+    print(f"wrote {HUNKS_FILE} ({len(set(paths))} files)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

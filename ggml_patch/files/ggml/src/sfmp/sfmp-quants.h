@@ -1,0 +1,72 @@
+// sfmp-gguf: SFMP mixed-precision block types for ggml.
+// These files are compiled into ggml (through ggml_patch/register.patch) and, unchanged, into the
+// standalone libsfmp_kernels used by the tests. The format is specified in sfmp_gguf/format.py and
+// sfmp_gguf/quant/reference.py; quantization here must produce the reference's bytes exactly.
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ggml-sfmp-types.inc"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SFMP_SUB_BLOCK 32
+#define SFMP_MIN_BITS 2
+#define SFMP_MAX_BITS 8
+#define SFMP_AMPLITUDE_MAX 31
+
+// Geometry of one family member.
+typedef struct {
+    int32_t block_size;  // weights per block: 256 (_k) or 64 (_s)
+    int32_t n_sub;       // 32-weight sub-blocks per block
+    int32_t budget;      // sum of the sub-blocks' bits
+    int32_t type_size;   // bytes per block
+} sfmp_layout;
+
+// Activation blocks the dot products pair with; mirrors of ggml's block_q8_K and block_q8_0.
+typedef struct {
+    float   d;
+    int8_t  qs[256];
+    int16_t bsums[16];
+} sfmp_block_q8_K;
+
+typedef struct {
+    uint16_t d;  // fp16
+    int8_t   qs[32];
+} sfmp_block_q8_0;
+
+int32_t sfmp_format_version(void);
+// fp16 conversions, round to nearest even; ours so that both builds round identically.
+uint16_t sfmp_fp32_to_fp16(float f);
+float sfmp_fp16_to_fp32(uint16_t h);
+bool sfmp_is_type(int type);
+const sfmp_layout * sfmp_get_layout(int type);  // NULL if not an SFMP type
+
+// Whole rows: nrows x n_per_row floats, n_per_row a multiple of the block size. quant_weights is
+// an optional importance per column (llama.cpp's imatrix), shared by all rows. Returns bytes written.
+size_t sfmp_quantize(int type, const float * src, void * dst, int64_t nrows, int64_t n_per_row,
+                     const float * quant_weights);
+void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k);
+// True if every block is well formed: finite d, valid precision tags, codes inside the block.
+bool sfmp_validate_row(int type, const void * data, size_t nbytes);
+// Dot product of n weights against Q8_K (_k types) or Q8_0 (_s types) activations.
+void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);
+
+// Per-type entry points with ggml's function-pointer signatures.
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                          \
+    void sfmp_quantize_row_##lname##_ref(const float * x, void * y, int64_t k);                      \
+    void sfmp_dequantize_row_##lname(const void * x, float * y, int64_t k);                          \
+    size_t sfmp_quantize_##lname(const float * src, void * dst, int64_t nrows, int64_t n_per_row,    \
+                                 const float * quant_weights);                                       \
+    void sfmp_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,              \
+                              const void * vy, size_t by, int nrc);
+#include "ggml-sfmp-types.inc"
+#undef SFMP_TYPE
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,176 @@
+"""The C kernels against the numpy reference: identical bytes, exact dot products, safe on bad blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sfmp_gguf import kernels
+from sfmp_gguf.format import BY_NAME, MAX_BITS, MIN_BITS, SFMP_TYPES, SfmpType, pieces
+from sfmp_gguf.quant import activations
+from sfmp_gguf.quant.reference import dequantize_blocks, quantize_blocks
+
+ROW = 512  # two 256-blocks, eight 64-blocks
+
+
+def _weights(kind: str, rng: np.random.Generator, rows: int = 3) -> np.ndarray:
+    shape = (rows, ROW)
+    if kind == "gaussian":
+        return rng.standard_normal(shape) * 0.02
+    if kind == "heavy_tailed":
+        return rng.standard_t(2.5, size=shape) * 0.01
+    if kind == "zeros":
+        return np.zeros(shape)
+    if kind == "constant":
+        return np.full(shape, 0.0371)
+    if kind == "outliers":
+        x = rng.standard_normal(shape) * 0.01
+        idx = rng.choice(x.size, size=x.size // 50, replace=False)
+        x.flat[idx] = rng.choice([-1, 1], size=idx.size) * rng.uniform(0.5, 3.0, size=idx.size)
+        return x
+    if kind == "mixed_scales":  # sub-blocks whose ranges differ by orders of magnitude
+        return rng.standard_normal(shape) * np.repeat(10.0 ** rng.uniform(-5, 0, size=(rows, ROW // 32)), 32, axis=1)
+    raise ValueError(kind)
+
+
+KINDS = ["gaussian", "heavy_tailed", "zeros", "constant", "outliers", "mixed_scales"]
+
+
+@pytest.fixture(scope="module")
+def lib() -> kernels.Kernels:
+    return kernels.load()
+
+
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("kind", KINDS)
+def test_c_quantizer_matches_numpy_reference_bytes(lib, t: SfmpType, kind: str):
+    rng = np.random.default_rng(abs(hash((t.name, kind))) % 2**32)
+    x = _weights(kind, rng).astype(np.float32)
+    importance = rng.gamma(0.7, size=ROW).astype(np.float32)
+    for qw in (None, importance):
+        expected = quantize_blocks(x, t, qw)
+        got = lib.quantize(x, t, qw)
+        assert np.array_equal(got, expected)
+    assert np.array_equal(lib.dequantize(got, t), dequantize_blocks(expected, t))
+    assert lib.validate(got, t)
+
+
+def test_blocks_fill_their_budget_and_give_more_bits_where_error_is_larger(lib):
+    t = BY_NAME["sfmp45_k"]
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((1, 256)) * 0.01).astype(np.float32)
+    x[0, 64:96] *= 40  # one loud sub-block
+    block = lib.quantize(x, t)[0]
+    bits = (block[t.sb_offset:t.qs_offset] >> 5) + MIN_BITS
+    assert bits.sum() == t.budget
+    assert bits[2] == bits.max() and bits[2] > np.median(bits)
+
+
+def test_importance_moves_bits_to_important_columns(lib):
+    t = BY_NAME["sfmp40_k"]
+    x = (np.random.default_rng(3).standard_normal((1, 256)) * 0.02).astype(np.float32)
+    qw = np.ones(256, dtype=np.float32)
+    qw[160:192] = 1000.0
+    plain = (lib.quantize(x, t)[0][t.sb_offset:t.qs_offset] >> 5) + MIN_BITS
+    weighted = (lib.quantize(x, t, qw)[0][t.sb_offset:t.qs_offset] >> 5) + MIN_BITS
+    assert weighted[5] > plain[5]
+    assert weighted[5] == weighted.max()
+
+
+def test_error_falls_as_the_rate_rises(lib):
+    x = (np.random.default_rng(5).standard_t(4, size=(4, ROW)) * 0.02).astype(np.float32)
+    for variant in ("k", "s"):
+        family = [t for t in SFMP_TYPES if t.variant.suffix == variant]
+        errors = [float(np.mean((lib.dequantize(lib.quantize(x, t), t) - x) ** 2)) for t in family]
+        assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_codes_are_nested(lib):
+    """The top k bits of a code are the code at k bits: dropping low bits lands in the coarse cell."""
+    t = BY_NAME["sfmp80_k"]  # every sub-block at 8 bits
+    x = (np.random.default_rng(11).standard_normal((1, 256)) * 0.05).astype(np.float32)
+    block = lib.quantize(x, t)[0]
+    fine = lib.dequantize(block[None], t)[0]
+    d = np.float32(np.frombuffer(block[:2].tobytes(), dtype=np.float16)[0])
+    m = (block[t.sb_offset:t.qs_offset] & 31).astype(np.float32)
+    amp = np.repeat(d * m, 32)
+    q8 = np.rint((fine / amp) * 128 + 127.5).astype(np.int64)  # invert x = A (2q + 1 - 256) / 256
+    for bits in range(MIN_BITS, MAX_BITS):
+        coarse_q = q8 >> (MAX_BITS - bits)
+        coarse = amp * (2 * coarse_q + 1 - 2 ** bits) / 2 ** bits
+        assert np.all(np.abs(fine - coarse) <= amp / 2 ** bits * (1 + 1e-6))
+
+
+def test_pieces_cover_every_precision():
+    for bits in range(MIN_BITS, MAX_BITS + 1):
+        assert sum(pieces(bits)) == bits
+        assert list(pieces(bits)) == sorted(pieces(bits), reverse=True)
+
+
+def test_fp16_conversion_rounds_like_numpy(lib):
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.standard_normal(20000) * 10.0 ** rng.uniform(-9, 5, 20000),
+        np.array([0.0, -0.0, 65504.0, 65519.99, 65520.0, 1e9, 2.0 ** -24, 2.0 ** -25, 2.0 ** -25 * 1.0001,
+                  6.1e-5, 5.96e-8, np.inf, -np.inf]),
+    ]).astype(np.float32)
+    got = np.array([lib.lib.sfmp_fp32_to_fp16(float(v)) for v in values], dtype=np.uint16)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(got, values.astype(np.float16).view(np.uint16))
+    halves = np.arange(0, 2 ** 16, dtype=np.uint16)
+    finite = ~np.isnan(halves.view(np.float16))
+    back = np.array([lib.lib.sfmp_fp16_to_fp32(int(h)) for h in halves[finite]], dtype=np.float32)
+    assert np.array_equal(back, halves[finite].view(np.float16).astype(np.float32))
+
+
+def _activations(t: SfmpType, rng: np.random.Generator, n: int = ROW) -> np.ndarray:
+    y = rng.standard_normal(n).astype(np.float32)
+    return activations.quantize_q8_k(y) if t.block_size == 256 else activations.quantize_q8_0(y)
+
+
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+def test_dot_product_equals_float_dot_of_decoded_values(lib, t: SfmpType):
+    rng = np.random.default_rng(t.type_id)
+    x = _weights("heavy_tailed", rng, rows=1).astype(np.float32)
+    w = lib.quantize(x, t)
+    y = _activations(t, rng)
+    expected = float(np.dot(lib.dequantize(w, t)[0].astype(np.float64),
+                            activations.dequantize(y, 256 if t.block_size == 256 else 32)))
+    got = lib.vec_dot(w[0], y, t)
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+def test_cpu_dispatch_agrees_with_generic(lib, t: SfmpType):
+    rng = np.random.default_rng(1000 + t.type_id)
+    w = lib.quantize(_weights("outliers", rng, rows=1).astype(np.float32), t)[0]
+    y = _activations(t, rng)
+    assert lib.vec_dot(w, y, t, path="cpu") == pytest.approx(lib.vec_dot(w, y, t), rel=1e-6, abs=1e-7)
+
+
+def _good_block(lib, t: SfmpType) -> np.ndarray:
+    x = (np.random.default_rng(2).standard_normal((1, t.block_size)) * 0.02).astype(np.float32)
+    return lib.quantize(x, t)[0].copy()
+
+
+@pytest.mark.parametrize("t", [BY_NAME["sfmp45_k"], BY_NAME["sfmp45_s"], BY_NAME["sfmp80_k"]], ids=lambda t: t.name)
+def test_validation_rejects_malformed_blocks_and_kernels_stay_safe(lib, t: SfmpType):
+    good = _good_block(lib, t)
+    assert lib.validate(good, t)
+    bad_tag = good.copy()
+    bad_tag[t.sb_offset] = (7 << 5) | (bad_tag[t.sb_offset] & 31)  # precision 9
+    overflow = good.copy()
+    overflow[t.sb_offset:t.qs_offset] = (6 << 5) | 31  # every sub-block at 8 bits: past the block
+    nan_scale, inf_scale = good.copy(), good.copy()
+    nan_scale[:2] = np.frombuffer(np.float16(np.nan).tobytes(), dtype=np.uint8)
+    inf_scale[:2] = np.frombuffer(np.float16(np.inf).tobytes(), dtype=np.uint8)
+    finite_scale = [bad_tag] + ([overflow] if t.budget < 8 * t.n_sub else [])  # full rate cannot overflow
+    y = _activations(t, np.random.default_rng(0), n=t.block_size)
+    for block in finite_scale + [nan_scale, inf_scale]:
+        assert not lib.validate(block, t)
+        assert not lib.validate(np.concatenate([good, block]), t)
+        assert lib.dequantize(block[None], t).shape == (1, t.block_size)
+    for block in finite_scale:
+        assert np.all(np.isfinite(lib.dequantize(block[None], t)))
+        assert np.isfinite(lib.vec_dot(block, y, t))
+    assert not lib.validate(good[:-1], t)  # not a whole number of blocks

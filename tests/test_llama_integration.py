@@ -1,0 +1,83 @@
+"""Stock llama.cpp tools, built with our patch, quantize to SFMP types, load the file and generate."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from sfmp_gguf import gguf_types
+from sfmp_gguf.assets.teacher import teacher
+from sfmp_gguf.format import BY_NAME, FORMAT_VERSION, GGUF_VERSION_KEY
+
+OVERRIDES = {"ffn_down": "sfmp45_k", "attn_v": "sfmp60_s", "attn_q": "sfmp25_s"}
+
+
+@pytest.fixture(scope="module")
+def sfmp_model(build, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sfmp") / "teacher-sfmp.gguf"
+    cmd = [str(build.tool("llama-quantize"))]
+    for pattern, type_name in OVERRIDES.items():
+        cmd += ["--tensor-type", f"{pattern}={type_name}"]
+    cmd += [str(teacher().gguf_path), str(out), "Q8_0", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def _generate(build, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [str(build.tool("llama-cli")), "-m", str(model), "-p", "The capital of France is", "-n", "12",
+           "--single-turn", "--temp", "0", "-t", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+
+
+def test_quantized_file_holds_sfmp_tensors_and_the_format_version(sfmp_model):
+    gguf_types.register()
+    reader = GGUFReader(sfmp_model)
+    types = {t.name: int(t.tensor_type) for t in reader.tensors}
+    for pattern, type_name in OVERRIDES.items():
+        matching = [tid for name, tid in types.items() if f".{pattern}." in name]
+        assert matching and set(matching) == {BY_NAME[type_name].type_id}, pattern
+    assert reader.fields[GGUF_VERSION_KEY].contents() == FORMAT_VERSION
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    assert tensor.data.nbytes == tensor.n_elements // 256 * BY_NAME["sfmp45_k"].type_size
+
+
+def test_llama_cli_loads_and_generates(build, sfmp_model):
+    result = _generate(build, sfmp_model, "--check-tensors")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout.split("The capital of France is", 1)[-1]
+    assert len(text.strip()) > 5
+
+
+def _copy_with(tmp_path: Path, model: Path, edit) -> Path:
+    copy = tmp_path / "edited.gguf"
+    shutil.copyfile(model, copy)
+    gguf_types.register()
+    edit(GGUFReader(copy, "r+"))
+    return copy
+
+
+def test_loader_refuses_a_newer_format_version(build, sfmp_model, tmp_path):
+    def bump(reader):
+        field = reader.fields[GGUF_VERSION_KEY]
+        field.parts[field.data[0]][0] = FORMAT_VERSION + 1
+    result = _generate(build, _copy_with(tmp_path, sfmp_model, bump))
+    assert result.returncode != 0
+    assert f"SFMP format version {FORMAT_VERSION + 1}" in result.stderr
+
+
+def test_check_tensors_rejects_a_malformed_block(build, sfmp_model, tmp_path):
+    t = BY_NAME["sfmp45_k"]
+
+    def corrupt(reader):
+        tensor = next(x for x in reader.tensors if x.name == "blk.3.ffn_down.weight")
+        raw = tensor.data.reshape(-1).view(np.uint8)
+        raw[t.type_size * 5 + t.sb_offset] |= 7 << 5  # precision tag 7: 9 bits, invalid
+    result = _generate(build, _copy_with(tmp_path, sfmp_model, corrupt), "--check-tensors")
+    assert result.returncode != 0
+    assert "malformed sfmp45_k block" in result.stderr
