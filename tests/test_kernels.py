@@ -141,11 +141,21 @@ def test_dot_product_equals_float_dot_of_decoded_values(lib, t: SfmpType):
 
 
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
-def test_cpu_dispatch_agrees_with_generic(lib, t: SfmpType):
+def test_simd_path_is_bit_identical_to_generic(lib, t: SfmpType):
+    """The SIMD build path (AVX2 here) must return exactly what the scalar reference returns."""
+    assert lib.cpu_path in ("avx2", "neon")
     rng = np.random.default_rng(1000 + t.type_id)
-    w = lib.quantize(_weights("outliers", rng, rows=1).astype(np.float32), t)[0]
+    for kind in KINDS:
+        w = lib.quantize(_weights(kind, rng, rows=1).astype(np.float32), t)[0]
+        y = _activations(t, rng)
+        assert lib.vec_dot(w, y, t, path="cpu") == lib.vec_dot(w, y, t)
+    # Arbitrary activation bytes too: the full int8 range, -128 included.
     y = _activations(t, rng)
-    assert lib.vec_dot(w, y, t, path="cpu") == pytest.approx(lib.vec_dot(w, y, t), rel=1e-6, abs=1e-7)
+    y_blocks = y.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
+    y_blocks["qs"] = rng.integers(-128, 128, size=y_blocks["qs"].shape)
+    if t.block_size == 256:
+        y_blocks["bsums"] = y_blocks["qs"].reshape(-1, 16, 16).astype(np.int32).sum(axis=2)
+    assert lib.vec_dot(w, y, t, path="cpu") == lib.vec_dot(w, y, t)
 
 
 def _good_block(lib, t: SfmpType) -> np.ndarray:
@@ -173,4 +183,5 @@ def test_validation_rejects_malformed_blocks_and_kernels_stay_safe(lib, t: SfmpT
     for block in finite_scale:
         assert np.all(np.isfinite(lib.dequantize(block[None], t)))
         assert np.isfinite(lib.vec_dot(block, y, t))
+        assert lib.vec_dot(block, y, t, path="cpu") == lib.vec_dot(block, y, t)
     assert not lib.validate(good[:-1], t)  # not a whole number of blocks

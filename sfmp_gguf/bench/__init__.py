@@ -1,0 +1,1 @@
+"""Benchmarks of the SFMP types against llama.cpp's stock types."""

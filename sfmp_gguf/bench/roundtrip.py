@@ -1,0 +1,418 @@
+"""Round-trip error per type on the teacher's real weights, weighted by its importance matrix.
+
+For every type, ``llama-quantize --pure --imatrix`` turns the F32 teacher into one file of that type
+(cached under ``<cache>/bench``). Each block weight tensor is then dequantized (gguf-py for stock
+types, a vectorized copy of ``sfmp_gguf.quant.reference.dequantize_blocks`` for SFMP types) and
+compared with the teacher:
+
+    error(class) = sum over the class's tensors of sum_ij h_j (w_ij - w^_ij)^2  /  sum_ij h_j w_ij^2
+
+with h_j the imatrix's mean x^2 of input column j. Tensors are grouped by row length, since that
+decides which type a tensor really gets: rows of 256k keep a K-quant, rows of 576 fall back to a
+32-weight type (Q4_K -> Q5_0, ...; an ``sfmpNN_k`` to its ``sfmpNN_s`` twin). The type each
+tensor actually got is read back from the quantized file.
+
+    python -m sfmp_gguf.bench.roundtrip            # all types, writes bench-results/roundtrip.{md,png}
+    python -m sfmp_gguf.bench.roundtrip --smoke --out DIR   # 2 types, 2 tensors, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from sfmp_gguf import gguf_types
+from sfmp_gguf.format import AMPLITUDE_MAX, BY_ID, BY_NAME, MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, pieces
+from sfmp_gguf.paths import REPO_ROOT, cache_dir
+
+STOCK_TYPES = ("Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q5_0")
+SFMP_TYPES = ("sfmp30_k", "sfmp35_k", "sfmp40_k", "sfmp45_k", "sfmp50_k", "sfmp55_k", "sfmp60_k")
+SMOKE_TYPES = ("Q4_K", "sfmp45_k")
+SMOKE_TENSORS = ("blk.0.attn_v.weight", "blk.0.ffn_down.weight")
+KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+DEFAULT_OUT = REPO_ROOT / "bench-results"
+RECIPE_VERSION = "roundtrip-v1"  # bump when the quantize command changes
+_BLOCK_WEIGHT = re.compile(r"^blk\.\d+\.([a-z_]+)\.weight$")
+
+
+class BenchError(RuntimeError):
+    """A one-line problem running the benchmark."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def dequantize_sfmp(data: np.ndarray, t: SfmpType) -> np.ndarray:
+    """Vectorized ``reference.dequantize_blocks``: same float32 operations, same output bits."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    rows = data.shape[0]
+    flat = data.reshape(-1)
+    blocks = flat.reshape(-1, t.type_size)
+    nb = blocks.shape[0]
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0]
+    sb = blocks[:, t.sb_offset:t.qs_offset].astype(np.int64)
+    bits = (sb >> 5) + MIN_BITS
+    m = (sb & AMPLITUDE_MAX).astype(np.float32)
+    size = 4 * bits
+    start = np.cumsum(size, axis=1) - size
+    # The reference stops decoding a block at its first malformed sub-block; the rest stay zero.
+    ok = np.cumprod((bits <= MAX_BITS) & (start + size <= 4 * t.budget), axis=1).astype(bool)
+    out = np.zeros((nb, t.n_sub, SUB_BLOCK), dtype=np.float32)
+    for b in range(MIN_BITS, MAX_BITS + 1):
+        bi, sj = np.nonzero(ok & (bits == b))
+        if bi.size == 0:
+            continue
+        base = bi * t.type_size + t.qs_offset + start[bi, sj]
+        q = np.zeros((bi.size, SUB_BLOCK), dtype=np.int64)
+        pos = 0
+        for width in pieces(b):
+            raw = flat[base[:, None] + pos + np.arange(4 * width)].astype(np.int64)
+            if width == 4:
+                v = np.concatenate([raw & 15, raw >> 4], axis=1)
+            elif width == 2:
+                v = np.concatenate([(raw >> s) & 3 for s in (0, 2, 4, 6)], axis=1)
+            else:
+                word = raw[:, 0] | raw[:, 1] << 8 | raw[:, 2] << 16 | raw[:, 3] << 24
+                v = (word[:, None] >> np.arange(32)) & 1
+            q = (q << width) | v
+            pos += 4 * width
+        scale = (d[bi] * m[bi, sj]) / np.float32(1 << b)
+        out[bi, sj] = scale[:, None] * (2 * q + 1 - (1 << b)).astype(np.float32)
+    return out.reshape(rows, -1)
+
+
+def dequantize_tensor(data: np.ndarray, type_id: int) -> np.ndarray:
+    """Rows of any stock or SFMP type as float32 (rows, n)."""
+    if type_id in BY_ID:
+        return dequantize_sfmp(data, BY_ID[type_id])
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    qtype = GGMLQuantizationType(type_id)
+    if qtype == GGMLQuantizationType.F32:
+        return np.asarray(data, dtype=np.float32)
+    return dequantize(np.asarray(data), qtype).astype(np.float32)
+
+
+def type_name(type_id: int) -> str:
+    from gguf import GGMLQuantizationType
+
+    gguf_types.register()
+    return BY_ID[type_id].name if type_id in BY_ID else GGMLQuantizationType(type_id).name
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizing (cached)
+
+
+_QUANTIZE_LIBRARIES = ("libllama-quantize-impl.so", "libllama-common.so", "libllama.so", "libggml.so",
+                       "libggml-base.so", "libggml-cpu.so")
+
+
+@lru_cache(maxsize=None)
+def _tool_fingerprint(quantize: Path) -> str:
+    """sha256 over llama-quantize and the libraries it loads (they hold the quantizers)."""
+    digest = hashlib.sha256()
+    for path in [quantize, *(quantize.parent / name for name in _QUANTIZE_LIBRARIES)]:
+        if not path.exists():
+            continue
+        digest.update(path.name.encode())
+        digest.update(path.resolve().read_bytes())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    from sfmp_gguf.assets.cache import sha256_file
+
+    return sha256_file(path)
+
+
+def quantize_model(model: Path, model_sha: str, imatrix: Path, qtype: str, folder: Path,
+                   threads: int = 2) -> Path:
+    """``llama-quantize --pure --imatrix`` of ``model`` to ``qtype``, reused when already in ``folder``.
+
+    The file is named by a hash of everything that decides its bytes (input, imatrix, tools, type),
+    written under a temporary name and renamed once complete; the tool's log lies beside it.
+    """
+    from sfmp_gguf.llama.build import current_build
+
+    quantize = current_build().tool("llama-quantize")
+    recipe = {"model": model_sha, "imatrix": _sha256(imatrix), "tools": _tool_fingerprint(quantize),
+              "type": qtype, "version": RECIPE_VERSION}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{qtype.lower()}-{key}.gguf"
+    if out.is_file():
+        return out
+    tmp = folder / f".{out.name}.{os.getpid()}.tmp"
+    cmd = [str(quantize), "--pure", "--imatrix", str(imatrix), str(model), str(tmp), qtype.upper(), str(threads)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        log = result.stdout + result.stderr
+        if result.returncode != 0 or not tmp.is_file():
+            last = [ln for ln in log.strip().splitlines() if ln.strip()] or ["no output"]
+            raise BenchError(f"llama-quantize {model.name} -> {qtype} failed (exit {result.returncode}): {last[-1]}")
+        (folder / f"{out.stem}.log").write_text(log)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+@dataclass
+class ClassStats:
+    """Sums over one tensor class of one quantized file."""
+
+    types: Counter = field(default_factory=Counter)  # actual tensor type -> number of tensors
+    n_bytes: int = 0
+    n_weights: int = 0
+    err: float = 0.0
+    ref: float = 0.0
+    kind_err: dict = field(default_factory=dict)   # kind -> [err, ref]
+
+    @property
+    def bpw(self) -> float:
+        return 8.0 * self.n_bytes / self.n_weights
+
+    @property
+    def rel_error(self) -> float:
+        return self.err / self.ref
+
+    def kind_rel_error(self, kind: str) -> float:
+        e, r = self.kind_err[kind]
+        return e / r
+
+    @property
+    def actual(self) -> str:
+        return "+".join(name for name, _ in sorted(self.types.items(), key=lambda kv: -kv[1]))
+
+
+def class_of(row_length: int) -> str:
+    return f"rows of {row_length}"
+
+
+def measure(teacher_weights: dict[str, np.ndarray], quantized: Path,
+            imatrix: dict[str, np.ndarray]) -> dict[str, ClassStats]:
+    """Per class (row length): actual types, bpw and imatrix-weighted relative error."""
+    from gguf import GGUFReader
+
+    gguf_types.register()
+    reader = GGUFReader(quantized)
+    found = {t.name: t for t in reader.tensors}
+    stats: dict[str, ClassStats] = {}
+    for name, w in teacher_weights.items():
+        t = found.get(name)
+        if t is None:
+            raise BenchError(f"{quantized}: tensor {name} missing")
+        w_hat = dequantize_tensor(t.data, int(t.tensor_type))
+        if w_hat.shape != w.shape:
+            raise BenchError(f"{quantized}: {name} decodes to {w_hat.shape}, expected {w.shape}")
+        h = imatrix[name].astype(np.float64)
+        diff = (w.astype(np.float64) - w_hat.astype(np.float64))
+        err = float(np.sum((diff * diff) @ h))
+        ref = float(np.sum((w.astype(np.float64) ** 2) @ h))
+        s = stats.setdefault(class_of(w.shape[1]), ClassStats())
+        s.types[type_name(int(t.tensor_type))] += 1
+        s.n_bytes += int(t.n_bytes)
+        s.n_weights += int(t.n_elements)
+        s.err += err
+        s.ref += ref
+        kind = _BLOCK_WEIGHT.match(name).group(1)
+        acc = s.kind_err.setdefault(kind, [0.0, 0.0])
+        acc[0] += err
+        acc[1] += ref
+    return stats
+
+
+def block_weights(model: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The 2D block weight tensors (``blk.N.<kind>.weight``) of an F32 GGUF, as (rows, n) arrays."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    out = {}
+    for t in GGUFReader(model).tensors:
+        match = _BLOCK_WEIGHT.match(t.name)
+        if not match or match.group(1) not in KINDS or (names is not None and t.name not in names):
+            continue
+        if t.tensor_type != GGMLQuantizationType.F32:
+            raise BenchError(f"{model}: {t.name} is {t.tensor_type.name}, expected F32")
+        out[t.name] = np.asarray(t.data, dtype=np.float32)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def _classes(results: dict[str, dict[str, ClassStats]]) -> list[str]:
+    return sorted({c for r in results.values() for c in r}, key=lambda c: int(c.split()[-1]))
+
+
+def _class_kinds(results: dict[str, dict[str, ClassStats]], cls: str) -> list[str]:
+    found = {k for r in results.values() if cls in r for k in r[cls].kind_err}
+    return [k for k in KINDS if k in found]
+
+
+def _fmt_err(x: float) -> str:
+    return f"{x:.3e}"
+
+
+def markdown(results: dict[str, dict[str, ClassStats]], title: str, notes: list[str]) -> str:
+    classes = _classes(results)
+    kinds = [k for k in KINDS if any(k in s.kind_err for r in results.values() for s in r.values())]
+    lines = [f"# {title}", ""] + [f"- {n}" for n in notes]
+    lines += [f"- Class *{c}*: {', '.join(_class_kinds(results, c))}." for c in classes] + [""]
+    header = ["type"] + [f"actual ({c})" for c in classes] + [f"bpw ({c})" for c in classes] \
+        + [f"weighted error ({c})" for c in classes]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for qtype, stats in results.items():
+        row = [qtype] + [stats[c].actual for c in classes] + [f"{stats[c].bpw:.3f}" for c in classes] \
+            + [_fmt_err(stats[c].rel_error) for c in classes]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Weighted error per tensor kind:", ""]
+    header = ["type"] + kinds
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for qtype, stats in results.items():
+        by_kind = {k: s.kind_rel_error(k) for s in stats.values() for k in s.kind_err}
+        lines.append("| " + " | ".join([qtype] + [_fmt_err(by_kind[k]) for k in kinds]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, dict[str, ClassStats]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = _classes(results)
+    fig, axes = plt.subplots(1, len(classes), figsize=(6 * len(classes), 4.5), squeeze=False)
+    for ax, cls in zip(axes[0], classes):
+        for label, is_sfmp, style in (("stock", False, "o-"), ("SFMP", True, "s-")):
+            pts = sorted((s[cls].bpw, s[cls].rel_error, q) for q, s in results.items()
+                         if (q.lower() in BY_NAME) == is_sfmp and cls in s)
+            if not pts:
+                continue
+            xs, ys, names = zip(*pts)
+            line, = ax.plot(xs, ys, style, label=label)
+            for x, y, n in pts:
+                actual = results[n][cls].actual
+                ax.annotate(n if actual.lower() == n.lower() else f"{n}\n({actual})", (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per weight")
+        ax.set_ylabel("imatrix-weighted relative error")
+        ax.set_title(f"{cls}: {', '.join(_class_kinds(results, cls))}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def run(out_dir: Path, smoke: bool = False, threads: int = 2) -> dict[str, dict[str, ClassStats]]:
+    from gguf import GGUFReader
+
+    from sfmp_gguf.assets.cache import artifact_files
+    from sfmp_gguf.assets.imatrix import load_imatrix, teacher_imatrix
+    from sfmp_gguf.assets.teacher import ARTIFACT, GGUF_NAME, _write_gguf, teacher
+
+    model = teacher().gguf_path
+    model_sha = artifact_files(ARTIFACT)[GGUF_NAME]
+    imatrix_path = teacher_imatrix()
+    imatrix = load_imatrix(imatrix_path)
+    types = SMOKE_TYPES if smoke else STOCK_TYPES + SFMP_TYPES
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sfmp-roundtrip-") as tmp:
+        if smoke:  # a two-tensor model: llama-quantize takes a fraction of a second on it
+            weights = block_weights(model, SMOKE_TENSORS)
+            mini = Path(tmp) / "mini.gguf"
+            _write_gguf(GGUFReader(model), weights, mini)
+            model, model_sha, folder = mini, _sha256(mini), Path(tmp) / "quantized"
+        else:
+            weights = block_weights(model)
+            folder = cache_dir() / "bench"
+        missing = sorted(set(weights) - set(imatrix))
+        if missing:
+            raise BenchError(f"{imatrix_path}: no imatrix entry for {missing[0]} ({len(missing)} missing)")
+        results: dict[str, dict[str, ClassStats]] = {}
+        for qtype in types:
+            print(f"{qtype}: quantizing", file=sys.stderr, flush=True)
+            quantized = quantize_model(model, model_sha, imatrix_path, qtype, folder, threads)
+            print(f"{qtype}: measuring {quantized.name}", file=sys.stderr, flush=True)
+            results[qtype] = measure(weights, quantized, imatrix)
+    title = "Round-trip error per type" + (" (smoke)" if smoke else "")
+    notes = [
+        f"Teacher: SmolLM2-135M F32 (`{GGUF_NAME}`), {len(weights)} block weight tensors; "
+        f"imatrix: llama-imatrix on the calibration text ({imatrix_path.name}).",
+        "Each type: `llama-quantize --pure --imatrix`. *actual*: the type the tensors really got "
+        "(rows that are not a multiple of 256 fall back). bpw from the tensors' byte sizes.",
+        "Weighted error: sum h_j (w - w^)^2 / sum h_j w^2 over the class, h = imatrix mean x^2.",
+    ]
+    for qtype, stats in results.items():
+        for cls, s in stats.items():
+            if not (math.isfinite(s.rel_error) and math.isfinite(s.bpw)):
+                raise BenchError(f"{qtype} {cls}: non-finite result")
+    _write_text(out_dir / "roundtrip.md", markdown(results, title, notes))
+    plot(results, out_dir / "roundtrip.png", title)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Imatrix-weighted round-trip error per quant type on the teacher")
+    parser.add_argument("--smoke", action="store_true", help=f"only {', '.join(SMOKE_TYPES)} on two tensors")
+    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT}; "
+                        "required with --smoke)")
+    parser.add_argument("--threads", "-t", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.smoke and args.out is None:
+        parser.error("--smoke needs --out (it must not overwrite the real results)")
+    out_dir = args.out or DEFAULT_OUT
+    from sfmp_gguf.assets.imatrix import ImatrixError
+
+    try:
+        run(out_dir, smoke=args.smoke, threads=args.threads)
+    except (BenchError, ImatrixError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out_dir / 'roundtrip.md'} and {out_dir / 'roundtrip.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

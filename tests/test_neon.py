@@ -1,0 +1,70 @@
+"""NEON dot products, cross-compiled for aarch64 and run under qemu, against the scalar reference."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sfmp_gguf import kernels
+from sfmp_gguf.format import SFMP_TYPES
+from sfmp_gguf.llama.patch import FILES_DIR
+from sfmp_gguf.quant import activations
+
+CROSS_CC = "aarch64-linux-gnu-gcc"
+OBJDUMP = "aarch64-linux-gnu-objdump"
+QEMU = "qemu-aarch64"
+SOURCES = [FILES_DIR / "ggml/src/sfmp/sfmp-quants.c", FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-cpu.c",
+           Path(__file__).parent / "native" / "vec_dot_check.c"]
+# Baseline NEON (widening multiplies) and the dot-product extension (sdot).
+TARGETS = {"neon": "-march=armv8-a", "neon-dotprod": "-march=armv8.2-a+dotprod"}
+
+
+@pytest.fixture(scope="module", params=sorted(TARGETS))
+def neon_binary(request, tmp_path_factory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp("neon") / f"check-{request.param}"
+    cmd = [CROSS_CC, "-O2", "-std=c11", "-ffp-contract=off", "-static", TARGETS[request.param],
+           f"-I{FILES_DIR / 'ggml/include'}", f"-I{FILES_DIR / 'ggml/src/sfmp'}",
+           f"-I{FILES_DIR / 'ggml/src/ggml-cpu/sfmp'}", *map(str, SOURCES), "-o", str(out), "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return request.param, out
+
+
+def _cases() -> tuple[bytes, list[float]]:
+    """Every type on several kinds of weights, plus the x86 generic result for each case."""
+    lib = kernels.load()
+    rng = np.random.default_rng(42)
+    stream, expected = bytearray(), []
+    for t in SFMP_TYPES:
+        for scale in (0.02, 1.0):
+            x = (rng.standard_t(3, size=(1, 512)) * scale).astype(np.float32)
+            w = lib.quantize(x, t)[0]
+            y_f = rng.standard_normal(512).astype(np.float32)
+            y = activations.quantize_q8_k(y_f) if t.block_size == 256 else activations.quantize_q8_0(y_f)
+            stream += struct.pack("<4i", t.type_id, 512, w.size, y.size) + w.tobytes() + y.tobytes()
+            expected.append(lib.vec_dot(w, y, t))
+    return bytes(stream), expected
+
+
+def test_neon_matches_the_scalar_reference(neon_binary):
+    path, binary = neon_binary
+    stream, x86_generic = _cases()
+    result = subprocess.run([QEMU, "-cpu", "max", str(binary)], input=stream, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == f"path {path}"  # the NEON path ran, not the fallback
+    pairs = [tuple(float.fromhex(v) for v in line.split()) for line in lines[1:]]
+    assert len(pairs) == len(x86_generic)
+    for (generic, simd), reference in zip(pairs, x86_generic):
+        assert simd == generic  # NEON is bit-identical to the scalar code on the same machine
+        assert generic == pytest.approx(reference, rel=1e-6, abs=1e-6)  # and to x86
+
+
+def test_dotprod_build_uses_sdot(neon_binary):
+    path, binary = neon_binary
+    disassembly = subprocess.run([OBJDUMP, "-d", str(binary)], capture_output=True, text=True, check=True).stdout
+    assert ("\tsdot\t" in disassembly) == (path == "neon-dotprod")
+    assert "\tsmull" in disassembly or "\tsdot\t" in disassembly
