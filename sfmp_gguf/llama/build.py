@@ -73,12 +73,15 @@ def _build_env() -> dict[str, str]:
     return env
 
 
-def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] = ("sfmp_tools",)) -> Build:
+def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] = ("sfmp_tools",),
+          cuda_archs: str | None = None) -> Build:
     source = llama_source()
     tree = prepare_tree(source)
     folder = build_folder(source, cuda)
     configure = ["cmake", "-S", str(REPO_ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DSFMP_LLAMA_CPP_DIR={tree}", f"-DSFMP_CUDA={'ON' if cuda else 'OFF'}"]
+    if cuda_archs:
+        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs}")
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"]
     if shutil.which("ccache"):
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", action="store_true", help="build with GGML_CUDA")
     parser.add_argument("--jobs", "-j", type=int, default=None)
+    parser.add_argument("--cuda-archs", help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 (default: llama.cpp's list)")
+    parser.add_argument("--target", action="append", help="build only these targets (default: all tools)")
     parser.add_argument("--prepare-only", action="store_true", help="print the patched tree's path and stop")
     args = parser.parse_args(argv)
     try:
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             print(prepare_tree(llama_source()))
             return 0
         start = time.monotonic()
-        result = build(cuda=args.cuda, jobs=args.jobs)
+        result = build(cuda=args.cuda, jobs=args.jobs, targets=tuple(args.target or ("sfmp_tools",)),
+                       cuda_archs=args.cuda_archs)
     except (SourceError, PatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
