@@ -58,3 +58,24 @@ def test_smoke_mode_writes_a_finite_table_and_a_plot(build, tmp_path):
     assert actual["sfmp45_k"] == ["sfmp45_s", "sfmp45_k"]
     errors = [float(v) for v in re.findall(r"\d\.\d+e[-+]\d+", table.read_text())]
     assert errors and all(0 < e < 0.1 for e in errors)
+
+
+def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
+    out = tmp_path / "speed"
+    result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.speed", "--smoke", "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header, *body = _table_rows((out / "speed.md").read_text())
+    assert len(body) == 1 and body[0][0] == "Q4_K" and body[0][4] == "sfmp45_k"
+    for name in ("pp512 t/s", "tg128 t/s", "pp ratio", "tg ratio"):
+        values = [float(row[i]) for row in body for i, h in enumerate(header) if h == name]
+        assert values and all(math.isfinite(v) and v > 0 for v in values), name
+
+
+def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
+    from sfmp_gguf.bench.speed import pairs
+
+    sizes = {"Q4_K": 100, "Q6_K": 150, "sfmp40_k": 90, "sfmp45_k": 104, "sfmp60_k": 140}
+    assert pairs(sizes, ("Q4_K", "Q6_K"), ("sfmp40_k", "sfmp45_k", "sfmp60_k")) == [
+        ("Q4_K", "sfmp45_k"), ("Q6_K", "sfmp60_k")]

@@ -36,14 +36,14 @@ import numpy as np
 
 from sfmp_gguf import gguf_types
 from sfmp_gguf.format import AMPLITUDE_MAX, BY_ID, BY_NAME, MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, pieces
-from sfmp_gguf.paths import REPO_ROOT, cache_dir
+from sfmp_gguf.bench import add_output_args, output_dir
+from sfmp_gguf.paths import cache_dir
 
 STOCK_TYPES = ("Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q5_0")
 SFMP_TYPES = ("sfmp30_k", "sfmp35_k", "sfmp40_k", "sfmp45_k", "sfmp50_k", "sfmp55_k", "sfmp60_k")
 SMOKE_TYPES = ("Q4_K", "sfmp45_k")
 SMOKE_TENSORS = ("blk.0.attn_v.weight", "blk.0.ffn_down.weight")
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-DEFAULT_OUT = REPO_ROOT / "bench-results"
 RECIPE_VERSION = "roundtrip-v1"  # bump when the quantize command changes
 _BLOCK_WEIGHT = re.compile(r"^blk\.\d+\.([a-z_]+)\.weight$")
 
@@ -145,8 +145,9 @@ def quantize_model(model: Path, model_sha: str, imatrix: Path, qtype: str, folde
                    threads: int = 2) -> Path:
     """``llama-quantize --pure --imatrix`` of ``model`` to ``qtype``, reused when already in ``folder``.
 
-    The file is named by a hash of everything that decides its bytes (input, imatrix, tools, type),
-    written under a temporary name and renamed once complete; the tool's log lies beside it.
+    The file is named by a hash of everything that decides its bytes (input, imatrix, the binaries of
+    llama-quantize and its libraries, type), written under a temporary name and renamed once
+    complete; the tool's log lies beside it. Files of the same type under another hash are removed.
     """
     from sfmp_gguf.llama.build import current_build
 
@@ -170,6 +171,10 @@ def quantize_model(model: Path, model_sha: str, imatrix: Path, qtype: str, folde
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
+    # Keep one file per type: older ones were made from other inputs or another build.
+    for stale in folder.glob(f"{qtype.lower()}-*"):
+        if stale.stem != out.stem and re.fullmatch(rf"{re.escape(qtype.lower())}-[0-9a-f]{{16}}", stale.stem):
+            stale.unlink(missing_ok=True)
     return out
 
 
@@ -304,7 +309,9 @@ def plot(results: dict[str, dict[str, ClassStats]], path: Path, title: str) -> N
     classes = _classes(results)
     fig, axes = plt.subplots(1, len(classes), figsize=(6 * len(classes), 4.5), squeeze=False)
     for ax, cls in zip(axes[0], classes):
-        for label, is_sfmp, style in (("stock", False, "o-"), ("SFMP", True, "s-")):
+        # stock types are separate designs (markers only); the SFMP rungs form one curve
+        for label, is_sfmp, style, offset, ha in (("stock", False, "o", (5, -10), "left"),
+                                                  ("SFMP", True, "s-", (-5, 5), "right")):
             pts = sorted((s[cls].bpw, s[cls].rel_error, q) for q, s in results.items()
                          if (q.lower() in BY_NAME) == is_sfmp and cls in s)
             if not pts:
@@ -313,8 +320,8 @@ def plot(results: dict[str, dict[str, ClassStats]], path: Path, title: str) -> N
             line, = ax.plot(xs, ys, style, label=label)
             for x, y, n in pts:
                 actual = results[n][cls].actual
-                ax.annotate(n if actual.lower() == n.lower() else f"{n}\n({actual})", (x, y),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
+                ax.annotate(n if actual.lower() == n.lower() else f"{n} ({actual})", (x, y), ha=ha,
+                            textcoords="offset points", xytext=offset, fontsize=7, color=line.get_color())
         ax.set_yscale("log")
         ax.set_xlabel("bits per weight")
         ax.set_ylabel("imatrix-weighted relative error")
@@ -395,14 +402,9 @@ def run(out_dir: Path, smoke: bool = False, threads: int = 2) -> dict[str, dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Imatrix-weighted round-trip error per quant type on the teacher")
-    parser.add_argument("--smoke", action="store_true", help=f"only {', '.join(SMOKE_TYPES)} on two tensors")
-    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT}; "
-                        "required with --smoke)")
-    parser.add_argument("--threads", "-t", type=int, default=2)
+    add_output_args(parser, f"only {', '.join(SMOKE_TYPES)} on two tensors")
     args = parser.parse_args(argv)
-    if args.smoke and args.out is None:
-        parser.error("--smoke needs --out (it must not overwrite the real results)")
-    out_dir = args.out or DEFAULT_OUT
+    out_dir = output_dir(parser, args)
     from sfmp_gguf.assets.imatrix import ImatrixError
 
     try:

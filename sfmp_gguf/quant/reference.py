@@ -75,6 +75,14 @@ def _search_amplitudes(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.where(zero, 0.0, amp), np.where(zero, 0.0, error)
 
 
+def _final_error(x: np.ndarray, w: np.ndarray, amp: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Weighted error of each sub-block at its stored amplitude (zero amplitude decodes to zeros)."""
+    step = (np.where(amp > 0, amp, 1.0) / half)[..., None]
+    h = half[..., None]
+    err = _error(x, w, _codes(x, step, h), step, h)
+    return np.where(amp > 0, err, _seqsum(w * (x * x)))
+
+
 def allocate_bits(errors: np.ndarray, budget: int) -> np.ndarray:
     """Greedy bit sharing within each block; errors: (nb, n_sub, P) for precisions 2..8."""
     nb, n_sub, _ = errors.shape
@@ -149,9 +157,21 @@ def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) ->
 
     d16 = _fp16(np.max(chosen, axis=-1) / AMPLITUDE_MAX)
     d = d16.astype(np.float64)[:, None]
-    m = np.clip(np.round(np.divide(chosen, d, out=np.zeros_like(chosen), where=d > 0)), 0, AMPLITUDE_MAX)
-    m = m.astype(np.int64)
     half = 2.0 ** (bits - 1)
+    ws = w.reshape(nb, t.n_sub, SUB_BLOCK)
+    # m rounds down or up, whichever errs less: rounding to nearest could clip the largest weights,
+    # which costs more than the quantization noise itself at high precision.
+    floor_m = np.floor(np.divide(chosen, d, out=np.zeros_like(chosen), where=d > 0))
+    best_m, best_err = None, None
+    for m in (np.clip(floor_m, 0, AMPLITUDE_MAX), np.clip(floor_m + 1.0, 0, AMPLITUDE_MAX)):
+        m = np.where(d > 0, m, 0.0)
+        err = _final_error(xs, ws, d * m, half)
+        if best_m is None:
+            best_m, best_err = m, err
+        else:
+            better = err < best_err
+            best_m, best_err = np.where(better, m, best_m), np.where(better, err, best_err)
+    m = best_m.astype(np.int64)
     amp = d * m
     step = np.where(amp > 0, amp, 1.0) / half
     q = _codes(xs, step[..., None], half[..., None]).astype(np.int64)

@@ -146,34 +146,6 @@ static void unpack_codes(const uint8_t * in, int bits, int q[SFMP_SUB_BLOCK]) {
     }
 }
 
-// Walks a block's sub-blocks; stops at the first malformed one (bad tag or codes past the block).
-typedef struct {
-    const uint8_t * sb;
-    const uint8_t * qs;
-    int n_sub, budget_bytes, j, pos;
-} sub_block_cursor;
-
-static bool next_sub_block(sub_block_cursor * c, int * bits, int * m, const uint8_t ** codes) {
-    if (c->j >= c->n_sub) {
-        return false;
-    }
-    const int tag = c->sb[c->j] >> 5;
-    *bits = tag + SFMP_MIN_BITS;
-    *m = c->sb[c->j] & SFMP_AMPLITUDE_MAX;
-    if (*bits > SFMP_MAX_BITS || c->pos + 4 * *bits > c->budget_bytes) {
-        return false;
-    }
-    *codes = c->qs + c->pos;
-    c->pos += 4 * *bits;
-    c->j++;
-    return true;
-}
-
-static sub_block_cursor block_cursor(const sfmp_layout * L, const uint8_t * block) {
-    sub_block_cursor c = {block + 2, block + 2 + L->n_sub, L->n_sub, 4 * L->budget, 0, 0};
-    return c;
-}
-
 // ---- quantization ---------------------------------------------------------------------------
 
 static double quantize_code(double x, double step, double half) {
@@ -238,6 +210,18 @@ static void fit_sub_block(const double * x, const double * w, int bits, double *
     *err_out = best_err;
 }
 
+// Weighted error of a sub-block at a stored amplitude; zero amplitude decodes to zeros.
+static double final_error(const double * x, const double * w, double amp, double half) {
+    if (amp > 0.0) {
+        return sub_block_error(x, w, amp / half, half);
+    }
+    double err = 0.0;
+    for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+        err += w[i] * (x[i] * x[i]);
+    }
+    return err;
+}
+
 #define SFMP_N_PRECISIONS (SFMP_MAX_BITS - SFMP_MIN_BITS + 1)
 #define SFMP_MAX_SUB 8
 
@@ -298,9 +282,25 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     uint8_t * qs = out + 2 + L->n_sub;
     for (int j = 0; j < L->n_sub; ++j) {
         const double chosen = amp[j][bits[j] - SFMP_MIN_BITS];
-        double m = d > 0.0 ? nearbyint(chosen / d) : 0.0;
-        m = m < 0.0 ? 0.0 : (m > SFMP_AMPLITUDE_MAX ? SFMP_AMPLITUDE_MAX : m);
         const double half = (double) (1 << (bits[j] - 1));
+        const double * xj = x + SFMP_SUB_BLOCK * j;
+        const double * wj = w + SFMP_SUB_BLOCK * j;
+        // m rounds down or up, whichever errs less: rounding to nearest could clip the largest
+        // weights, which costs more than the quantization noise itself at high precision.
+        const double floor_m = d > 0.0 ? floor(chosen / d) : 0.0;
+        double m = 0.0, best_err = INFINITY;
+        for (int k = 0; k < 2; ++k) {
+            double cand = floor_m + (double) k;
+            cand = cand < 0.0 ? 0.0 : (cand > SFMP_AMPLITUDE_MAX ? SFMP_AMPLITUDE_MAX : cand);
+            if (!(d > 0.0)) {
+                cand = 0.0;
+            }
+            const double cand_err = final_error(xj, wj, d * cand, half);
+            if (k == 0 || cand_err < best_err) {
+                best_err = cand_err;
+                m = cand;
+            }
+        }
         const double a = d * m;
         int q[SFMP_SUB_BLOCK];
         for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
@@ -338,10 +338,10 @@ void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k) {
     for (int64_t i = 0; i < k / L->block_size; ++i, block += L->type_size, dst += L->block_size) {
         memset(dst, 0, sizeof(float) * (size_t) L->block_size);
         const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
-        sub_block_cursor c = block_cursor(L, block);
+        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
         int bits, m, q[SFMP_SUB_BLOCK];
         const uint8_t * codes;
-        while (next_sub_block(&c, &bits, &m, &codes)) {
+        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
             unpack_codes(codes, bits, q);
             const float scale = (d * (float) m) / (float) (1 << bits);
             float * y = dst + SFMP_SUB_BLOCK * (c.j - 1);
@@ -363,10 +363,10 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
         if ((d & 0x7c00u) == 0x7c00u) {
             return false;  // NaN or Inf scale
         }
-        sub_block_cursor c = block_cursor(L, block);
+        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
         int bits, m;
         const uint8_t * codes;
-        while (next_sub_block(&c, &bits, &m, &codes)) {
+        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
         }
         if (c.j != L->n_sub) {
             return false;  // a precision tag out of range, or codes running past the block
@@ -399,11 +399,11 @@ void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const voi
         const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
             const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
-            sub_block_cursor c = block_cursor(L, block);
+            sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
             int bits, m;
             const uint8_t * codes;
             int32_t acc = 0;
-            while (next_sub_block(&c, &bits, &m, &codes)) {
+            while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
                 acc += sub_block_dot(codes, bits, m, y[i].qs + SFMP_SUB_BLOCK * (c.j - 1));
             }
             sumf += (d * y[i].d) * (float) acc * (1.0f / 256.0f);
@@ -412,10 +412,10 @@ void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const voi
         const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
             const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
-            sub_block_cursor c = block_cursor(L, block);
+            sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
             int bits, m;
             const uint8_t * codes;
-            while (next_sub_block(&c, &bits, &m, &codes)) {
+            while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
                 const sfmp_block_q8_0 * yb = &y[L->n_sub * i + c.j - 1];
                 const int32_t acc = sub_block_dot(codes, bits, m, yb->qs);
                 sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) acc * (1.0f / 256.0f);

@@ -39,6 +39,34 @@ typedef struct {
     int8_t   qs[32];
 } sfmp_block_q8_0;
 
+// Walks a block's sub-blocks; stops at the first malformed one (bad tag or codes past the block).
+typedef struct {
+    const uint8_t * sb;
+    const uint8_t * qs;
+    int n_sub, budget_bytes, j, pos;
+} sfmp_sub_block_cursor;
+
+static inline bool sfmp_next_sub_block(sfmp_sub_block_cursor * c, int * bits, int * m, const uint8_t ** codes) {
+    if (c->j >= c->n_sub) {
+        return false;
+    }
+    const int tag = c->sb[c->j] >> 5;
+    *bits = tag + SFMP_MIN_BITS;
+    *m = c->sb[c->j] & SFMP_AMPLITUDE_MAX;
+    if (*bits > SFMP_MAX_BITS || c->pos + 4 * *bits > c->budget_bytes) {
+        return false;
+    }
+    *codes = c->qs + c->pos;
+    c->pos += 4 * *bits;
+    c->j++;
+    return true;
+}
+
+static inline sfmp_sub_block_cursor sfmp_block_cursor(const sfmp_layout * L, const uint8_t * block) {
+    sfmp_sub_block_cursor c = {block + 2, block + 2 + L->n_sub, L->n_sub, 4 * L->budget, 0, 0};
+    return c;
+}
+
 int32_t sfmp_format_version(void);
 // fp16 conversions, round to nearest even; ours so that both builds round identically.
 uint16_t sfmp_fp32_to_fp16(float f);

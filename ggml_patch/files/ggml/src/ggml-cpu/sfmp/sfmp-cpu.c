@@ -27,65 +27,59 @@ const char * sfmp_cpu_path(void) {
     return SFMP_CPU_PATH;
 }
 
-// Header fields of sub-block j, or false when the block is malformed from j on (the reference
-// stops there too: validation rejects such blocks, the kernels only have to stay in bounds).
-static inline int sub_block_bits(const uint8_t * block, int n_sub, int budget, int j, int * pos, int * m) {
-    const int bits = (block[2 + j] >> 5) + SFMP_MIN_BITS;
-    if (bits > SFMP_MAX_BITS || *pos + 4 * bits > 4 * budget) {
-        return 0;
-    }
-    *m = block[2 + j] & SFMP_AMPLITUDE_MAX;
-    (void) n_sub;
-    return bits;
-}
-
 #if defined(__AVX2__)
 
-// 32 codes of one sub-block as bytes 0..2^bits-1, weight k in byte k.
-static inline __m256i decode_avx2(const uint8_t * codes, int bits) {
-    __m256i q = _mm256_setzero_si256();
-    int left = bits;
-    while (left > 0) {
-        const int w = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
-        __m256i piece;
-        if (w == 4) {
-            const __m128i v = _mm_loadu_si128((const __m128i *) codes);
-            const __m128i lo = _mm_and_si128(v, _mm_set1_epi8(0x0f));
-            const __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0f));
-            piece = _mm256_set_m128i(hi, lo);
-        } else if (w == 2) {
-            uint64_t u;
-            memcpy(&u, codes, sizeof(u));
-            const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x((long long) u), _mm256_set_epi64x(6, 4, 2, 0));
-            piece = _mm256_and_si256(v, _mm256_set1_epi8(0x03));
-        } else {
-            uint32_t u;
-            memcpy(&u, codes, sizeof(u));
-            const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int) u),
-                _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
-            const __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-                                                  _mm256_set1_epi64x(-1));
-            piece = _mm256_and_si256(set, _mm256_set1_epi8(1));
-        }
-        // Codes never exceed 8 bits, so a 16-bit shift cannot carry into the neighbouring byte.
-        q = _mm256_or_si256(_mm256_slli_epi16(q, w), piece);
-        codes += 4 * w;
-        left -= w;
-    }
-    return q;
+// Piece unpackers: 32 weights of one piece as bytes, weight k in byte k.
+static inline __m256i nibbles_avx2(const uint8_t * p) {
+    const __m128i v = _mm_loadu_si128((const __m128i *) p);
+    const __m128i f = _mm_set1_epi8(0x0f);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), f), _mm_and_si128(v, f));
 }
 
-// Eight int32 partial sums of q * y; 8-bit codes are split in nibbles so maddubs cannot saturate.
-static inline __m256i dot_avx2(__m256i q, __m256i y, int bits) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    if (bits < 8) {
-        return _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+static inline __m256i crumbs_avx2(const uint8_t * p) {
+    uint64_t u;
+    memcpy(&u, p, sizeof(u));
+    const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x((long long) u), _mm256_set_epi64x(6, 4, 2, 0));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
+}
+
+static inline __m256i plane_avx2(const uint8_t * p) {
+    uint32_t u;
+    memcpy(&u, p, sizeof(u));
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int) u),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                                          _mm256_set1_epi64x(-1));
+    return _mm256_and_si256(set, _mm256_set1_epi8(1));
+}
+
+static inline int clamp_offset(int off, int size, int payload_bytes) {
+    return off + size <= payload_bytes ? off : payload_bytes - size;
+}
+
+// Eight int32 partial sums of q * y for one sub-block, without data-dependent branches on the
+// precision except the rare 8-bit case: every piece is decoded at a clamped in-block offset and
+// masked away when the precision has no such piece. q = (hi << (bits - 4)) + lo, where hi is the
+// leading nibble and lo < 16 the rest, so both products fit maddubs without saturation.
+static inline __m256i sub_block_dot_avx2(const uint8_t * qs, int pos, int bits, int payload_bytes, __m256i y) {
+    const int nn = bits >> 2, nc = (bits >> 1) & 1, np = bits & 1;
+    const int off_c = pos + 16 * nn, off_p = off_c + 8 * nc;
+    const __m256i hi = _mm256_and_si256(nibbles_avx2(qs + clamp_offset(pos, 16, payload_bytes)),
+                                        _mm256_set1_epi8((char) -(nn > 0)));
+    const __m256i c = _mm256_and_si256(crumbs_avx2(qs + clamp_offset(off_c, 8, payload_bytes)),
+                                       _mm256_set1_epi8((char) -nc));
+    const __m256i p = _mm256_and_si256(plane_avx2(qs + clamp_offset(off_p, 4, payload_bytes)),
+                                       _mm256_set1_epi8((char) -np));
+    __m256i lo = _mm256_or_si256(_mm256_sll_epi16(c, _mm_cvtsi32_si128(np)), p);
+    __m128i hi_shift = _mm_cvtsi32_si128(nn ? bits - 4 : 0);
+    if (nn == 0) {
+        lo = _mm256_or_si256(lo, hi);  // no leading nibble: hi is all zeros
+    } else if (nn == 2) {
+        lo = nibbles_avx2(qs + pos + 16);  // 8 bits: two nibbles and nothing else
     }
-    const __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0f));
-    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0f));
-    const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y), ones);
-    const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y), ones);
-    return _mm256_add_epi32(plo, _mm256_slli_epi32(phi, 4));
+    const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y), _mm256_set1_epi16(1));
+    const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y), _mm256_set1_epi16(1));
+    return _mm256_add_epi32(_mm256_sll_epi32(phi, hi_shift), plo);
 }
 
 static inline int32_t hsum_i32_avx2(__m256i v) {
@@ -101,22 +95,18 @@ static void vec_dot_k_avx2(const sfmp_layout * L, int n, float * s, const void *
     float sumf = 0.0f;
     for (int i = 0; i < n / 256; ++i, block += L->type_size) {
         const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
-        const uint8_t * qs = block + 2 + L->n_sub;
         __m256i vacc = _mm256_setzero_si256();
         int32_t acc = 0;
-        int pos = 0;
-        for (int j = 0; j < L->n_sub; ++j) {
-            int m;
-            const int bits = sub_block_bits(block, L->n_sub, L->budget, j, &pos, &m);
-            if (!bits) {
-                break;
-            }
-            const __m256i q = decode_avx2(qs + pos, bits);
+        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
+        int bits, m;
+        const uint8_t * codes;
+        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
+            const int j = c.j - 1;
             const __m256i yv = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
             const int32_t f = m * (1 << (SFMP_MAX_BITS - bits));
-            vacc = _mm256_add_epi32(vacc, _mm256_mullo_epi32(dot_avx2(q, yv, bits), _mm256_set1_epi32(2 * f)));
+            const __m256i qy = sub_block_dot_avx2(c.qs, (int) (codes - c.qs), bits, c.budget_bytes, yv);
+            vacc = _mm256_add_epi32(vacc, _mm256_mullo_epi32(qy, _mm256_set1_epi32(2 * f)));
             acc += f * (1 - (1 << bits)) * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-            pos += 4 * bits;
         }
         acc += hsum_i32_avx2(vacc);
         sumf += (d * y[i].d) * (float) acc * (1.0f / 256.0f);
@@ -132,23 +122,18 @@ static void vec_dot_s_avx2(const sfmp_layout * L, int n, float * s, const void *
     float sumf = 0.0f;
     for (int i = 0; i < n / 64; ++i, block += L->type_size) {
         const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
-        const uint8_t * qs = block + 2 + L->n_sub;
-        int pos = 0;
-        for (int j = 0; j < L->n_sub; ++j) {
-            int m;
-            const int bits = sub_block_bits(block, L->n_sub, L->budget, j, &pos, &m);
-            if (!bits) {
-                break;
-            }
-            const sfmp_block_q8_0 * yb = &y[L->n_sub * i + j];
+        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
+        int bits, m;
+        const uint8_t * codes;
+        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
+            const sfmp_block_q8_0 * yb = &y[L->n_sub * i + c.j - 1];
             const __m256i yv = _mm256_loadu_si256((const __m256i *) yb->qs);
-            const __m256i qy = dot_avx2(decode_avx2(qs + pos, bits), yv, bits);
+            const __m256i qy = sub_block_dot_avx2(c.qs, (int) (codes - c.qs), bits, c.budget_bytes, yv);
             const __m256i ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, yv), ones16);
             const int32_t f = m * (1 << (SFMP_MAX_BITS - bits));
             const __m256i t = _mm256_add_epi32(_mm256_mullo_epi32(qy, _mm256_set1_epi32(2 * f)),
                                                _mm256_mullo_epi32(ysum, _mm256_set1_epi32(f * (1 - (1 << bits)))));
             sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) hsum_i32_avx2(t) * (1.0f / 256.0f);
-            pos += 4 * bits;
         }
     }
     *s = sumf;
@@ -240,16 +225,13 @@ static void vec_dot_neon(const sfmp_layout * L, int n, float * s, const void * v
     float sumf = 0.0f;
     for (int i = 0; i < n / L->block_size; ++i, block += L->type_size) {
         const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
-        const uint8_t * qs = block + 2 + L->n_sub;
         int32_t acc = 0;
-        int pos = 0;
-        for (int j = 0; j < L->n_sub; ++j) {
-            int m;
-            const int bits = sub_block_bits(block, L->n_sub, L->budget, j, &pos, &m);
-            if (!bits) {
-                break;
-            }
-            const codes_neon q = decode_neon(qs + pos, bits);
+        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
+        int bits, m;
+        const uint8_t * codes;
+        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
+            const int j = c.j - 1;
+            const codes_neon q = decode_neon(codes, bits);
             const int32_t f = m * (1 << (SFMP_MAX_BITS - bits));
             if (L->block_size == 256) {
                 const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy + i;
@@ -261,7 +243,6 @@ static void vec_dot_neon(const sfmp_layout * L, int n, float * s, const void * v
                 const int32_t t = f * (2 * dot_neon(q, yb->qs, bits) + (1 - (1 << bits)) * ysum);
                 sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) t * (1.0f / 256.0f);
             }
-            pos += 4 * bits;
         }
         if (L->block_size == 256) {
             sumf += (d * ((const sfmp_block_q8_K *) vy)[i].d) * (float) acc * (1.0f / 256.0f);
