@@ -1,7 +1,8 @@
 """sfmp_to_gguf: a Hugging Face model folder (or F32/F16/BF16 GGUF) to one quantized GGUF.
 
-Until the SFMP block types land, the quantization step uses llama.cpp's stock Q4_K_M through the
-patched llama-quantize; the command line and the safe-output behaviour are already final.
+Until the sensitivity analysis and the global allocator land, every quantizable tensor gets one
+SFMP type (sfmp45_k, or its 64-weight twin sfmp45_s on rows that are not a multiple of 256) through
+the patched llama-quantize; the per-block precision inside each block is already SFMP's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from sfmp_gguf.hf_import import InputError, hf_to_gguf
 from sfmp_gguf.llama.build import current_build
 
-STOCK_FALLBACK_TYPE = "Q4_K_M"
+INTERIM_TYPE = "SFMP45_K"
 
 
 def _source_gguf(model: Path, workdir: Path) -> Path:
@@ -38,7 +39,7 @@ def convert(model: Path, out: Path, threads: int) -> None:
         partial = out_dir / f".{out.name}.sfmp-partial-{os.getpid()}"
         try:
             cmd = [str(current_build().tool("llama-quantize")), str(source), str(partial),
-                   STOCK_FALLBACK_TYPE, str(threads)]
+                   INTERIM_TYPE, str(threads)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 lines = result.stderr.strip().splitlines() or ["no output"]
