@@ -104,10 +104,11 @@ def apply_patch(pristine: Path, tree: Path) -> PatchResult:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
     now_touched = sorted(rel for rel, content in desired.items() if content != _pristine_bytes(pristine, rel))
-    state = json.dumps({"touched": now_touched, "patch_hash": patch_hash()}, indent=1)
+    current_hash = patch_hash()
+    state = json.dumps({"touched": now_touched, "patch_hash": current_hash}, indent=1)
     if not state_path.is_file() or state_path.read_text() != state:
         state_path.write_text(state)
-    return PatchResult(changed=tuple(changed), patch_hash=patch_hash())
+    return PatchResult(changed=tuple(changed), patch_hash=current_hash)
 
 
 def _pristine_bytes(pristine: Path, rel: str) -> bytes | None:

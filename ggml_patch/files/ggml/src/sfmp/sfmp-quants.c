@@ -337,7 +337,7 @@ void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k) {
     const uint8_t * block = (const uint8_t *) src;
     for (int64_t i = 0; i < k / L->block_size; ++i, block += L->type_size, dst += L->block_size) {
         memset(dst, 0, sizeof(float) * (size_t) L->block_size);
-        const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
+        const float d = sfmp_block_d(block);
         sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
         int bits, m, q[SFMP_SUB_BLOCK];
         const uint8_t * codes;
@@ -359,7 +359,7 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
     }
     const uint8_t * block = (const uint8_t *) data;
     for (size_t i = 0; i < nbytes / (size_t) L->type_size; ++i, block += L->type_size) {
-        const uint16_t d = (uint16_t) (block[0] | (block[1] << 8));
+        const uint16_t d = sfmp_block_d_bits(block);
         if ((d & 0x7c00u) == 0x7c00u) {
             return false;  // NaN or Inf scale
         }
@@ -387,7 +387,7 @@ static int32_t sub_block_dot(const uint8_t * codes, int bits, int m, const int8_
         qy += q[t] * y[t];
         ysum += y[t];
     }
-    return m * (2 * qy + (1 - (1 << bits)) * ysum) * (1 << (SFMP_MAX_BITS - bits));
+    return sfmp_sub_block_factor(m, bits) * (2 * qy + (1 - (1 << bits)) * ysum);
 }
 
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy) {
@@ -398,7 +398,7 @@ void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const voi
     if (L->block_size == 256) {
         const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
-            const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
+            const float d = sfmp_block_d(block);
             sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
             int bits, m;
             const uint8_t * codes;
@@ -411,7 +411,7 @@ void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const voi
     } else {
         const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
-            const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
+            const float d = sfmp_block_d(block);
             sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
             int bits, m;
             const uint8_t * codes;

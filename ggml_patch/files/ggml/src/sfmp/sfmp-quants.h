@@ -71,6 +71,21 @@ int32_t sfmp_format_version(void);
 // fp16 conversions, round to nearest even; ours so that both builds round identically.
 uint16_t sfmp_fp32_to_fp16(float f);
 float sfmp_fp16_to_fp32(uint16_t h);
+
+// The block's fp16 super-scale, read byte-wise (blocks are only 2-byte aligned).
+static inline uint16_t sfmp_block_d_bits(const uint8_t * block) {
+    return (uint16_t) (block[0] | (block[1] << 8));
+}
+
+static inline float sfmp_block_d(const uint8_t * block) {
+    return sfmp_fp16_to_fp32(sfmp_block_d_bits(block));
+}
+
+// A sub-block's integer weight in units of d * y_scale / 256: its decoded value is
+// d * m * (2q + 1 - 2^bits) / 2^bits, and 256 / 2^bits = 2^(8 - bits).
+static inline int32_t sfmp_sub_block_factor(int m, int bits) {
+    return m * (1 << (SFMP_MAX_BITS - bits));
+}
 bool sfmp_is_type(int type);
 const sfmp_layout * sfmp_get_layout(int type);  // NULL if not an SFMP type
 

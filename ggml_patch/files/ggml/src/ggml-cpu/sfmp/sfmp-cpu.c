@@ -57,9 +57,9 @@ static inline int clamp_offset(int off, int size, int payload_bytes) {
     return off + size <= payload_bytes ? off : payload_bytes - size;
 }
 
-// Eight int32 partial sums of q * y for one sub-block, without data-dependent branches on the
-// precision except the rare 8-bit case: every piece is decoded at a clamped in-block offset and
-// masked away when the precision has no such piece. q = (hi << (bits - 4)) + lo, where hi is the
+// Eight int32 partial sums of q * y for one sub-block. Each piece is decoded at a clamped in-block
+// offset and masked away when the precision has no such piece; only the leading-nibble count
+// (none, one, or the two of an 8-bit code) still branches. q = (hi << (bits - 4)) + lo, where hi is the
 // leading nibble and lo < 16 the rest, so both products fit maddubs without saturation.
 static inline __m256i sub_block_dot_avx2(const uint8_t * qs, int pos, int bits, int payload_bytes, __m256i y) {
     const int nn = bits >> 2, nc = (bits >> 1) & 1, np = bits & 1;
@@ -94,7 +94,7 @@ static void vec_dot_k_avx2(const sfmp_layout * L, int n, float * s, const void *
     const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
     float sumf = 0.0f;
     for (int i = 0; i < n / 256; ++i, block += L->type_size) {
-        const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
+        const float d = sfmp_block_d(block);
         __m256i vacc = _mm256_setzero_si256();
         int32_t acc = 0;
         sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
@@ -103,7 +103,7 @@ static void vec_dot_k_avx2(const sfmp_layout * L, int n, float * s, const void *
         while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
             const int j = c.j - 1;
             const __m256i yv = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
-            const int32_t f = m * (1 << (SFMP_MAX_BITS - bits));
+            const int32_t f = sfmp_sub_block_factor(m, bits);
             const __m256i qy = sub_block_dot_avx2(c.qs, (int) (codes - c.qs), bits, c.budget_bytes, yv);
             vacc = _mm256_add_epi32(vacc, _mm256_mullo_epi32(qy, _mm256_set1_epi32(2 * f)));
             acc += f * (1 - (1 << bits)) * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
@@ -121,7 +121,7 @@ static void vec_dot_s_avx2(const sfmp_layout * L, int n, float * s, const void *
     const __m256i ones16 = _mm256_set1_epi16(1);
     float sumf = 0.0f;
     for (int i = 0; i < n / 64; ++i, block += L->type_size) {
-        const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
+        const float d = sfmp_block_d(block);
         sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
         int bits, m;
         const uint8_t * codes;
@@ -130,7 +130,7 @@ static void vec_dot_s_avx2(const sfmp_layout * L, int n, float * s, const void *
             const __m256i yv = _mm256_loadu_si256((const __m256i *) yb->qs);
             const __m256i qy = sub_block_dot_avx2(c.qs, (int) (codes - c.qs), bits, c.budget_bytes, yv);
             const __m256i ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, yv), ones16);
-            const int32_t f = m * (1 << (SFMP_MAX_BITS - bits));
+            const int32_t f = sfmp_sub_block_factor(m, bits);
             const __m256i t = _mm256_add_epi32(_mm256_mullo_epi32(qy, _mm256_set1_epi32(2 * f)),
                                                _mm256_mullo_epi32(ysum, _mm256_set1_epi32(f * (1 - (1 << bits)))));
             sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) hsum_i32_avx2(t) * (1.0f / 256.0f);
@@ -224,7 +224,7 @@ static void vec_dot_neon(const sfmp_layout * L, int n, float * s, const void * v
     const uint8_t * block = (const uint8_t *) vx;
     float sumf = 0.0f;
     for (int i = 0; i < n / L->block_size; ++i, block += L->type_size) {
-        const float d = sfmp_fp16_to_fp32((uint16_t) (block[0] | (block[1] << 8)));
+        const float d = sfmp_block_d(block);
         int32_t acc = 0;
         sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
         int bits, m;
@@ -232,7 +232,7 @@ static void vec_dot_neon(const sfmp_layout * L, int n, float * s, const void * v
         while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
             const int j = c.j - 1;
             const codes_neon q = decode_neon(codes, bits);
-            const int32_t f = m * (1 << (SFMP_MAX_BITS - bits));
+            const int32_t f = sfmp_sub_block_factor(m, bits);
             if (L->block_size == 256) {
                 const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy + i;
                 const int32_t ysum = y->bsums[2 * j] + y->bsums[2 * j + 1];
