@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from sfmp_gguf.format import VARIANT_STRIDE, FIRST_TYPE_ID, FORMAT_VERSION, SFMP_TYPES, TYPE_COUNT, UPSTREAM_TYPE_COUNT
+from sfmp_gguf.format import FIRST_TYPE_ID, FORMAT_VERSION, SFMP_TYPES, TYPE_COUNT, UPSTREAM_TYPE_COUNT, fallback
 from sfmp_gguf.llama.patch import FILES_DIR
 
 TYPES_INC = FILES_DIR / "ggml" / "include" / "ggml-sfmp-types.inc"
@@ -20,6 +20,8 @@ def render_types_inc() -> str:
         "// X-macro lists of the SFMP type family; define the macro you need, include, undefine.",
         "//",
         "// SFMP_TYPE(id, lower_name, UPPER_NAME, block_size, n_sub, budget, type_size)",
+        "//   budget = n_sub * base_bits + upgrades (upgrades < n_sub)",
+        "// SFMP_FALLBACK(UPPER_NAME, FALLBACK): the type (GGML_TYPE_ suffix) for rows this one cannot hold",
         "// SFMP_RESERVED(id): the unused ids between upstream's last type and ours",
         "",
         "#ifndef SFMP_CONSTANTS_DEFINED",
@@ -27,8 +29,6 @@ def render_types_inc() -> str:
         f"#define SFMP_FORMAT_VERSION {FORMAT_VERSION}",
         f"#define SFMP_FIRST_TYPE_ID {FIRST_TYPE_ID}",
         f"#define SFMP_TYPE_ID_END {TYPE_COUNT}",
-        "// id of a 256-weight type's 64-weight twin = id + SFMP_VARIANT_STRIDE",
-        f"#define SFMP_VARIANT_STRIDE {VARIANT_STRIDE}",
         "#endif",
         "",
         "#ifdef SFMP_TYPE",
@@ -36,6 +36,10 @@ def render_types_inc() -> str:
     for t in SFMP_TYPES:
         lines.append(f"SFMP_TYPE({t.type_id}, {t.name}, {t.name.upper()}, {t.block_size}, {t.n_sub}, "
                      f"{t.budget}, {t.type_size})")
+    lines += ["#endif", "", "#ifdef SFMP_FALLBACK"]
+    for t in SFMP_TYPES:
+        stand_in = fallback(t)
+        lines.append(f"SFMP_FALLBACK({t.name.upper()}, {stand_in.name.upper() if stand_in else 'Q8_0'})")
     lines += ["#endif", "", "#ifdef SFMP_RESERVED"]
     lines += [f"SFMP_RESERVED({i})" for i in range(UPSTREAM_TYPE_COUNT, FIRST_TYPE_ID)]
     lines += ["#endif", ""]

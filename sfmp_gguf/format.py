@@ -1,30 +1,34 @@
 """The SFMP block format: one family of ggml types, one table.
 
-Every 32-weight sub-block carries its own precision ``bits`` in 2..8 and its own amplitude. A block
-is a fixed-size container (ggml needs that) holding a fixed budget of code bits that its sub-blocks
-share unevenly: the quantizer gives more bits to the sub-blocks whose error matters most.
+SFMP's own scheme meets a fractional rate b with two precisions, floor(b) and floor(b) + 1. Here a
+type fixes the *base* precision B of every 32-weight sub-block of a block and the number U of
+sub-blocks that the quantizer upgrades to B + 1 bits: the ones whose error matters most. U is fixed
+per type, so every block has the same size (ggml needs that) and the kernels run without
+data-dependent branches; which sub-blocks are upgraded is recorded per block.
 
 Block layout (little-endian)::
 
-    ggml_half d                  super-scale
-    uint8     sb[n_sub]          per sub-block: (bits - 2) << 5 | m   (m: amplitude, 0..31)
-    uint8     qs[4 * budget]     sub-block codes, back to back, 4 * bits bytes each
+    ggml_half d                   super-scale
+    uint8     sc[n_sub]           per sub-block: upgraded << 7 | m   (m: amplitude, 0..127)
+    uint8     base[n * B / 8]     every sub-block's B-bit code, as pieces (below)
+    uint8     extra[4 * U]        one more bit for each upgraded sub-block, in sub-block order
 
-Sub-block j decodes to x = d * m * (2q + 1 - 2^bits) / 2^bits for its codes q in [0, 2^bits):
-a mid-rise uniform grid whose amplitude d*m does not depend on ``bits``. Codes are nested: the top
-k bits of a code are the code at precision k, so a lower-rate file follows from a higher-rate one by
-truncating codes, without the original weights. Each code is stored as pieces, most significant
-first: bits = 4*nibbles + 2*crumbs + planes with at most two nibbles, one crumb and one plane, so
-every precision decodes with the same three SIMD-friendly unpackers:
+Sub-block j decodes to x = d * m * (2q + 1 - 2^b) / 2^b, b its precision, q in [0, 2^b): a mid-rise
+uniform grid whose amplitude d*m does not depend on b. Codes are nested: an upgraded sub-block's code
+is q = 2 * base + extra, so dropping the extra bit (or any low bits) gives the code at the lower
+precision, and a lower-rate file follows from a higher-rate one without the original weights.
 
-- nibble (16 bytes): byte k holds weight k (low 4 bits) and weight k + 16 (high 4 bits);
-- crumb  (8 bytes):  byte k holds weights k, k + 8, k + 16, k + 24 at bit offsets 0, 2, 4, 6;
-- plane  (4 bytes):  bit i of the little-endian uint32 is weight i.
+A B-bit code is stored as pieces, most significant first: B = 4*nibbles + 2*crumbs + planes with at
+most two nibbles, one crumb and one plane. A piece of width w over a span of n weights takes
+n*w/8 bytes; weight i sits in byte i % (n*w/8) at bit w * (i // (n*w/8)). Base pieces span the whole
+block; an extra bit is a 1-bit piece spanning its sub-block. With that rule a 32-byte load of a
+``_k`` block's nibble piece holds sub-blocks c and c + 4, of its crumb piece c, c + 2, c + 4, c + 6,
+and of its plane all eight, so SIMD decoding is a shift and a mask.
 
 Two variants share that coding: ``_k`` with 256-weight blocks (8 sub-blocks, paired with Q8_K
-activations: the fast path) and ``_s`` with 64-weight blocks (2 sub-blocks, paired with Q8_0),
-for rows that are a multiple of 64 but not of 256. ``budget`` is the sum of the sub-blocks' bits;
-a type's name gives the average code bits per weight (``sfmp45_k``: 4.5).
+activations: the fast path) and ``_s`` with 64-weight blocks (2 sub-blocks, paired with Q8_0), for
+rows that are a multiple of 64 but not of 256. A type's name gives its average code bits per weight
+times 100 (``sfmp425_k``: B = 4 with two of eight sub-blocks at 5 bits).
 """
 
 from __future__ import annotations
@@ -32,15 +36,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUB_BLOCK = 32
 MIN_BITS, MAX_BITS = 2, 8
-AMPLITUDE_MAX = 31  # m is 5 bits
+AMPLITUDE_MAX = 127  # m is 7 bits; the top bit of a scale byte flags an upgraded sub-block
+UPGRADE_FLAG = 0x80
 FIRST_TYPE_ID = 100  # far above upstream's GGML_TYPE_COUNT (43), so no future type collides
 UPSTREAM_TYPE_COUNT = 43
 HEADER_BYTES = 2  # the fp16 super-scale
-# Average code bits of the family's rungs: 2.0, 2.5, ..., 8.0.
-AVERAGE_BITS = tuple(Fraction(n, 2) for n in range(2 * MIN_BITS, 2 * MAX_BITS + 1))
 GGUF_VERSION_KEY = "sfmp.format_version"
 
 
@@ -49,10 +52,15 @@ class Variant:
     suffix: str
     block_size: int
     activation: str  # ggml vec_dot_type
+    rungs: tuple[tuple[int, int], ...]  # (base bits, upgraded sub-blocks per block), rising rate
 
 
-VARIANT_K = Variant("k", 256, "Q8_K")
-VARIANT_S = Variant("s", 64, "Q8_0")
+# 256-weight blocks: two and six of eight sub-blocks upgraded give 0.5-bit steps, each type with a choice.
+_K_RUNGS = tuple((b, u) for b in range(MIN_BITS, MAX_BITS) for u in (2, 6)) + ((MAX_BITS, 0),)
+# 64-weight blocks: one of two upgraded, or none.
+_S_RUNGS = tuple((b, u) for b in range(MIN_BITS, MAX_BITS) for u in (0, 1)) + ((MAX_BITS, 0),)
+VARIANT_K = Variant("k", 256, "Q8_K", _K_RUNGS)
+VARIANT_S = Variant("s", 64, "Q8_0", _S_RUNGS)
 VARIANTS = (VARIANT_K, VARIANT_S)
 
 
@@ -60,11 +68,8 @@ VARIANTS = (VARIANT_K, VARIANT_S)
 class SfmpType:
     type_id: int
     variant: Variant
-    average_bits: Fraction
-
-    @property
-    def name(self) -> str:
-        return f"sfmp{int(self.average_bits * 10)}_{self.variant.suffix}"
+    base_bits: int
+    upgrades: int
 
     @property
     def n_sub(self) -> int:
@@ -72,24 +77,36 @@ class SfmpType:
 
     @property
     def budget(self) -> int:
-        """Sum of the sub-blocks' bits in one block."""
-        return int(self.average_bits * self.n_sub)
+        """Code bits per 32 weights summed over the block: n_sub * B + U."""
+        return self.n_sub * self.base_bits + self.upgrades
+
+    @property
+    def average_bits(self) -> Fraction:
+        return Fraction(self.budget, self.n_sub)
+
+    @property
+    def name(self) -> str:
+        return f"sfmp{int(self.average_bits * 100)}_{self.variant.suffix}"
 
     @property
     def block_size(self) -> int:
         return self.variant.block_size
 
     @property
-    def sb_offset(self) -> int:
+    def sc_offset(self) -> int:
         return HEADER_BYTES
 
     @property
-    def qs_offset(self) -> int:
+    def base_offset(self) -> int:
         return HEADER_BYTES + self.n_sub
 
     @property
+    def extra_offset(self) -> int:
+        return self.base_offset + self.block_size * self.base_bits // 8
+
+    @property
     def type_size(self) -> int:
-        return self.qs_offset + 4 * self.budget
+        return self.extra_offset + 4 * self.upgrades
 
     @property
     def bpw(self) -> float:
@@ -99,22 +116,21 @@ class SfmpType:
 def _family() -> tuple[SfmpType, ...]:
     types = []
     for variant in VARIANTS:
-        for bits in AVERAGE_BITS:
-            types.append(SfmpType(FIRST_TYPE_ID + len(types), variant, bits))
+        for base_bits, upgrades in variant.rungs:
+            types.append(SfmpType(FIRST_TYPE_ID + len(types), variant, base_bits, upgrades))
     return tuple(types)
 
 
 SFMP_TYPES: tuple[SfmpType, ...] = _family()
 TYPE_COUNT = FIRST_TYPE_ID + len(SFMP_TYPES)  # the patched GGML_TYPE_COUNT
-VARIANT_STRIDE = len(AVERAGE_BITS)  # a _k type's _s twin has id + VARIANT_STRIDE
 BY_NAME = {t.name: t for t in SFMP_TYPES}
 BY_ID = {t.type_id: t for t in SFMP_TYPES}
 
 
 def pieces(bits: int) -> tuple[int, ...]:
     """Widths of a code's stored pieces, most significant first (4: nibble, 2: crumb, 1: plane)."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"precision {bits} outside {MIN_BITS}..{MAX_BITS}")
+    if not 1 <= bits <= MAX_BITS:  # 1: an upgrade's extra bit
+        raise ValueError(f"code width {bits} outside 1..{MAX_BITS}")
     nibbles, rest = divmod(bits, 4)
     return (4,) * nibbles + (2,) * (rest // 2) + (1,) * (rest % 2)
 
@@ -125,3 +141,12 @@ def types_for_row(row_length: int) -> tuple[SfmpType, ...]:
         if row_length % variant.block_size == 0:
             return tuple(t for t in SFMP_TYPES if t.variant == variant)
     return ()
+
+
+def fallback(t: SfmpType) -> SfmpType | None:
+    """The 64-weight type that stands in for a 256-weight one on rows it cannot hold: the cheapest
+    one at least as precise."""
+    if t.variant is VARIANT_S:
+        return None
+    return min((s for s in SFMP_TYPES if s.variant is VARIANT_S and s.average_bits >= t.average_bits),
+               key=lambda s: s.average_bits)

@@ -6,7 +6,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
 
 from sfmp_gguf import codegen, gguf_types
-from sfmp_gguf.format import BY_NAME, SFMP_TYPES, TYPE_COUNT, UPSTREAM_TYPE_COUNT, types_for_row
+from sfmp_gguf.format import BY_NAME, SFMP_TYPES, TYPE_COUNT, UPSTREAM_TYPE_COUNT, VARIANT_S, fallback, types_for_row
 from sfmp_gguf.quant.reference import dequantize_blocks, quantize_blocks
 
 
@@ -17,10 +17,29 @@ def test_generated_c_table_is_current():
 def test_family_covers_the_rate_ladder():
     for variant in ("k", "s"):
         rates = sorted(t.bpw for t in SFMP_TYPES if t.variant.suffix == variant)
-        assert rates[0] <= 2.5 and rates[-1] >= 8.3
+        assert rates[0] <= 2.6 and rates[-1] >= 8.3  # "about 2.5 to 8.5 bpw"
         assert max(b - a for a, b in zip(rates, rates[1:])) <= 0.5
     ids = [t.type_id for t in SFMP_TYPES]
     assert min(ids) >= 100 > UPSTREAM_TYPE_COUNT and TYPE_COUNT == max(ids) + 1
+
+
+def test_every_type_mixes_two_precisions_and_names_its_rate():
+    for t in SFMP_TYPES:
+        assert t.budget == t.n_sub * t.base_bits + t.upgrades and t.upgrades < t.n_sub
+        assert t.type_size == t.extra_offset + 4 * t.upgrades
+        assert t.name == f"sfmp{round(100 * (t.base_bits + t.upgrades / t.n_sub))}_{t.variant.suffix}"
+    # every 256-weight rung below 8 bits lets the quantizer choose which sub-blocks get the extra bit
+    assert all(t.upgrades for t in SFMP_TYPES if t.block_size == 256 and t.base_bits < 8)
+    assert {t.base_bits for t in SFMP_TYPES} | {t.base_bits + 1 for t in SFMP_TYPES if t.upgrades} >= {2, 3, 4, 6, 8}
+
+
+def test_each_256_weight_type_falls_back_to_a_64_weight_type_at_least_as_precise():
+    for t in SFMP_TYPES:
+        stand_in = fallback(t)
+        if t.block_size == 64:
+            assert stand_in is None
+        else:
+            assert stand_in.variant is VARIANT_S and t.average_bits <= stand_in.average_bits <= t.average_bits + 0.5
 
 
 def test_every_row_length_multiple_of_64_gets_a_type():
@@ -33,7 +52,7 @@ def test_every_row_length_multiple_of_64_gets_a_type():
 
 def test_gguf_package_writes_and_reads_sfmp_tensors(tmp_path):
     gguf_types.register()
-    t = BY_NAME["sfmp35_s"]
+    t = BY_NAME["sfmp350_s"]
     x = (np.random.default_rng(0).standard_normal((4, 576)) * 0.02).astype(np.float32)
     packed = quantize_blocks(x, t)
     path = tmp_path / "one.gguf"

@@ -12,9 +12,9 @@ from gguf import GGUFReader
 
 from sfmp_gguf import gguf_types
 from sfmp_gguf.assets.teacher import teacher
-from sfmp_gguf.format import BY_NAME, FORMAT_VERSION, GGUF_VERSION_KEY
+from sfmp_gguf.format import BY_NAME, FORMAT_VERSION, GGUF_VERSION_KEY, UPGRADE_FLAG
 
-OVERRIDES = {"ffn_down": "sfmp45_k", "attn_v": "sfmp60_s", "attn_q": "sfmp25_s"}
+OVERRIDES = {"ffn_down": "sfmp425_k", "attn_v": "sfmp600_s", "attn_q": "sfmp250_s"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_quantized_file_holds_sfmp_tensors_and_the_format_version(sfmp_model):
         assert matching and set(matching) == {BY_NAME[type_name].type_id}, pattern
     assert reader.fields[GGUF_VERSION_KEY].contents() == FORMAT_VERSION
     tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
-    assert tensor.data.nbytes == tensor.n_elements // 256 * BY_NAME["sfmp45_k"].type_size
+    assert tensor.data.nbytes == tensor.n_elements // 256 * BY_NAME["sfmp425_k"].type_size
 
 
 def test_llama_cli_loads_and_generates(build, sfmp_model):
@@ -72,12 +72,12 @@ def test_loader_refuses_a_newer_format_version(build, sfmp_model, tmp_path):
 
 
 def test_check_tensors_rejects_a_malformed_block(build, sfmp_model, tmp_path):
-    t = BY_NAME["sfmp45_k"]
+    t = BY_NAME["sfmp425_k"]
 
     def corrupt(reader):
         tensor = next(x for x in reader.tensors if x.name == "blk.3.ffn_down.weight")
         raw = tensor.data.reshape(-1).view(np.uint8)
-        raw[t.type_size * 5 + t.sb_offset] |= 7 << 5  # precision tag 7: 9 bits, invalid
+        raw[t.type_size * 5 + t.sc_offset:t.type_size * 5 + t.base_offset] |= UPGRADE_FLAG  # too many upgrades
     result = _generate(build, _copy_with(tmp_path, sfmp_model, corrupt), "--check-tensors")
     assert result.returncode != 0
-    assert "malformed sfmp45_k block" in result.stderr
+    assert "malformed sfmp425_k block" in result.stderr

@@ -45,7 +45,7 @@ def test_ggml_carries_our_code(build):
     library = next(build.bin_dir.glob("libggml-base.so*"))
     symbols = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True)
     assert re.search(r"\bT sfmp_format_version\b", symbols.stdout)
-    assert re.search(r"\bT sfmp_quantize_row_sfmp45_k_ref\b", symbols.stdout)
+    assert re.search(r"\bT sfmp_quantize_row_sfmp425_k_ref\b", symbols.stdout)
 
 
 def test_kernel_library_loads_from_the_same_sources(build):

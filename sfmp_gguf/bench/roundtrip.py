@@ -35,16 +35,18 @@ from pathlib import Path
 import numpy as np
 
 from sfmp_gguf import gguf_types
-from sfmp_gguf.format import AMPLITUDE_MAX, BY_ID, BY_NAME, MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, pieces
+from sfmp_gguf.format import BY_ID, BY_NAME
 from sfmp_gguf.bench import add_output_args, output_dir
 from sfmp_gguf.paths import cache_dir
+from sfmp_gguf.quant.reference import dequantize_blocks
 
 STOCK_TYPES = ("Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q5_0")
-SFMP_TYPES = ("sfmp30_k", "sfmp35_k", "sfmp40_k", "sfmp45_k", "sfmp50_k", "sfmp55_k", "sfmp60_k")
-SMOKE_TYPES = ("Q4_K", "sfmp45_k")
+SFMP_TYPES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
+              "sfmp625_k")
+SMOKE_TYPES = ("Q4_K", "sfmp425_k")
 SMOKE_TENSORS = ("blk.0.attn_v.weight", "blk.0.ffn_down.weight")
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-RECIPE_VERSION = "roundtrip-v1"  # bump when the quantize command changes
+RECIPE_VERSION = "roundtrip-v2"  # bump when the quantize command changes
 _BLOCK_WEIGHT = re.compile(r"^blk\.\d+\.([a-z_]+)\.weight$")
 
 
@@ -52,53 +54,10 @@ class BenchError(RuntimeError):
     """A one-line problem running the benchmark."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Decoding
-
-
-def dequantize_sfmp(data: np.ndarray, t: SfmpType) -> np.ndarray:
-    """Vectorized ``reference.dequantize_blocks``: same float32 operations, same output bits."""
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    rows = data.shape[0]
-    flat = data.reshape(-1)
-    blocks = flat.reshape(-1, t.type_size)
-    nb = blocks.shape[0]
-    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0]
-    sb = blocks[:, t.sb_offset:t.qs_offset].astype(np.int64)
-    bits = (sb >> 5) + MIN_BITS
-    m = (sb & AMPLITUDE_MAX).astype(np.float32)
-    size = 4 * bits
-    start = np.cumsum(size, axis=1) - size
-    # The reference stops decoding a block at its first malformed sub-block; the rest stay zero.
-    ok = np.cumprod((bits <= MAX_BITS) & (start + size <= 4 * t.budget), axis=1).astype(bool)
-    out = np.zeros((nb, t.n_sub, SUB_BLOCK), dtype=np.float32)
-    for b in range(MIN_BITS, MAX_BITS + 1):
-        bi, sj = np.nonzero(ok & (bits == b))
-        if bi.size == 0:
-            continue
-        base = bi * t.type_size + t.qs_offset + start[bi, sj]
-        q = np.zeros((bi.size, SUB_BLOCK), dtype=np.int64)
-        pos = 0
-        for width in pieces(b):
-            raw = flat[base[:, None] + pos + np.arange(4 * width)].astype(np.int64)
-            if width == 4:
-                v = np.concatenate([raw & 15, raw >> 4], axis=1)
-            elif width == 2:
-                v = np.concatenate([(raw >> s) & 3 for s in (0, 2, 4, 6)], axis=1)
-            else:
-                word = raw[:, 0] | raw[:, 1] << 8 | raw[:, 2] << 16 | raw[:, 3] << 24
-                v = (word[:, None] >> np.arange(32)) & 1
-            q = (q << width) | v
-            pos += 4 * width
-        scale = (d[bi] * m[bi, sj]) / np.float32(1 << b)
-        out[bi, sj] = scale[:, None] * (2 * q + 1 - (1 << b)).astype(np.float32)
-    return out.reshape(rows, -1)
-
-
 def dequantize_tensor(data: np.ndarray, type_id: int) -> np.ndarray:
     """Rows of any stock or SFMP type as float32 (rows, n)."""
     if type_id in BY_ID:
-        return dequantize_sfmp(data, BY_ID[type_id])
+        return dequantize_blocks(data, BY_ID[type_id])
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 

@@ -25,7 +25,8 @@ from sfmp_gguf.llama.build import current_build  # noqa: E402
 from sfmp_gguf.paths import cache_dir  # noqa: E402
 
 STOCK = ("Q4_K", "IQ4_XS", "Q6_K")
-SFMP_CANDIDATES = ("sfmp30_k", "sfmp35_k", "sfmp40_k", "sfmp45_k", "sfmp50_k", "sfmp55_k", "sfmp60_k")
+SFMP_CANDIDATES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
+                   "sfmp625_k", "sfmp675_k")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """sfmp_to_gguf: a Hugging Face model folder (or F32/F16/BF16 GGUF) to one quantized GGUF.
 
 Until the sensitivity analysis and the global allocator land, every quantizable tensor gets one
-SFMP type (sfmp45_k, or its 64-weight twin sfmp45_s on rows that are not a multiple of 256) through
+SFMP type (sfmp425_k, or sfmp450_s on rows that are not a multiple of 256) through
 the patched llama-quantize; the per-block precision inside each block is already SFMP's.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from sfmp_gguf.hf_import import InputError, hf_to_gguf
 from sfmp_gguf.llama.build import current_build
 
-INTERIM_TYPE = "SFMP45_K"
+INTERIM_TYPE = "SFMP425_K"
 
 
 def _source_gguf(model: Path, workdir: Path) -> Path:

@@ -4,27 +4,27 @@ It is the executable specification of ``ggml_patch/files/ggml/src/sfmp/sfmp-quan
 float64 operations in the same order (sums run left to right, never pairwise), so both produce
 identical bytes. Keep the two in step.
 
-Quantizing a block:
+Quantizing a block of a type with base precision B and U upgrades:
 1. Weight each element by ``qw * sqrt(sigma2 + x^2)`` (llama.cpp's imatrix weighting; qw = 1 without
    an importance matrix), sigma2 = 2 * mean(x^2) over the block.
-2. For every sub-block and every precision 2..8, search the amplitude: candidates that map the
+2. For every sub-block, at B and at B + 1 bits, search the amplitude: candidates that map the
    largest |x| to the top level, shrunk by 5% steps, each also refined by weighted least squares.
    Keep the one with the smallest weighted squared error E_j(bits).
-3. Share the block's bit budget: start every sub-block at 2 bits and hand out one bit at a time to
-   the sub-block whose error drops most (ties to the lowest index).
-4. Store amplitudes as d * m with one fp16 d and 5-bit m, then re-round the codes on that grid.
+3. Upgrade the U sub-blocks whose error drops most from B to B + 1 bits (ties to the lower index).
+4. Store amplitudes as d * m with one fp16 d and 7-bit m, then re-round the codes on that grid.
+
+Decoding a malformed block stays defined: only the first U flagged sub-blocks count as upgraded.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sfmp_gguf.format import (AMPLITUDE_MAX, MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, pieces)
+from sfmp_gguf.format import AMPLITUDE_MAX, SUB_BLOCK, UPGRADE_FLAG, SfmpType, pieces
 
 N_CANDIDATES = 12
 SHRINK_STEP = 0.05
 FP16_MAX = 65504.0
-_PRECISIONS = np.arange(MIN_BITS, MAX_BITS + 1)
 
 
 def _seqsum(a: np.ndarray) -> np.ndarray:
@@ -43,9 +43,9 @@ def _error(x: np.ndarray, w: np.ndarray, q: np.ndarray, step: np.ndarray, half: 
     return _seqsum(w * (diff * diff))
 
 
-def _search_amplitudes(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _search_amplitudes(x: np.ndarray, w: np.ndarray, bits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Best amplitude and its error per (block, sub-block, precision); x, w: (nb, n_sub, 32) float64."""
-    half = (2.0 ** (_PRECISIONS - 1))[None, None, :, None]           # (1, 1, P, 1)
+    half = (2.0 ** (np.asarray(bits) - 1))[None, None, :, None]     # (1, 1, P, 1)
     amax = np.max(np.abs(x), axis=-1)[..., None, None]                # (nb, n_sub, 1, 1)
     a0 = amax / (1.0 - 0.5 / half)                                    # (nb, n_sub, P, 1)
     shrink = 1.0 - SHRINK_STEP * np.arange(N_CANDIDATES, dtype=np.float64)
@@ -83,57 +83,52 @@ def _final_error(x: np.ndarray, w: np.ndarray, amp: np.ndarray, half: np.ndarray
     return np.where(amp > 0, err, _seqsum(w * (x * x)))
 
 
-def allocate_bits(errors: np.ndarray, budget: int) -> np.ndarray:
-    """Greedy bit sharing within each block; errors: (nb, n_sub, P) for precisions 2..8."""
-    nb, n_sub, _ = errors.shape
-    bits = np.full((nb, n_sub), MIN_BITS, dtype=np.int64)
-    rows = np.arange(nb)
-    for _ in range(budget - MIN_BITS * n_sub):
-        level = bits - MIN_BITS
-        now = np.take_along_axis(errors, level[..., None], axis=-1)[..., 0]
-        nxt = np.take_along_axis(errors, np.minimum(level + 1, MAX_BITS - MIN_BITS)[..., None], axis=-1)[..., 0]
-        gain = np.where(bits < MAX_BITS, now - nxt, -np.inf)
-        pick = np.argmax(gain, axis=-1)  # the first maximum: the lowest sub-block index
-        bits[rows, pick] += 1
-    return bits
+def choose_upgrades(gain: np.ndarray, upgrades: int) -> np.ndarray:
+    """Boolean (nb, n_sub): the ``upgrades`` sub-blocks of each block with the largest gain, ties to
+    the lower index."""
+    order = np.argsort(-gain, axis=-1, kind="stable")[:, :upgrades]
+    chosen = np.zeros(gain.shape, dtype=bool)
+    np.put_along_axis(chosen, order, True, axis=-1)
+    return chosen
 
 
 def _fp16(values: np.ndarray) -> np.ndarray:
     return np.minimum(values.astype(np.float32), np.float32(FP16_MAX)).astype(np.float16)
 
 
-def _pack_codes(q: np.ndarray, bits: int) -> bytes:
-    """One sub-block's 32 codes as pieces, most significant first."""
-    out = bytearray()
-    shift = bits
+def pack_pieces(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(..., n) codes of ``bits`` bits -> (..., n * bits / 8) bytes, pieces spanning the last axis."""
+    n = codes.shape[-1]
+    out, shift = [], bits
     for width in pieces(bits):
         shift -= width
-        v = (q >> shift) & ((1 << width) - 1)
-        if width == 4:
-            out += (v[:16] | (v[16:] << 4)).astype(np.uint8).tobytes()
-        elif width == 2:
-            out += (v[0:8] | (v[8:16] << 2) | (v[16:24] << 4) | (v[24:32] << 6)).astype(np.uint8).tobytes()
-        else:
-            out += int(np.sum(v.astype(np.uint64) << np.arange(32, dtype=np.uint64))).to_bytes(4, "little")
-    return bytes(out)
+        v = (codes >> shift) & ((1 << width) - 1)
+        span = n * width // 8
+        v = v.reshape(*codes.shape[:-1], 8 // width, span) << (width * np.arange(8 // width))[:, None]
+        out.append(np.bitwise_or.reduce(v, axis=-2))
+    return np.concatenate(out, axis=-1).astype(np.uint8)
 
 
-def _unpack_codes(payload: np.ndarray, bits: int) -> np.ndarray:
-    q = np.zeros(SUB_BLOCK, dtype=np.int64)
+def unpack_pieces(data: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of pack_pieces: (..., n * bits / 8) bytes -> (..., n) int64 codes."""
+    data = data.astype(np.int64)
+    q = np.zeros((*data.shape[:-1], n), dtype=np.int64)
     pos = 0
     for width in pieces(bits):
-        if width == 4:
-            b = payload[pos:pos + 16].astype(np.int64)
-            v = np.concatenate([b & 15, b >> 4])
-        elif width == 2:
-            b = payload[pos:pos + 8].astype(np.int64)
-            v = np.concatenate([(b >> s) & 3 for s in (0, 2, 4, 6)])
-        else:
-            word = int.from_bytes(payload[pos:pos + 4].tobytes(), "little")
-            v = (word >> np.arange(32)) & 1
-        q = (q << width) | v
-        pos += 4 * width
+        span = n * width // 8
+        b = data[..., pos:pos + span]
+        v = (b[..., None, :] >> (width * np.arange(8 // width))[:, None]) & ((1 << width) - 1)
+        q = (q << width) | v.reshape(*b.shape[:-1], n)
+        pos += span
     return q
+
+
+def upgraded_sub_blocks(sc: np.ndarray, upgrades: int) -> tuple[np.ndarray, np.ndarray]:
+    """From scale bytes (nb, n_sub): which sub-blocks decode as upgraded (only the first ``upgrades``
+    flagged ones do) and each one's rank among them, its slot in the extra bits."""
+    flagged = (sc & UPGRADE_FLAG) != 0
+    rank = np.cumsum(flagged, axis=-1) - flagged
+    return flagged & (rank < upgrades), rank
 
 
 def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) -> np.ndarray:
@@ -150,15 +145,21 @@ def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) ->
         qwb = np.tile(np.asarray(qw, dtype=np.float32).reshape(-1, t.block_size), (rows, 1)).astype(np.float64)
     sigma2 = 2.0 * _seqsum(xb * xb)[:, None] / t.block_size
     w = qwb * np.sqrt(sigma2 + xb * xb)
-    xs = xb.reshape(nb, t.n_sub, SUB_BLOCK)
-    amps, errors = _search_amplitudes(xs, w.reshape(nb, t.n_sub, SUB_BLOCK))
-    bits = allocate_bits(errors, t.budget)
-    chosen = np.take_along_axis(amps, (bits - MIN_BITS)[..., None], axis=-1)[..., 0]
+    xs, ws = xb.reshape(nb, t.n_sub, SUB_BLOCK), w.reshape(nb, t.n_sub, SUB_BLOCK)
+    B = t.base_bits
+    if t.upgrades:
+        amps, errors = _search_amplitudes(xs, ws, (B, B + 1))
+        upgraded = choose_upgrades(errors[..., 0] - errors[..., 1], t.upgrades)
+        chosen = np.where(upgraded, amps[..., 1], amps[..., 0])
+    else:
+        amps, _ = _search_amplitudes(xs, ws, (B,))
+        upgraded = np.zeros((nb, t.n_sub), dtype=bool)
+        chosen = amps[..., 0]
+    bits = B + upgraded.astype(np.int64)
 
     d16 = _fp16(np.max(chosen, axis=-1) / AMPLITUDE_MAX)
     d = d16.astype(np.float64)[:, None]
     half = 2.0 ** (bits - 1)
-    ws = w.reshape(nb, t.n_sub, SUB_BLOCK)
     # m rounds down or up, whichever errs less: rounding to nearest could clip the largest weights,
     # which costs more than the quantization noise itself at high precision.
     floor_m = np.floor(np.divide(chosen, d, out=np.zeros_like(chosen), where=d > 0))
@@ -177,32 +178,44 @@ def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) ->
     q = _codes(xs, step[..., None], half[..., None]).astype(np.int64)
     q = np.where((amp > 0)[..., None], q, (half.astype(np.int64))[..., None])
 
+    return encode_blocks(d16, m, upgraded, q, t).reshape(rows, -1)
+
+
+def encode_blocks(d16: np.ndarray, m: np.ndarray, upgraded: np.ndarray, q: np.ndarray, t: SfmpType) -> np.ndarray:
+    """Pack blocks: fp16 scales (nb,), amplitudes and upgrade flags (nb, n_sub), codes (nb, n_sub, 32)
+    at each sub-block's precision -> (nb, type_size) bytes."""
+    nb = d16.shape[0]
+    up = upgraded[..., None]
     out = np.zeros((nb, t.type_size), dtype=np.uint8)
     out[:, 0:2] = d16.view(np.uint8).reshape(nb, 2)
-    out[:, t.sb_offset:t.qs_offset] = ((bits - MIN_BITS) << 5 | m).astype(np.uint8)
-    for i in range(nb):
-        payload = b"".join(_pack_codes(q[i, j], int(bits[i, j])) for j in range(t.n_sub))
-        out[i, t.qs_offset:t.qs_offset + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
-    return out.reshape(rows, -1)
+    out[:, t.sc_offset:t.base_offset] = (upgraded * UPGRADE_FLAG | m).astype(np.uint8)
+    out[:, t.base_offset:t.extra_offset] = pack_pieces(np.where(up, q >> 1, q).reshape(nb, -1), t.base_bits)
+    if t.upgrades:
+        extra = (q & 1)[upgraded].reshape(nb, t.upgrades, SUB_BLOCK)  # row-major: sub-block order
+        out[:, t.extra_offset:] = pack_pieces(extra, 1).reshape(nb, -1)
+    return out
+
+
+def decode_blocks(blocks: np.ndarray, t: SfmpType) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(nb, type_size) bytes -> fp16 d (nb,), m (nb, n_sub), bits (nb, n_sub), codes (nb, n_sub, 32)."""
+    nb = blocks.shape[0]
+    d = blocks[:, 0:2].copy().view(np.float16)[:, 0]
+    sc = blocks[:, t.sc_offset:t.base_offset].astype(np.int64)
+    upgraded, rank = upgraded_sub_blocks(sc, t.upgrades)
+    q = unpack_pieces(blocks[:, t.base_offset:t.extra_offset], t.base_bits, t.block_size)
+    q = q.reshape(nb, t.n_sub, SUB_BLOCK)
+    if t.upgrades:
+        extra = unpack_pieces(blocks[:, t.extra_offset:].reshape(nb, t.upgrades, 4), 1, SUB_BLOCK)
+        e = np.take_along_axis(extra, np.minimum(rank, t.upgrades - 1)[..., None], axis=1)
+        q = np.where(upgraded[..., None], 2 * q + e, q)
+    return d, sc & AMPLITUDE_MAX, t.base_bits + upgraded.astype(np.int64), q
 
 
 def dequantize_blocks(data: np.ndarray, t: SfmpType) -> np.ndarray:
-    """uint8 rows of SFMP blocks -> float32 rows. Malformed sub-blocks decode as zeros."""
+    """uint8 rows of SFMP blocks -> float32 rows."""
     data = np.ascontiguousarray(data, dtype=np.uint8)
     rows = data.shape[0]
-    blocks = data.reshape(-1, t.type_size)
-    out = np.zeros((blocks.shape[0], t.n_sub, SUB_BLOCK), dtype=np.float32)
-    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float32)[:, 0]
-    payload_end = 4 * t.budget
-    for i, block in enumerate(blocks):
-        pos = 0
-        for j in range(t.n_sub):
-            sb = int(block[t.sb_offset + j])
-            bits, m = (sb >> 5) + MIN_BITS, sb & AMPLITUDE_MAX
-            if bits > MAX_BITS or pos + 4 * bits > payload_end:
-                break
-            q = _unpack_codes(block[t.qs_offset + pos:], bits)
-            scale = np.float32(d[i] * np.float32(m)) / np.float32(1 << bits)
-            out[i, j] = scale * (2 * q + 1 - (1 << bits)).astype(np.float32)
-            pos += 4 * bits
-    return out.reshape(rows, -1)
+    d, m, bits, q = decode_blocks(data.reshape(-1, t.type_size), t)
+    scale = (d.astype(np.float32)[:, None] * m.astype(np.float32)) / (2.0 ** bits).astype(np.float32)
+    out = scale[..., None] * (2 * q + 1 - (1 << bits)[..., None]).astype(np.float32)
+    return out.astype(np.float32).reshape(rows, -1)

@@ -1,65 +1,58 @@
 // SFMP CUDA kernels. The block format is specified in sfmp_gguf/format.py; decoding mirrors
-// ggml/src/sfmp/sfmp-quants.c (malformed sub-blocks decode as zeros and stop the block).
+// ggml/src/sfmp/sfmp-quants.c.
 #include "sfmp-cuda.cuh"
 
 #include "convert.cuh"
 #include "mmvq.cuh"
 
 struct sfmp_cuda_layout {
-    int block_size, n_sub, budget, type_size;
+    int block_size, n_sub, base_bits, upgrades, type_size;
 };
 
 static __host__ __device__ sfmp_cuda_layout sfmp_cuda_get_layout(int type) {
     switch (type) {
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) case id: return {bs, nsub, budget, tsize};
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
+        case id: return {bs, nsub, (budget) / (nsub), (budget) % (nsub), tsize};
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
-        default: return {0, 0, 0, 0};
+        default: return {0, 0, 0, 0, 0};
     }
 }
 
-// The 32 weights of sub-block j of a block; false (and zeros) if the block is malformed from j on.
-static __device__ bool sfmp_decode_sub_block(const uint8_t * block, const sfmp_cuda_layout L, const int j,
+// The 32 weights of sub-block j of a block. Only the first `upgrades` flagged sub-blocks count as
+// upgraded, so a malformed block still decodes inside its own bytes, as on the CPU.
+static __device__ void sfmp_decode_sub_block(const uint8_t * block, const sfmp_cuda_layout L, const int j,
                                              float * out) {
-    int pos = 0;
-    for (int i = 0; i <= j; ++i) {
-        const int bits = (block[2 + i] >> 5) + 2;
-        if (bits > 8 || pos + 4 * bits > 4 * L.budget) {
-            for (int t = 0; t < 32; ++t) {
-                out[t] = 0.0f;
-            }
-            return false;
-        }
-        if (i < j) {
-            pos += 4 * bits;
-        }
+    int rank = 0;  // flagged sub-blocks before j: this one's slot in the extra bits
+    for (int i = 0; i < j; ++i) {
+        rank += block[2 + i] >> 7;
     }
-    const int bits = (block[2 + j] >> 5) + 2;
-    const int m = block[2 + j] & 31;
+    const bool upgraded = (block[2 + j] >> 7) && rank < L.upgrades;
+    const int bits = L.base_bits + (upgraded ? 1 : 0);
     const float d = __half2float(*(const half *) block);
-    const float scale = (d * (float) m) / (float) (1 << bits);
-    const uint8_t * codes = block + 2 + L.n_sub + pos;
+    const float scale = (d * (float) (block[2 + j] & 127)) / (float) (1 << bits);
+    const uint8_t * base = block + 2 + L.n_sub;
+    const uint8_t * extra = base + L.block_size * L.base_bits / 8 + 4 * rank;
     for (int t = 0; t < 32; ++t) {
+        const int i = 32 * j + t;
         int q = 0;
-        const uint8_t * p = codes;
-        int left = bits;
-        while (left > 0) {
-            const int w = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
-            int v;
-            if (w == 4) {
-                v = t < 16 ? p[t] & 15 : p[t - 16] >> 4;
-            } else if (w == 2) {
-                v = (p[t & 7] >> (2 * (t >> 3))) & 3;
-            } else {
-                v = (p[t >> 3] >> (t & 7)) & 1;
+        const uint8_t * p = base;
+        // Pieces most significant first: weight i of a width-w piece is in byte i % span at bit w * (i / span).
+        for (int w = 4, left = L.base_bits; left > 0; ) {
+            if (left < w) {
+                w /= 2;
+                continue;
             }
-            q = (q << w) | v;
-            p += 4 * w;
+            const int span = L.block_size * w / 8;
+            q = (q << w) | ((p[i % span] >> (w * (i / span))) & ((1 << w) - 1));
+            p += span;
             left -= w;
+        }
+        if (upgraded) {
+            q = 2 * q + ((extra[t % 4] >> (t / 4)) & 1);
         }
         out[t] = scale * (float) (2 * q + 1 - (1 << bits));
     }
-    return true;
 }
 
 // ---- dequantization: one thread per sub-block ---------------------------------------------------

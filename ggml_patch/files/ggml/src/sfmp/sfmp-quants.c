@@ -10,7 +10,7 @@
 #define SFMP_FP16_MAX 65504.0f
 
 static const sfmp_layout SFMP_LAYOUTS[] = {
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) {bs, nsub, budget, tsize},
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) SFMP_LAYOUT(bs, nsub, budget, tsize),
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
 };
@@ -93,57 +93,54 @@ static int piece_widths(int bits, int widths[3]) {
     return n;
 }
 
-static void pack_codes(const int q[SFMP_SUB_BLOCK], int bits, uint8_t * out) {
+// A piece of width w spanning n weights takes n*w/8 bytes: weight i sits in byte i % span at bit
+// w * (i / span). Codes of `bits` bits for `n` weights occupy n * bits / 8 bytes from `out`.
+static void pack_pieces(const int * q, int n, int bits, uint8_t * out) {
     int widths[3];
-    const int n = piece_widths(bits, widths);
+    const int np = piece_widths(bits, widths);
     int shift = bits;
-    for (int p = 0; p < n; ++p) {
-        const int w = widths[p];
+    for (int p = 0; p < np; ++p) {
+        const int w = widths[p], span = n * w / 8;
         shift -= w;
-        const int mask = (1 << w) - 1;
-        if (w == 4) {
-            for (int k = 0; k < 16; ++k) {
-                out[k] = (uint8_t) (((q[k] >> shift) & mask) | (((q[k + 16] >> shift) & mask) << 4));
-            }
-        } else if (w == 2) {
-            for (int k = 0; k < 8; ++k) {
-                out[k] = (uint8_t) (((q[k] >> shift) & mask) | (((q[k + 8] >> shift) & mask) << 2) |
-                                    (((q[k + 16] >> shift) & mask) << 4) | (((q[k + 24] >> shift) & mask) << 6));
-            }
-        } else {
-            uint32_t word = 0;
-            for (int k = 0; k < 32; ++k) {
-                word |= (uint32_t) ((q[k] >> shift) & 1) << k;
-            }
-            for (int k = 0; k < 4; ++k) {
-                out[k] = (uint8_t) (word >> (8 * k));
-            }
+        memset(out, 0, (size_t) span);
+        for (int i = 0; i < n; ++i) {
+            out[i % span] |= (uint8_t) (((q[i] >> shift) & ((1 << w) - 1)) << (w * (i / span)));
         }
-        out += 4 * w;
+        out += span;
     }
 }
 
-static void unpack_codes(const uint8_t * in, int bits, int q[SFMP_SUB_BLOCK]) {
+// Codes of weights [first, first + count) of a piece group packed over `n` weights.
+static void unpack_pieces(const uint8_t * in, int n, int bits, int first, int count, int * q) {
     int widths[3];
-    const int n = piece_widths(bits, widths);
-    for (int k = 0; k < SFMP_SUB_BLOCK; ++k) {
-        q[k] = 0;
+    const int np = piece_widths(bits, widths);
+    for (int i = 0; i < count; ++i) {
+        q[i] = 0;
     }
-    for (int p = 0; p < n; ++p) {
-        const int w = widths[p];
-        for (int k = 0; k < SFMP_SUB_BLOCK; ++k) {
-            int v;
-            if (w == 4) {
-                v = k < 16 ? in[k] & 15 : in[k - 16] >> 4;
-            } else if (w == 2) {
-                v = (in[k % 8] >> (2 * (k / 8))) & 3;
-            } else {
-                v = (in[k / 8] >> (k % 8)) & 1;
-            }
-            q[k] = (q[k] << w) | v;
+    for (int p = 0; p < np; ++p) {
+        const int w = widths[p], span = n * w / 8;
+        for (int i = 0; i < count; ++i) {
+            const int k = first + i;
+            q[i] = (q[i] << w) | ((in[k % span] >> (w * (k / span))) & ((1 << w) - 1));
         }
-        in += 4 * w;
+        in += span;
     }
+}
+
+// Sub-block j's codes and precision, as sfmp_gguf/quant/reference.py decodes them.
+static int sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
+                           int q[SFMP_SUB_BLOCK]) {
+    unpack_pieces(block + 2 + L->n_sub, L->block_size, L->base_bits, SFMP_SUB_BLOCK * j, SFMP_SUB_BLOCK, q);
+    if (!(upgraded >> j & 1)) {
+        return L->base_bits;
+    }
+    int e[SFMP_SUB_BLOCK];
+    const int rank = sfmp_popcount(upgraded & ((1u << j) - 1));
+    unpack_pieces(block + L->extra_offset + 4 * rank, SFMP_SUB_BLOCK, 1, 0, SFMP_SUB_BLOCK, e);
+    for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+        q[i] = 2 * q[i] + e[i];
+    }
+    return L->base_bits + 1;
 }
 
 // ---- quantization ---------------------------------------------------------------------------
@@ -222,11 +219,10 @@ static double final_error(const double * x, const double * w, double amp, double
     return err;
 }
 
-#define SFMP_N_PRECISIONS (SFMP_MAX_BITS - SFMP_MIN_BITS + 1)
 #define SFMP_MAX_SUB 8
 
 static void quantize_block(const sfmp_layout * L, const float * xf, const float * qw, uint8_t * out) {
-    const int n = L->block_size;
+    const int n = L->block_size, B = L->base_bits;
     double x[256], w[256];
     double sum_x2 = 0.0;
     for (int i = 0; i < n; ++i) {
@@ -238,39 +234,31 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
         w[i] = (qw ? (double) qw[i] : 1.0) * sqrt(sigma2 + x[i] * x[i]);
     }
 
-    double amp[SFMP_MAX_SUB][SFMP_N_PRECISIONS], err[SFMP_MAX_SUB][SFMP_N_PRECISIONS];
+    // Amplitude and error of each sub-block at B and, for types with upgrades, B + 1 bits.
+    double amp[SFMP_MAX_SUB][2], err[SFMP_MAX_SUB][2];
     for (int j = 0; j < L->n_sub; ++j) {
-        for (int b = SFMP_MIN_BITS; b <= SFMP_MAX_BITS; ++b) {
-            fit_sub_block(x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, b,
-                          &amp[j][b - SFMP_MIN_BITS], &err[j][b - SFMP_MIN_BITS]);
+        for (int k = 0; k < (L->upgrades ? 2 : 1); ++k) {
+            fit_sub_block(x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, B + k, &amp[j][k], &err[j][k]);
         }
     }
-
-    // Share the bit budget: one bit at a time to the sub-block whose error drops most.
-    int bits[SFMP_MAX_SUB];
-    for (int j = 0; j < L->n_sub; ++j) {
-        bits[j] = SFMP_MIN_BITS;
-    }
-    for (int left = L->budget - SFMP_MIN_BITS * L->n_sub; left > 0; --left) {
-        int pick = 0;
-        double best_gain = -INFINITY;
+    // Upgrade the sub-blocks whose error drops most; ties go to the lower index.
+    uint32_t upgraded = 0;
+    for (int u = 0; u < L->upgrades; ++u) {
+        int pick = -1;
+        double best_gain = 0.0;
         for (int j = 0; j < L->n_sub; ++j) {
-            if (bits[j] >= SFMP_MAX_BITS) {
-                continue;
-            }
-            const int lvl = bits[j] - SFMP_MIN_BITS;
-            const double gain = err[j][lvl] - err[j][lvl + 1];
-            if (gain > best_gain) {
+            const double gain = err[j][0] - err[j][1];
+            if (!(upgraded >> j & 1) && (pick < 0 || gain > best_gain)) {
                 best_gain = gain;
                 pick = j;
             }
         }
-        bits[pick]++;
+        upgraded |= 1u << pick;
     }
 
     double max_amp = 0.0;
     for (int j = 0; j < L->n_sub; ++j) {
-        max_amp = fmax(max_amp, amp[j][bits[j] - SFMP_MIN_BITS]);
+        max_amp = fmax(max_amp, amp[j][upgraded >> j & 1]);
     }
     const float d32 = fminf((float) (max_amp / SFMP_AMPLITUDE_MAX), SFMP_FP16_MAX);
     const uint16_t d16 = sfmp_fp32_to_fp16(d32);
@@ -279,10 +267,12 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     memset(out, 0, (size_t) L->type_size);
     out[0] = (uint8_t) (d16 & 0xff);
     out[1] = (uint8_t) (d16 >> 8);
-    uint8_t * qs = out + 2 + L->n_sub;
+    int base[256] = {0}, extra[SFMP_MAX_SUB * SFMP_SUB_BLOCK];
+    int n_extra = 0;
     for (int j = 0; j < L->n_sub; ++j) {
-        const double chosen = amp[j][bits[j] - SFMP_MIN_BITS];
-        const double half = (double) (1 << (bits[j] - 1));
+        const int up = upgraded >> j & 1;
+        const double chosen = amp[j][up];
+        const double half = (double) (1 << (B + up - 1));
         const double * xj = x + SFMP_SUB_BLOCK * j;
         const double * wj = w + SFMP_SUB_BLOCK * j;
         // m rounds down or up, whichever errs less: rounding to nearest could clip the largest
@@ -302,13 +292,19 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
             }
         }
         const double a = d * m;
-        int q[SFMP_SUB_BLOCK];
         for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            q[i] = a > 0.0 ? (int) quantize_code(x[SFMP_SUB_BLOCK * j + i], a / half, half) : (int) half;
+            const int q = a > 0.0 ? (int) quantize_code(xj[i], a / half, half) : (int) half;
+            base[SFMP_SUB_BLOCK * j + i] = up ? q >> 1 : q;
+            if (up) {
+                extra[n_extra * SFMP_SUB_BLOCK + i] = q & 1;
+            }
         }
-        out[2 + j] = (uint8_t) (((bits[j] - SFMP_MIN_BITS) << 5) | (int) m);
-        pack_codes(q, bits[j], qs);
-        qs += 4 * bits[j];
+        n_extra += up;
+        out[2 + j] = (uint8_t) ((up ? SFMP_UPGRADE_FLAG : 0) | (int) m);
+    }
+    pack_pieces(base, n, B, out + 2 + L->n_sub);
+    for (int u = 0; u < n_extra; ++u) {
+        pack_pieces(extra + SFMP_SUB_BLOCK * u, SFMP_SUB_BLOCK, 1, out + L->extra_offset + 4 * u);
     }
 }
 
@@ -336,15 +332,13 @@ void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k) {
     const sfmp_layout * L = sfmp_get_layout(type);
     const uint8_t * block = (const uint8_t *) src;
     for (int64_t i = 0; i < k / L->block_size; ++i, block += L->type_size, dst += L->block_size) {
-        memset(dst, 0, sizeof(float) * (size_t) L->block_size);
         const float d = sfmp_block_d(block);
-        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-        int bits, m, q[SFMP_SUB_BLOCK];
-        const uint8_t * codes;
-        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
-            unpack_codes(codes, bits, q);
-            const float scale = (d * (float) m) / (float) (1 << bits);
-            float * y = dst + SFMP_SUB_BLOCK * (c.j - 1);
+        const uint32_t upgraded = sfmp_upgrade_mask(L, block);
+        for (int j = 0; j < L->n_sub; ++j) {
+            int q[SFMP_SUB_BLOCK];
+            const int bits = sub_block_codes(L, block, upgraded, j, q);
+            const float scale = (d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX)) / (float) (1 << bits);
+            float * y = dst + SFMP_SUB_BLOCK * j;
             for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
                 y[t] = scale * (float) (2 * q[t] + 1 - (1 << bits));
             }
@@ -359,17 +353,15 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
     }
     const uint8_t * block = (const uint8_t *) data;
     for (size_t i = 0; i < nbytes / (size_t) L->type_size; ++i, block += L->type_size) {
-        const uint16_t d = sfmp_block_d_bits(block);
-        if ((d & 0x7c00u) == 0x7c00u) {
+        if ((sfmp_block_d_bits(block) & 0x7c00u) == 0x7c00u) {
             return false;  // NaN or Inf scale
         }
-        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-        int bits, m;
-        const uint8_t * codes;
-        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
+        int flagged = 0;
+        for (int j = 0; j < L->n_sub; ++j) {
+            flagged += (block[2 + j] & SFMP_UPGRADE_FLAG) != 0;
         }
-        if (c.j != L->n_sub) {
-            return false;  // a precision tag out of range, or codes running past the block
+        if (flagged != L->upgrades) {
+            return false;  // the upgrade count is part of the type
         }
     }
     return true;
@@ -377,49 +369,52 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
 
 // ---- dot products -----------------------------------------------------------------------------
 
-// Sum over one sub-block of w * y in units of d*m*y_scale/256, exactly in integers:
-// w = (2q + 1 - 2^bits) / 2^bits, so 256*w*y = (2q + 1 - 2^bits) * y * 2^(8 - bits).
-static int32_t sub_block_dot(const uint8_t * codes, int bits, int m, const int8_t * y) {
+// With q the base code and e the extra bit, sub-block j contributes, in units of
+// d * y_scale / 2^(B+1):
+//   m * 2 * sum(y * o)                       o = 2q + 1 - 2^B, the signed odd code
+//   + m * sum(y * (2e - 1))                  for an upgraded sub-block: o' = 2o + 2e - 1
+// which every path computes exactly in integers.
+static int64_t sub_block_dot(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
+                           const int8_t * y) {
     int q[SFMP_SUB_BLOCK];
-    unpack_codes(codes, bits, q);
-    int32_t qy = 0, ysum = 0;
+    const int bits = sub_block_codes(L, block, upgraded, j, q);
+    int64_t acc = 0;
     for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
-        qy += q[t] * y[t];
-        ysum += y[t];
+        acc += (int64_t) (2 * q[t] + 1 - (1 << bits)) * y[t];
     }
-    return sfmp_sub_block_factor(m, bits) * (2 * qy + (1 - (1 << bits)) * ysum);
+    const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+    return m * acc * (bits == L->base_bits ? 2 : 1);
 }
 
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy) {
     const sfmp_layout * L = sfmp_get_layout(type);
     const uint8_t * block = (const uint8_t *) vx;
     const int nb = n / L->block_size;
+    const float unit = 1.0f / (float) (2 << L->base_bits);
     float sumf = 0.0f;
     if (L->block_size == 256) {
         const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
-            const float d = sfmp_block_d(block);
-            sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-            int bits, m;
-            const uint8_t * codes;
-            int32_t acc = 0;
-            while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
-                acc += sub_block_dot(codes, bits, m, y[i].qs + SFMP_SUB_BLOCK * (c.j - 1));
+            const uint32_t upgraded = sfmp_upgrade_mask(L, block);
+            int64_t acc = 0;
+            for (int j = 0; j < L->n_sub; ++j) {
+                acc += sub_block_dot(L, block, upgraded, j, y[i].qs + SFMP_SUB_BLOCK * j);
             }
-            sumf += (d * y[i].d) * (float) acc * (1.0f / 256.0f);
+            sumf += (sfmp_block_d(block) * y[i].d) * ((float) acc * unit);
         }
     } else {
         const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
+            const uint32_t upgraded = sfmp_upgrade_mask(L, block);
             const float d = sfmp_block_d(block);
-            sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-            int bits, m;
-            const uint8_t * codes;
-            while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
-                const sfmp_block_q8_0 * yb = &y[L->n_sub * i + c.j - 1];
-                const int32_t acc = sub_block_dot(codes, bits, m, yb->qs);
-                sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) acc * (1.0f / 256.0f);
+            float block_sum = 0.0f;  // per block first, then into the row: the SIMD paths add in this order
+            for (int j = 0; j < L->n_sub; ++j) {
+                const sfmp_block_q8_0 * yb = &y[L->n_sub * i + j];
+                const int64_t acc = sub_block_dot(L, block, upgraded, j, yb->qs);
+                block_sum = j ? block_sum + (d * sfmp_fp16_to_fp32(yb->d)) * ((float) acc * unit)
+                              : (d * sfmp_fp16_to_fp32(yb->d)) * ((float) acc * unit);
             }
+            sumf += block_sum;
         }
     }
     *s = sumf;

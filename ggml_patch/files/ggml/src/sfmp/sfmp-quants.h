@@ -17,15 +17,21 @@ extern "C" {
 #define SFMP_SUB_BLOCK 32
 #define SFMP_MIN_BITS 2
 #define SFMP_MAX_BITS 8
-#define SFMP_AMPLITUDE_MAX 31
+#define SFMP_AMPLITUDE_MAX 127
+#define SFMP_UPGRADE_FLAG 0x80
 
-// Geometry of one family member.
+// Geometry of one family member (see sfmp_gguf/format.py). budget = n_sub * base_bits + upgrades.
 typedef struct {
-    int32_t block_size;  // weights per block: 256 (_k) or 64 (_s)
-    int32_t n_sub;       // 32-weight sub-blocks per block
-    int32_t budget;      // sum of the sub-blocks' bits
-    int32_t type_size;   // bytes per block
+    int32_t block_size;    // weights per block: 256 (_k) or 64 (_s)
+    int32_t n_sub;         // 32-weight sub-blocks per block
+    int32_t base_bits;     // B: every sub-block's precision
+    int32_t upgrades;      // U: sub-blocks per block at B + 1 bits
+    int32_t extra_offset;  // byte offset of the upgrades' extra bits
+    int32_t type_size;     // bytes per block
 } sfmp_layout;
+
+#define SFMP_LAYOUT(bs, nsub, budget, tsize) \
+    {(bs), (nsub), (budget) / (nsub), (budget) % (nsub), 2 + (nsub) + (bs) * ((budget) / (nsub)) / 8, (tsize)}
 
 // Activation blocks the dot products pair with; mirrors of ggml's block_q8_K and block_q8_0.
 typedef struct {
@@ -39,32 +45,26 @@ typedef struct {
     int8_t   qs[32];
 } sfmp_block_q8_0;
 
-// Walks a block's sub-blocks; stops at the first malformed one (bad tag or codes past the block).
-typedef struct {
-    const uint8_t * sb;
-    const uint8_t * qs;
-    int n_sub, budget_bytes, j, pos;
-} sfmp_sub_block_cursor;
-
-static inline bool sfmp_next_sub_block(sfmp_sub_block_cursor * c, int * bits, int * m, const uint8_t ** codes) {
-    if (c->j >= c->n_sub) {
-        return false;
+static inline int sfmp_popcount(uint32_t v) {
+    int n = 0;
+    for (; v; v &= v - 1) {
+        ++n;
     }
-    const int tag = c->sb[c->j] >> 5;
-    *bits = tag + SFMP_MIN_BITS;
-    *m = c->sb[c->j] & SFMP_AMPLITUDE_MAX;
-    if (*bits > SFMP_MAX_BITS || c->pos + 4 * *bits > c->budget_bytes) {
-        return false;
-    }
-    *codes = c->qs + c->pos;
-    c->pos += 4 * *bits;
-    c->j++;
-    return true;
+    return n;
 }
 
-static inline sfmp_sub_block_cursor sfmp_block_cursor(const sfmp_layout * L, const uint8_t * block) {
-    sfmp_sub_block_cursor c = {block + 2, block + 2 + L->n_sub, L->n_sub, 4 * L->budget, 0, 0};
-    return c;
+// Bit j set: sub-block j decodes as upgraded. Only the first `upgrades` flagged sub-blocks count,
+// so a malformed block still decodes inside its own bytes.
+static inline uint32_t sfmp_upgrade_mask(const sfmp_layout * L, const uint8_t * block) {
+    uint32_t mask = 0;
+    int left = L->upgrades;
+    for (int j = 0; j < L->n_sub && left > 0; ++j) {
+        if (block[2 + j] & SFMP_UPGRADE_FLAG) {
+            mask |= 1u << j;
+            --left;
+        }
+    }
+    return mask;
 }
 
 int32_t sfmp_format_version(void);
@@ -81,11 +81,6 @@ static inline float sfmp_block_d(const uint8_t * block) {
     return sfmp_fp16_to_fp32(sfmp_block_d_bits(block));
 }
 
-// A sub-block's integer weight in units of d * y_scale / 256: its decoded value is
-// d * m * (2q + 1 - 2^bits) / 2^bits, and 256 / 2^bits = 2^(8 - bits).
-static inline int32_t sfmp_sub_block_factor(int m, int bits) {
-    return m * (1 << (SFMP_MAX_BITS - bits));
-}
 bool sfmp_is_type(int type);
 const sfmp_layout * sfmp_get_layout(int type);  // NULL if not an SFMP type
 
@@ -94,7 +89,7 @@ const sfmp_layout * sfmp_get_layout(int type);  // NULL if not an SFMP type
 size_t sfmp_quantize(int type, const float * src, void * dst, int64_t nrows, int64_t n_per_row,
                      const float * quant_weights);
 void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k);
-// True if every block is well formed: finite d, valid precision tags, codes inside the block.
+// True if every block is well formed: finite d, exactly `upgrades` sub-blocks flagged.
 bool sfmp_validate_row(int type, const void * data, size_t nbytes);
 // Dot product of n weights against Q8_K (_k types) or Q8_0 (_s types) activations.
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);

@@ -1,8 +1,9 @@
 // CPU dot products of SFMP weights with Q8_K / Q8_0 activations: AVX2, NEON, or the scalar reference.
 //
-// Every path computes each block's (or, for the 64-weight types, each sub-block's) integer sum
-// exactly as the reference does, then applies the same float operations in the same order, so
-// all paths return bit-identical results.
+// Every path computes the same exact integers per sub-block (see sub_block_dot in sfmp-quants.c)
+// and then the same float operations in the same order, so all paths return bit-identical results.
+// Each type gets its own copy of the kernel with B (base bits) and U (upgrades) as constants: the
+// loops over pieces and sub-blocks unroll, and no branch depends on the data.
 #include "sfmp-cpu.h"
 
 #include "../../sfmp/sfmp-quants.h"
@@ -23,256 +24,411 @@
 #define SFMP_CPU_PATH "generic"
 #endif
 
+#if defined(_MSC_VER)
+#define SFMP_INLINE static __forceinline
+#else
+#define SFMP_INLINE static inline __attribute__((always_inline))
+#endif
+
 const char * sfmp_cpu_path(void) {
     return SFMP_CPU_PATH;
 }
 
+// The first U flagged sub-blocks (all of them in a well-formed block), as sfmp_upgrade_mask
+// decides, without a data-dependent branch.
+SFMP_INLINE uint32_t first_flags(uint32_t flags, int U) {
+    uint32_t mask = 0;
+    for (int u = 0; u < U; ++u) {
+        const uint32_t low = flags & (0u - flags);
+        mask |= low;
+        flags ^= low;
+    }
+    return mask;
+}
+
 #if defined(__AVX2__)
 
-// Piece unpackers: 32 weights of one piece as bytes, weight k in byte k.
-static inline __m256i nibbles_avx2(const uint8_t * p) {
-    const __m128i v = _mm_loadu_si128((const __m128i *) p);
-    const __m128i f = _mm_set1_epi8(0x0f);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), f), _mm_and_si128(v, f));
+SFMP_INLINE __m256i srl8(__m256i v, int s) {
+    return _mm256_srli_epi16(v, s);  // s is a constant after inlining; bits never cross a byte here
 }
 
-static inline __m256i crumbs_avx2(const uint8_t * p) {
+SFMP_INLINE __m256i low_bits(__m256i v, int w) {
+    return _mm256_and_si256(v, _mm256_set1_epi8((char) ((1 << w) - 1)));
+}
+
+// Sub-block j of a width-w piece spanning a 256-weight block: 32-byte chunk j % w, shift w * (j / w).
+SFMP_INLINE __m256i piece_k(const uint8_t * piece, int w, int j) {
+    return low_bits(srl8(_mm256_loadu_si256((const __m256i *) (piece + 32 * (j % w))), w * (j / w)), w);
+}
+
+// Sub-block j (0 or 1) of a width-w piece spanning a 64-weight block.
+SFMP_INLINE __m256i piece_s(const uint8_t * piece, int w, int j) {
+    if (w == 4) {
+        return low_bits(srl8(_mm256_loadu_si256((const __m256i *) piece), 4 * j), 4);
+    }
+    if (w == 2) {
+        const __m128i v = _mm_loadu_si128((const __m128i *) piece);
+        return low_bits(srl8(_mm256_set_m128i(_mm_srli_epi16(v, 2), v), 4 * j), 2);
+    }
     uint64_t u;
-    memcpy(&u, p, sizeof(u));
-    const __m256i v = _mm256_srlv_epi64(_mm256_set1_epi64x((long long) u), _mm256_set_epi64x(6, 4, 2, 0));
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x03));
+    memcpy(&u, piece, sizeof(u));
+    const __m256i bit = _mm256_set_epi64x(0x0808080808080808, 0x0404040404040404, 0x0202020202020202,
+                                          0x0101010101010101);
+    const __m256i mask = j ? _mm256_slli_epi16(bit, 4) : bit;  // weight i: byte i % 8, bit i / 8 (+4)
+    const __m256i v = _mm256_set1_epi64x((long long) u);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask), _mm256_set1_epi8(1));
 }
 
-static inline __m256i plane_avx2(const uint8_t * p) {
+// An upgrade's extra bits: weight i in byte i % 4 at bit i / 4.
+SFMP_INLINE __m256i extra_bits(const uint8_t * p) {
     uint32_t u;
     memcpy(&u, p, sizeof(u));
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int) u),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0x0000000000000000));
-    const __m256i set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-                                          _mm256_set1_epi64x(-1));
-    return _mm256_and_si256(set, _mm256_set1_epi8(1));
+    const __m256i bit = _mm256_set_epi64x((long long) 0x8080808040404040ull, 0x2020202010101010,
+                                          0x0808080804040404, 0x0202020201010101);
+    const __m256i v = _mm256_set1_epi32((int) u);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(1));
 }
 
-static inline int clamp_offset(int off, int size, int payload_bytes) {
-    return off + size <= payload_bytes ? off : payload_bytes - size;
-}
-
-// Eight int32 partial sums of q * y for one sub-block. Each piece is decoded at a clamped in-block
-// offset and masked away when the precision has no such piece; only the leading-nibble count
-// (none, one, or the two of an 8-bit code) still branches. q = (hi << (bits - 4)) + lo, where hi is the
-// leading nibble and lo < 16 the rest, so both products fit maddubs without saturation.
-static inline __m256i sub_block_dot_avx2(const uint8_t * qs, int pos, int bits, int payload_bytes, __m256i y) {
-    const int nn = bits >> 2, nc = (bits >> 1) & 1, np = bits & 1;
-    const int off_c = pos + 16 * nn, off_p = off_c + 8 * nc;
-    const __m256i hi = _mm256_and_si256(nibbles_avx2(qs + clamp_offset(pos, 16, payload_bytes)),
-                                        _mm256_set1_epi8((char) -(nn > 0)));
-    const __m256i c = _mm256_and_si256(crumbs_avx2(qs + clamp_offset(off_c, 8, payload_bytes)),
-                                       _mm256_set1_epi8((char) -nc));
-    const __m256i p = _mm256_and_si256(plane_avx2(qs + clamp_offset(off_p, 4, payload_bytes)),
-                                       _mm256_set1_epi8((char) -np));
-    __m256i lo = _mm256_or_si256(_mm256_sll_epi16(c, _mm_cvtsi32_si128(np)), p);
-    __m128i hi_shift = _mm_cvtsi32_si128(nn ? bits - 4 : 0);
-    if (nn == 0) {
-        lo = _mm256_or_si256(lo, hi);  // no leading nibble: hi is all zeros
-    } else if (nn == 2) {
-        lo = nibbles_avx2(qs + pos + 16);  // 8 bits: two nibbles and nothing else
+// Sub-block j's B-bit base code (B <= 7), one byte per weight: pieces most significant first.
+SFMP_INLINE __m256i base_code(const uint8_t * base, int block_size, int B, int j) {
+    __m256i q = _mm256_setzero_si256();
+    for (int w = 4; w >= 1; w /= 2) {
+        const int count = w == 4 ? B / 4 : (w == 2 ? (B % 4) / 2 : B % 2);
+        for (int c = 0; c < count; ++c) {
+            const __m256i p = block_size == 256 ? piece_k(base, w, j) : piece_s(base, w, j);
+            q = _mm256_or_si256(_mm256_slli_epi16(q, w), p);
+            base += block_size * w / 8;
+        }
     }
-    const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y), _mm256_set1_epi16(1));
-    const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y), _mm256_set1_epi16(1));
-    return _mm256_add_epi32(_mm256_sll_epi32(phi, hi_shift), plo);
+    return q;
 }
 
-static inline int32_t hsum_i32_avx2(__m256i v) {
+SFMP_INLINE int32_t hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
     return _mm_cvtsi128_si32(s);
 }
 
-static void vec_dot_k_avx2(const sfmp_layout * L, int n, float * s, const void * vx, const void * vy) {
-    const uint8_t * block = (const uint8_t *) vx;
+// Eight int32 partial sums of c * y for signed c with |c| <= 127 and any y: |y| goes in the unsigned
+// operand, so y = -128 (never in ggml's Q8_0, but allowed) is still exact.
+SFMP_INLINE __m256i dot_i8(__m256i c, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(c, y)),
+                             _mm256_set1_epi16(1));
+}
+
+SFMP_INLINE float half_to_float(const uint8_t * p) {
+#if defined(__F16C__)
+    return _cvtsh_ss((unsigned short) (p[0] | (p[1] << 8)));  // exact, like sfmp_fp16_to_fp32
+#else
+    return sfmp_block_d(p);
+#endif
+}
+
+SFMP_INLINE int lowest_bit(uint32_t v) {
+#if defined(_MSC_VER)
+    unsigned long i;
+    _BitScanForward(&i, v);
+    return (int) i;
+#else
+    return __builtin_ctz(v);
+#endif
+}
+
+// _k types: sum(y * o) over the block from unsigned codes and Q8_K's block sums:
+// 4*A + 2*(1 - 2^B)*C + 2*E - D with A = sum_j m_j sum(y q), C = sum_j m_j ysum_j,
+// E = sum_up m_j sum(y e), D = sum_up m_j ysum_j (sfmp-quants.c spells out the units).
+SFMP_INLINE void vec_dot_k_avx2(const sfmp_layout * L, const int B, const int U, int n, float * s,
+                                const void * vx, const void * vy) {
     const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
+    const uint8_t * block = (const uint8_t *) vx;
+    const int type_size = 10 + 32 * B + 4 * U;
+    const float unit = 1.0f / (float) (2 << B);
     float sumf = 0.0f;
-    for (int i = 0; i < n / 256; ++i, block += L->type_size) {
-        const float d = sfmp_block_d(block);
-        __m256i vacc = _mm256_setzero_si256();
-        int32_t acc = 0;
-        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-        int bits, m;
-        const uint8_t * codes;
-        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
-            const int j = c.j - 1;
-            const __m256i yv = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
-            const int32_t f = sfmp_sub_block_factor(m, bits);
-            const __m256i qy = sub_block_dot_avx2(c.qs, (int) (codes - c.qs), bits, c.budget_bytes, yv);
-            vacc = _mm256_add_epi32(vacc, _mm256_mullo_epi32(qy, _mm256_set1_epi32(2 * f)));
-            acc += f * (1 - (1 << bits)) * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
+    for (int i = 0; i < n / 256; ++i, block += type_size) {
+        const __m128i sc = _mm_loadl_epi64((const __m128i *) (block + 2));
+        const __m128i m16 = _mm_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x7f)));
+        const __m256i mm = _mm256_broadcastsi128_si256(m16);
+        const uint8_t * base = block + 10;
+        __m256i acc = _mm256_setzero_si256();
+        for (int j = 0; j < 8; ++j) {
+            const __m256i yj = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
+            const __m256i mj = _mm256_shuffle_epi8(mm, _mm256_set1_epi16((short) ((2 * j + 1) << 8 | 2 * j)));
+            if (B == 8) {  // 8-bit codes would saturate maddubs: take the nibbles apart
+                const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_k(base, 4, j), yj), mj);
+                const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_k(base + 128, 4, j), yj), mj);
+                acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_slli_epi32(hi, 4), lo));
+            } else {
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(base_code(base, 256, B, j), yj), mj));
+            }
         }
-        acc += hsum_i32_avx2(vacc);
-        sumf += (d * y[i].d) * (float) acc * (1.0f / 256.0f);
+        const __m256i bsums = _mm256_loadu_si256((const __m256i *) y[i].bsums);
+        const __m256i mdup = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+        int64_t total = 4 * (int64_t) hsum_i32(acc) +
+                        2 * (int64_t) (1 - (1 << B)) * hsum_i32(_mm256_madd_epi16(bsums, mdup));
+        if (U) {
+            uint32_t mask = (uint32_t) _mm_movemask_epi8(sc) & 0xffu;  // the loop takes the first U flags
+            __m256i acc_e = _mm256_setzero_si256();
+            int64_t d_sum = 0;
+            for (int u = 0; u < U && mask; ++u, mask &= mask - 1) {
+                const int j = lowest_bit(mask);
+                const int m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+                const __m256i yj = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
+                const __m256i e = extra_bits(block + 10 + 32 * B + 4 * u);
+                acc_e = _mm256_add_epi32(acc_e, _mm256_madd_epi16(_mm256_maddubs_epi16(e, yj), _mm256_set1_epi16((short) m)));
+                d_sum += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
+            }
+            total += 2 * (int64_t) hsum_i32(acc_e) - d_sum;
+        }
+        sumf += (half_to_float(block) * y[i].d) * ((float) total * unit);
     }
     *s = sumf;
 }
 
-static void vec_dot_s_avx2(const sfmp_layout * L, int n, float * s, const void * vx, const void * vy) {
-    const uint8_t * block = (const uint8_t *) vx;
+SFMP_INLINE float hsum_f32(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// _s types: signed codes, so no activation sums are needed. Per sub-block the exact integer
+// t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)), o = 2q + 1 - 2^B, in units of d * y_d / 2^(B+1),
+// is scaled and summed in float lanes like ggml's Q8_0 kernel: the result differs from the scalar
+// reference only by float rounding.
+SFMP_INLINE void vec_dot_s_avx2(const sfmp_layout * L, const int B, const int U, int n, float * s,
+                                const void * vx, const void * vy) {
+    (void) L;
     const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
-    const __m256i ones8 = _mm256_set1_epi8(1);
-    const __m256i ones16 = _mm256_set1_epi16(1);
-    float sumf = 0.0f;
-    for (int i = 0; i < n / 64; ++i, block += L->type_size) {
-        const float d = sfmp_block_d(block);
-        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-        int bits, m;
-        const uint8_t * codes;
-        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
-            const sfmp_block_q8_0 * yb = &y[L->n_sub * i + c.j - 1];
-            const __m256i yv = _mm256_loadu_si256((const __m256i *) yb->qs);
-            const __m256i qy = sub_block_dot_avx2(c.qs, (int) (codes - c.qs), bits, c.budget_bytes, yv);
-            const __m256i ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, yv), ones16);
-            const int32_t f = sfmp_sub_block_factor(m, bits);
-            const __m256i t = _mm256_add_epi32(_mm256_mullo_epi32(qy, _mm256_set1_epi32(2 * f)),
-                                               _mm256_mullo_epi32(ysum, _mm256_set1_epi32(f * (1 - (1 << bits)))));
-            sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) hsum_i32_avx2(t) * (1.0f / 256.0f);
+    const uint8_t * block = (const uint8_t *) vx;
+    const int type_size = 4 + 8 * B + 4 * U;
+    const float unit = 1.0f / (float) (2 << B);
+    const __m256i one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / 64; ++i, block += type_size) {
+        const sfmp_block_q8_0 * yb = y + 2 * i;
+        const uint32_t flags = (uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1);
+        const uint32_t mask = first_flags(flags, U);
+        const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + 4 + 8 * B), 1), one)
+                             : _mm256_setzero_si256();  // 2e - 1
+        const float d = half_to_float(block) * unit;
+        for (int j = 0; j < 2; ++j) {
+            const __m256i yj = _mm256_loadu_si256((const __m256i *) yb[j].qs);
+            const __m256i up = _mm256_set1_epi8((char) -(int) (mask >> j & 1));
+            __m256i t;
+            if (B == 8) {  // 2 sum(y o) = 4 sum(y q) - 510 sum(y), q = 16 hi + lo taken apart for maddubs
+                const __m256i ones16 = _mm256_set1_epi16(1);
+                const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_s(block + 4, 4, j), yj), ones16);
+                const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_s(block + 36, 4, j), yj), ones16);
+                const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(one, yj), ones16);
+                t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, 6), _mm256_slli_epi32(lo, 2)),
+                                     _mm256_mullo_epi32(sum, _mm256_set1_epi32(510)));
+            } else {
+                const __m256i q = base_code(block + 4, 64, B, j);
+                if (B == 7) {  // 2o + (2e - 1) would not fit a byte
+                    const __m256i o = _mm256_add_epi8(_mm256_add_epi8(q, q), _mm256_set1_epi8((char) (1 - (1 << B))));
+                    t = _mm256_add_epi32(_mm256_slli_epi32(dot_i8(o, yj), 1), dot_i8(_mm256_and_si256(pm, up), yj));
+                } else {  // 2o + (2e - 1) = 4q + 2 - 2^(B+1) + (2e - 1)
+                    const __m256i c = _mm256_add_epi8(_mm256_add_epi8(_mm256_slli_epi16(q, 2),
+                                                                      _mm256_set1_epi8((char) (2 - (2 << B)))),
+                                                      _mm256_and_si256(pm, up));
+                    t = dot_i8(c, yj);
+                }
+            }
+            const float scale = d * half_to_float((const uint8_t *) &yb[j].d) * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(scale), acc);
         }
     }
-    *s = sumf;
+    *s = hsum_f32(acc);
 }
+
+#define SFMP_VEC_DOT_K vec_dot_k_avx2
+#define SFMP_VEC_DOT_S vec_dot_s_avx2
 
 #endif  // __AVX2__
 
 
 #if defined(__ARM_NEON) && defined(__aarch64__) && !defined(__AVX2__)
 
-// 32 codes of one sub-block as bytes, weights 0..15 in lo and 16..31 in hi.
+// 32 weights as bytes: weights 0..15 in lo, 16..31 in hi.
 typedef struct {
-    uint8x16_t lo, hi;
-} codes_neon;
+    int8x16_t lo, hi;
+} v32_neon;
 
-static inline codes_neon piece_neon(const uint8_t * codes, int w) {
-    codes_neon p;
-    if (w == 4) {
-        const uint8x16_t v = vld1q_u8(codes);
-        p.lo = vandq_u8(v, vdupq_n_u8(0x0f));
-        p.hi = vshrq_n_u8(v, 4);
-    } else if (w == 2) {
-        const uint8x8_t v = vld1_u8(codes);
-        const uint8x8_t three = vdup_n_u8(3);
-        p.lo = vcombine_u8(vand_u8(v, three), vand_u8(vshr_n_u8(v, 2), three));
-        p.hi = vcombine_u8(vand_u8(vshr_n_u8(v, 4), three), vshr_n_u8(v, 6));
-    } else {
-        static const uint8_t bit_of[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-        static const uint8_t lo_bytes[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
-        static const uint8_t hi_bytes[16] = {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
-        uint32_t u;
-        memcpy(&u, codes, sizeof(u));
-        const uint8x16_t word = vreinterpretq_u8_u32(vdupq_n_u32(u));
-        const uint8x16_t bits = vld1q_u8(bit_of);
-        const uint8x16_t one = vdupq_n_u8(1);
-        p.lo = vandq_u8(vtstq_u8(vqtbl1q_u8(word, vld1q_u8(lo_bytes)), bits), one);
-        p.hi = vandq_u8(vtstq_u8(vqtbl1q_u8(word, vld1q_u8(hi_bytes)), bits), one);
+SFMP_INLINE uint8x16_t low_bits_neon(uint8x16_t v, int shift, int w) {
+    return vandq_u8(vshlq_u8(v, vdupq_n_s8((int8_t) -shift)), vdupq_n_u8((uint8_t) ((1 << w) - 1)));
+}
+
+// Weight i of a piece of width w spanning n weights sits in byte i % span at bit w * (i / span).
+SFMP_INLINE v32_neon piece_neon(const uint8_t * piece, int n, int w, int j) {
+    const int span = n * w / 8;
+    v32_neon p;
+    if (span >= 16) {  // each half of the sub-block is 16 consecutive bytes at one shift
+        const int lo = 32 * j, hi = 32 * j + 16;
+        p.lo = vreinterpretq_s8_u8(low_bits_neon(vld1q_u8(piece + lo % span), w * (lo / span), w));
+        p.hi = vreinterpretq_s8_u8(low_bits_neon(vld1q_u8(piece + hi % span), w * (hi / span), w));
+        return p;
     }
+    // A plane over a 64-weight block (span 8): weight i in byte i % 8 at bit i / 8.
+    static const uint8_t bit_lo[16] = {1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2};
+    uint64_t u;
+    memcpy(&u, piece, sizeof(u));
+    const uint8x16_t v = vreinterpretq_u8_u64(vdupq_n_u64(u));
+    const uint8x16_t b0 = vshlq_u8(vld1q_u8(bit_lo), vdupq_n_s8((int8_t) (4 * j)));
+    const uint8x16_t b1 = vshlq_u8(b0, vdupq_n_s8(2));
+    p.lo = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, b0), vdupq_n_u8(1)));
+    p.hi = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, b1), vdupq_n_u8(1)));
     return p;
 }
 
-static inline codes_neon decode_neon(const uint8_t * codes, int bits) {
-    codes_neon q = {vdupq_n_u8(0), vdupq_n_u8(0)};
-    int left = bits;
-    while (left > 0) {
-        const int w = left >= 4 ? 4 : (left >= 2 ? 2 : 1);
-        const codes_neon p = piece_neon(codes, w);
-        if (w == 4) {
-            q.lo = vorrq_u8(vshlq_n_u8(q.lo, 4), p.lo);
-            q.hi = vorrq_u8(vshlq_n_u8(q.hi, 4), p.hi);
-        } else if (w == 2) {
-            q.lo = vorrq_u8(vshlq_n_u8(q.lo, 2), p.lo);
-            q.hi = vorrq_u8(vshlq_n_u8(q.hi, 2), p.hi);
-        } else {
-            q.lo = vorrq_u8(vshlq_n_u8(q.lo, 1), p.lo);
-            q.hi = vorrq_u8(vshlq_n_u8(q.hi, 1), p.hi);
+// An upgrade's extra bits: weight i in byte i % 4 at bit i / 4.
+SFMP_INLINE v32_neon extra_bits_neon(const uint8_t * p) {
+    static const uint8_t bit_lo[16] = {1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8};
+    uint32_t u;
+    memcpy(&u, p, sizeof(u));
+    const uint8x16_t v = vreinterpretq_u8_u32(vdupq_n_u32(u));
+    const uint8x16_t b0 = vld1q_u8(bit_lo);
+    v32_neon e;
+    e.lo = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, b0), vdupq_n_u8(1)));
+    e.hi = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, vshlq_n_u8(b0, 4)), vdupq_n_u8(1)));
+    return e;
+}
+
+SFMP_INLINE v32_neon base_code_neon(const uint8_t * base, int n, int B, int j) {
+    v32_neon q = {vdupq_n_s8(0), vdupq_n_s8(0)};
+    for (int w = 4; w >= 1; w /= 2) {
+        const int count = w == 4 ? B / 4 : (w == 2 ? (B % 4) / 2 : B % 2);
+        for (int c = 0; c < count; ++c) {
+            const v32_neon p = piece_neon(base, n, w, j);
+            q.lo = vorrq_s8(vshlq_s8(q.lo, vdupq_n_s8((int8_t) w)), p.lo);
+            q.hi = vorrq_s8(vshlq_s8(q.hi, vdupq_n_s8((int8_t) w)), p.hi);
+            base += n * w / 8;
         }
-        codes += 4 * w;
-        left -= w;
     }
     return q;
 }
 
-// Sum of a * y over 16 lanes, a in 0..127 (reinterpreted as signed).
-static inline int32x4_t dot16_neon(int32x4_t acc, uint8x16_t a, int8x16_t y) {
+SFMP_INLINE int32x4_t dot16_neon(int32x4_t acc, int8x16_t a, int8x16_t y) {
 #if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, vreinterpretq_s8_u8(a), y);
+    return vdotq_s32(acc, a, y);
 #else
-    const int8x16_t s = vreinterpretq_s8_u8(a);
-    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(s), vget_low_s8(y)));
-    return vpadalq_s16(acc, vmull_s8(vget_high_s8(s), vget_high_s8(y)));
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(y)));
+    return vpadalq_s16(acc, vmull_high_s8(a, y));
 #endif
 }
 
-// Exact sum of q * y over one sub-block; 8-bit codes are split in nibbles to stay signed.
-static inline int32_t dot_neon(codes_neon q, const int8_t * y, int bits) {
-    const int8x16_t y0 = vld1q_s8(y), y1 = vld1q_s8(y + 16);
-    if (bits < 8) {
-        return vaddvq_s32(dot16_neon(dot16_neon(vdupq_n_s32(0), q.lo, y0), q.hi, y1));
-    }
-    const uint8x16_t f = vdupq_n_u8(0x0f);
-    const int32x4_t lo = dot16_neon(dot16_neon(vdupq_n_s32(0), vandq_u8(q.lo, f), y0), vandq_u8(q.hi, f), y1);
-    const int32x4_t hi = dot16_neon(dot16_neon(vdupq_n_s32(0), vshrq_n_u8(q.lo, 4), y0), vshrq_n_u8(q.hi, 4), y1);
-    return vaddvq_s32(lo) + 16 * vaddvq_s32(hi);
+SFMP_INLINE int32_t dot_neon(v32_neon c, const int8_t * y) {
+    return vaddvq_s32(dot16_neon(dot16_neon(vdupq_n_s32(0), c.lo, vld1q_s8(y)), c.hi, vld1q_s8(y + 16)));
 }
 
-static void vec_dot_neon(const sfmp_layout * L, int n, float * s, const void * vx, const void * vy) {
+SFMP_INLINE v32_neon add2_neon(v32_neon a, v32_neon b) {
+    v32_neon r = {vaddq_s8(a.lo, b.lo), vaddq_s8(a.hi, b.hi)};
+    return r;
+}
+
+// t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)) for sub-block j, o = 2q + 1 - 2^B: the exact
+// integer of sub_block_dot in sfmp-quants.c, without m.
+SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int U, int j, uint32_t mask,
+                                       const int8_t * y) {
+    const int n_sub = n / 32;
+    const uint8_t * base = block + 2 + n_sub;
+    if (B == 8) {  // o = 2 (q - 128) + 1
+        const v32_neon hi = piece_neon(base, n, 4, j), lo = piece_neon(base + n / 2, n, 4, j);
+        const int8x16_t flip = vdupq_n_s8(-128);
+        v32_neon sq = {veorq_s8(vorrq_s8(vshlq_n_s8(hi.lo, 4), lo.lo), flip),
+                       veorq_s8(vorrq_s8(vshlq_n_s8(hi.hi, 4), lo.hi), flip)};
+        const v32_neon ones = {vdupq_n_s8(1), vdupq_n_s8(1)};
+        return 4 * dot_neon(sq, y) + 2 * dot_neon(ones, y);
+    }
+    const v32_neon q = base_code_neon(base, n, B, j);
+    const int8x16_t bias = vdupq_n_s8((int8_t) (1 - (1 << B)));
+    const v32_neon o = {vaddq_s8(vaddq_s8(q.lo, q.lo), bias), vaddq_s8(vaddq_s8(q.hi, q.hi), bias)};
+    if (!(U && (mask >> j & 1))) {
+        return B == 7 ? 2 * dot_neon(o, y) : dot_neon(add2_neon(o, o), y);
+    }
+    const int rank = sfmp_popcount(mask & ((1u << j) - 1));
+    const v32_neon e = extra_bits_neon(block + 2 + n_sub + n * B / 8 + 4 * rank);
+    const v32_neon pm = {vsubq_s8(vaddq_s8(e.lo, e.lo), vdupq_n_s8(1)), vsubq_s8(vaddq_s8(e.hi, e.hi), vdupq_n_s8(1))};
+    if (B == 7) {  // 2o + (2e - 1) would not fit a byte
+        return 2 * dot_neon(o, y) + dot_neon(pm, y);
+    }
+    return dot_neon(add2_neon(add2_neon(o, o), pm), y);
+}
+
+SFMP_INLINE void vec_dot_k_neon(const sfmp_layout * L, const int B, const int U, int n, float * s,
+                                const void * vx, const void * vy) {
+    const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
     const uint8_t * block = (const uint8_t *) vx;
+    const float unit = 1.0f / (float) (2 << B);
     float sumf = 0.0f;
-    for (int i = 0; i < n / L->block_size; ++i, block += L->type_size) {
-        const float d = sfmp_block_d(block);
-        int32_t acc = 0;
-        sfmp_sub_block_cursor c = sfmp_block_cursor(L, block);
-        int bits, m;
-        const uint8_t * codes;
-        while (sfmp_next_sub_block(&c, &bits, &m, &codes)) {
-            const int j = c.j - 1;
-            const codes_neon q = decode_neon(codes, bits);
-            const int32_t f = sfmp_sub_block_factor(m, bits);
-            if (L->block_size == 256) {
-                const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy + i;
-                const int32_t ysum = y->bsums[2 * j] + y->bsums[2 * j + 1];
-                acc += f * (2 * dot_neon(q, y->qs + 32 * j, bits) + (1 - (1 << bits)) * ysum);
-            } else {
-                const sfmp_block_q8_0 * yb = (const sfmp_block_q8_0 *) vy + L->n_sub * i + j;
-                const int32_t ysum = vaddlvq_s8(vld1q_s8(yb->qs)) + vaddlvq_s8(vld1q_s8(yb->qs + 16));
-                const int32_t t = f * (2 * dot_neon(q, yb->qs, bits) + (1 - (1 << bits)) * ysum);
-                sumf += (d * sfmp_fp16_to_fp32(yb->d)) * (float) t * (1.0f / 256.0f);
-            }
+    for (int i = 0; i < n / 256; ++i, block += L->type_size) {
+        uint32_t flags = 0;
+        for (int j = 0; j < 8; ++j) {
+            flags |= (uint32_t) (block[2 + j] >> 7) << j;
         }
-        if (L->block_size == 256) {
-            sumf += (d * ((const sfmp_block_q8_K *) vy)[i].d) * (float) acc * (1.0f / 256.0f);
+        const uint32_t mask = first_flags(flags, U);
+        int64_t total = 0;
+        for (int j = 0; j < 8; ++j) {
+            total += (int64_t) (block[2 + j] & SFMP_AMPLITUDE_MAX) *
+                     sub_block_dot_neon(block, 256, B, U, j, mask, y[i].qs + 32 * j);
         }
+        sumf += (sfmp_block_d(block) * y[i].d) * ((float) total * unit);
     }
     *s = sumf;
 }
 
-#endif  // __ARM_NEON
-
-void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy) {
-#if defined(__AVX2__)
-    const sfmp_layout * L = sfmp_get_layout(type);
-    if (L->block_size == 256) {
-        vec_dot_k_avx2(L, n, s, vx, vy);
-    } else {
-        vec_dot_s_avx2(L, n, s, vx, vy);
+SFMP_INLINE void vec_dot_s_neon(const sfmp_layout * L, const int B, const int U, int n, float * s,
+                                const void * vx, const void * vy) {
+    const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
+    const uint8_t * block = (const uint8_t *) vx;
+    const float unit = 1.0f / (float) (2 << B);
+    float sumf = 0.0f;
+    for (int i = 0; i < n / 64; ++i, block += L->type_size) {
+        const sfmp_block_q8_0 * yb = y + 2 * i;
+        const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
+        const float d = sfmp_block_d(block);
+        const int64_t a0 = (int64_t) (block[2] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, 0, mask, yb[0].qs);
+        const int64_t a1 = (int64_t) (block[3] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, 1, mask, yb[1].qs);
+        sumf += (d * sfmp_fp16_to_fp32(yb[0].d)) * ((float) a0 * unit) + (d * sfmp_fp16_to_fp32(yb[1].d)) * ((float) a1 * unit);
     }
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-    vec_dot_neon(sfmp_get_layout(type), n, s, vx, vy);
-#else
-    sfmp_vec_dot_generic(type, n, s, vx, vy);
-#endif
+    *s = sumf;
 }
 
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                 \
-    void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,  \
-                                  const void * vy, size_t by, int nrc) {                     \
-        (void) bs_; (void) bx; (void) by; (void) nrc;                                        \
-        sfmp_cpu_vec_dot(id, n, s, vx, vy);                                                  \
+#define SFMP_VEC_DOT_K vec_dot_k_neon
+#define SFMP_VEC_DOT_S vec_dot_s_neon
+
+#endif  // __ARM_NEON
+
+// One specialised kernel per type, with ggml's vec_dot signature.
+#if defined(SFMP_VEC_DOT_K)
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                              \
+    void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,               \
+                                  const void * vy, size_t by, int nrc) {                                  \
+        (void) bs_; (void) bx; (void) by; (void) nrc;                                                     \
+        const sfmp_layout * L = sfmp_get_layout(id);                                                      \
+        if ((bs) == 256) {                                                                                \
+            SFMP_VEC_DOT_K(L, (budget) / (nsub), (budget) % (nsub), n, s, vx, vy);                        \
+        } else {                                                                                          \
+            SFMP_VEC_DOT_S(L, (budget) / (nsub), (budget) % (nsub), n, s, vx, vy);                        \
+        }                                                                                                 \
     }
+#else
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                              \
+    void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,               \
+                                  const void * vy, size_t by, int nrc) {                                  \
+        (void) bs_; (void) bx; (void) by; (void) nrc;                                                     \
+        sfmp_vec_dot_generic(id, n, s, vx, vy);                                                           \
+    }
+#endif
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
+
+void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy) {
+    switch (type) {
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
+        case id: sfmp_cpu_vec_dot_##lname(n, s, 0, vx, 0, vy, 0, 1); break;
+#include "ggml-sfmp-types.inc"
+#undef SFMP_TYPE
+        default: *s = 0.0f; break;
+    }
+}
