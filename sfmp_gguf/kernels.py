@@ -27,6 +27,8 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes);
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);
 const char * sfmp_cpu_path(void);
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
+void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
+                           const void * vy, size_t by, int nrc);
 """
 
 
@@ -77,6 +79,17 @@ class Kernels:
         fn = self.lib.sfmp_vec_dot_generic if path == "generic" else self.lib.sfmp_cpu_vec_dot
         fn(t.type_id, n, result, self._ptr(weights, "void *"), self._ptr(activations, "void *"))
         return float(result[0])
+
+    def vec_dot_tile(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType) -> np.ndarray:
+        """Two weight rows against two activation rows in one SIMD call (ggml's nrc = 2), as the
+        CPU backend does for prompt processing: result[r, c]."""
+        weights = np.ascontiguousarray(weights, dtype=np.uint8)
+        activations = np.ascontiguousarray(activations, dtype=np.uint8)
+        n = weights.shape[1] // t.type_size * t.block_size
+        out = np.zeros(4, dtype=np.float32)
+        self.lib.sfmp_cpu_vec_dot_tile(t.type_id, n, self._ptr(out, "float *"), 2, self._ptr(weights, "void *"),
+                                       weights.shape[1], self._ptr(activations, "void *"), activations.shape[1], 2)
+        return out.reshape(2, 2).T  # s[r + c * bs] with bs = 2
 
     @property
     def cpu_path(self) -> str:

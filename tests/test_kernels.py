@@ -174,6 +174,18 @@ def test_simd_path_agrees_with_generic(lib, t: SfmpType):
     assert_simd_agrees(lib, w, y, t)
 
 
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+def test_two_by_two_tile_equals_four_single_dot_products(lib, t: SfmpType):
+    """Prompt processing asks the AVX2 kernels for 2x2 tiles; each entry must be exactly the
+    single dot product."""
+    assert lib.cpu_path == "avx2"  # the x86 hosts this suite runs on; NEON registers one row per call
+    rng = np.random.default_rng(2000 + t.type_id)
+    w = lib.quantize(_weights("heavy_tailed", rng, rows=2).astype(np.float32), t)
+    y = np.stack([_activations(t, rng), _activations(t, rng)])
+    single = np.array([[lib.vec_dot(w[r], y[c], t, path="cpu") for c in range(2)] for r in range(2)])
+    assert np.array_equal(lib.vec_dot_tile(w, y, t), single)
+
+
 def _good_block(lib, t: SfmpType) -> np.ndarray:
     x = (np.random.default_rng(2).standard_normal((1, t.block_size)) * 0.02).astype(np.float32)
     return lib.quantize(x, t)[0].copy()

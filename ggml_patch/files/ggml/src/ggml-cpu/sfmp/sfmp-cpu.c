@@ -138,51 +138,90 @@ SFMP_INLINE int lowest_bit(uint32_t v) {
 // _k types: sum(y * o) over the block from unsigned codes and Q8_K's block sums:
 // 4*A + 2*(1 - 2^B)*C + 2*E - D with A = sum_j m_j sum(y q), C = sum_j m_j ysum_j,
 // E = sum_up m_j sum(y e), D = sum_up m_j ysum_j (sfmp-quants.c spells out the units).
-SFMP_INLINE void vec_dot_k_avx2(const sfmp_layout * L, const int B, const int U, int n, float * s,
-                                const void * vx, const void * vy) {
-    const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
-    const uint8_t * block = (const uint8_t *) vx;
+// One weight block against `ncols` activation blocks: the decoded codes serve every column.
+SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U,
+                              const sfmp_block_q8_K * const * ys, const int ncols, int64_t * total) {
+    const __m128i sc = _mm_loadl_epi64((const __m128i *) (block + 2));
+    const __m128i m16 = _mm_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x7f)));
+    const __m256i mm = _mm256_broadcastsi128_si256(m16);
+    const uint8_t * base = block + 10;
+    __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int j = 0; j < 8; ++j) {
+        const __m256i mj = _mm256_shuffle_epi8(mm, _mm256_set1_epi16((short) ((2 * j + 1) << 8 | 2 * j)));
+        if (B == 8) {  // 8-bit codes would saturate maddubs: take the nibbles apart
+            const __m256i hi = piece_k(base, 4, j), lo = piece_k(base + 128, 4, j);
+            for (int c = 0; c < ncols; ++c) {
+                const __m256i yj = _mm256_loadu_si256((const __m256i *) (ys[c]->qs + 32 * j));
+                const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yj), mj);
+                const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yj), mj);
+                acc[c] = _mm256_add_epi32(acc[c], _mm256_add_epi32(_mm256_slli_epi32(ph, 4), pl));
+            }
+        } else {
+            const __m256i q = base_code(base, 256, B, j);
+            for (int c = 0; c < ncols; ++c) {
+                const __m256i yj = _mm256_loadu_si256((const __m256i *) (ys[c]->qs + 32 * j));
+                acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(_mm256_maddubs_epi16(q, yj), mj));
+            }
+        }
+    }
+    const __m256i mdup = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
+    for (int c = 0; c < ncols; ++c) {
+        const __m256i bsums = _mm256_loadu_si256((const __m256i *) ys[c]->bsums);
+        total[c] = 4 * (int64_t) hsum_i32(acc[c]) + 2 * (int64_t) (1 - (1 << B)) * hsum_i32(_mm256_madd_epi16(bsums, mdup));
+    }
+    if (U) {
+        uint32_t mask = (uint32_t) _mm_movemask_epi8(sc) & 0xffu;  // the loop takes the first U flags
+        __m256i acc_e[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        int64_t d_sum[2] = {0, 0};
+        for (int u = 0; u < U && mask; ++u, mask &= mask - 1) {
+            const int j = lowest_bit(mask);
+            const int m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+            const __m256i e = extra_bits(block + 10 + 32 * B + 4 * u);
+            for (int c = 0; c < ncols; ++c) {
+                const __m256i yj = _mm256_loadu_si256((const __m256i *) (ys[c]->qs + 32 * j));
+                acc_e[c] = _mm256_add_epi32(acc_e[c], _mm256_madd_epi16(_mm256_maddubs_epi16(e, yj), _mm256_set1_epi16((short) m)));
+                d_sum[c] += m * (ys[c]->bsums[2 * j] + ys[c]->bsums[2 * j + 1]);
+            }
+        }
+        for (int c = 0; c < ncols; ++c) {
+            total[c] += 2 * (int64_t) hsum_i32(acc_e[c]) - d_sum[c];
+        }
+    }
+}
+
+// `nr` weight rows (bx bytes apart) against `nr` activation columns (by bytes apart): a 1x1 or
+// 2x2 tile, written as ggml's mul_mat expects: s[r + c * bs].
+SFMP_INLINE void tile_k_avx2(const int B, const int U, const int nr, int n, float * s, size_t bs,
+                             const void * vx, size_t bx, const void * vy, size_t by) {
     const int type_size = 10 + 32 * B + 4 * U;
     const float unit = 1.0f / (float) (2 << B);
-    float sumf = 0.0f;
-    for (int i = 0; i < n / 256; ++i, block += type_size) {
-        const __m128i sc = _mm_loadl_epi64((const __m128i *) (block + 2));
-        const __m128i m16 = _mm_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x7f)));
-        const __m256i mm = _mm256_broadcastsi128_si256(m16);
-        const uint8_t * base = block + 10;
-        __m256i acc = _mm256_setzero_si256();
-        for (int j = 0; j < 8; ++j) {
-            const __m256i yj = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
-            const __m256i mj = _mm256_shuffle_epi8(mm, _mm256_set1_epi16((short) ((2 * j + 1) << 8 | 2 * j)));
-            if (B == 8) {  // 8-bit codes would saturate maddubs: take the nibbles apart
-                const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_k(base, 4, j), yj), mj);
-                const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_k(base + 128, 4, j), yj), mj);
-                acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_slli_epi32(hi, 4), lo));
-            } else {
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(base_code(base, 256, B, j), yj), mj));
+    float sums[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+    for (int i = 0; i < n / 256; ++i) {
+        const sfmp_block_q8_K * ys[2] = {(const sfmp_block_q8_K *) vy + i,
+                                         (const sfmp_block_q8_K *) ((const uint8_t *) vy + by) + i};
+        for (int r = 0; r < nr; ++r) {
+            const uint8_t * block = (const uint8_t *) vx + r * bx + (size_t) i * type_size;
+            int64_t total[2];
+            block_k_avx2(block, B, U, ys, nr, total);
+            for (int c = 0; c < nr; ++c) {
+                sums[r][c] += (half_to_float(block) * ys[c]->d) * ((float) total[c] * unit);
             }
         }
-        const __m256i bsums = _mm256_loadu_si256((const __m256i *) y[i].bsums);
-        const __m256i mdup = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
-        int64_t total = 4 * (int64_t) hsum_i32(acc) +
-                        2 * (int64_t) (1 - (1 << B)) * hsum_i32(_mm256_madd_epi16(bsums, mdup));
-        if (U) {
-            uint32_t mask = (uint32_t) _mm_movemask_epi8(sc) & 0xffu;  // the loop takes the first U flags
-            __m256i acc_e = _mm256_setzero_si256();
-            int64_t d_sum = 0;
-            for (int u = 0; u < U && mask; ++u, mask &= mask - 1) {
-                const int j = lowest_bit(mask);
-                const int m = block[2 + j] & SFMP_AMPLITUDE_MAX;
-                const __m256i yj = _mm256_loadu_si256((const __m256i *) (y[i].qs + 32 * j));
-                const __m256i e = extra_bits(block + 10 + 32 * B + 4 * u);
-                acc_e = _mm256_add_epi32(acc_e, _mm256_madd_epi16(_mm256_maddubs_epi16(e, yj), _mm256_set1_epi16((short) m)));
-                d_sum += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
-            }
-            total += 2 * (int64_t) hsum_i32(acc_e) - d_sum;
-        }
-        sumf += (half_to_float(block) * y[i].d) * ((float) total * unit);
     }
-    *s = sumf;
+    for (int r = 0; r < nr; ++r) {
+        for (int c = 0; c < nr; ++c) {
+            s[r + c * bs] = sums[r][c];
+        }
+    }
+}
+
+SFMP_INLINE void vec_dot_k_avx2(const int B, const int U, int n, float * s, size_t bs, const void * vx,
+                                size_t bx, const void * vy, size_t by, int nrc) {
+    if (nrc == 2) {
+        tile_k_avx2(B, U, 2, n, s, bs, vx, bx, vy, by);
+    } else {
+        tile_k_avx2(B, U, 1, n, s, bs, vx, bx, vy, by);
+    }
 }
 
 SFMP_INLINE float hsum_f32(__m256 v) {
@@ -195,51 +234,76 @@ SFMP_INLINE float hsum_f32(__m256 v) {
 // _s types: signed codes, so no activation sums are needed. Per sub-block the exact integer
 // t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)), o = 2q + 1 - 2^B, in units of d * y_d / 2^(B+1),
 // is scaled and summed in float lanes like ggml's Q8_0 kernel: the result differs from the scalar
-// reference only by float rounding.
-SFMP_INLINE void vec_dot_s_avx2(const sfmp_layout * L, const int B, const int U, int n, float * s,
-                                const void * vx, const void * vy) {
-    (void) L;
-    const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
-    const uint8_t * block = (const uint8_t *) vx;
-    const int type_size = 4 + 8 * B + 4 * U;
-    const float unit = 1.0f / (float) (2 << B);
+// reference only by float rounding. One weight block against `ncols` activation columns.
+SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U,
+                              const sfmp_block_q8_0 * const * ys, const int ncols, __m256 * acc) {
     const __m256i one = _mm256_set1_epi8(1);
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < n / 64; ++i, block += type_size) {
-        const sfmp_block_q8_0 * yb = y + 2 * i;
-        const uint32_t flags = (uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1);
-        const uint32_t mask = first_flags(flags, U);
-        const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + 4 + 8 * B), 1), one)
-                             : _mm256_setzero_si256();  // 2e - 1
-        const float d = half_to_float(block) * unit;
-        for (int j = 0; j < 2; ++j) {
-            const __m256i yj = _mm256_loadu_si256((const __m256i *) yb[j].qs);
-            const __m256i up = _mm256_set1_epi8((char) -(int) (mask >> j & 1));
+    const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
+    const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + 4 + 8 * B), 1), one)
+                         : _mm256_setzero_si256();  // 2e - 1
+    const float d = half_to_float(block) * (1.0f / (float) (2 << B));
+    for (int j = 0; j < 2; ++j) {
+        const __m256i up = _mm256_set1_epi8((char) -(int) (mask >> j & 1));
+        const float dm = d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX);
+        __m256i code, hi, lo;
+        if (B == 8) {  // 2 sum(y o) = 4 sum(y q) - 510 sum(y), q = 16 hi + lo taken apart for maddubs
+            hi = piece_s(block + 4, 4, j);
+            lo = piece_s(block + 36, 4, j);
+        } else if (B == 7) {  // 2o + (2e - 1) would not fit a byte: o and 2e - 1 go apart
+            const __m256i q = base_code(block + 4, 64, B, j);
+            code = _mm256_add_epi8(_mm256_add_epi8(q, q), _mm256_set1_epi8((char) (1 - (1 << B))));
+            lo = _mm256_and_si256(pm, up);
+        } else {  // 2o + (2e - 1) = 4q + 2 - 2^(B+1) + (2e - 1)
+            const __m256i q = base_code(block + 4, 64, B, j);
+            code = _mm256_add_epi8(_mm256_add_epi8(_mm256_slli_epi16(q, 2), _mm256_set1_epi8((char) (2 - (2 << B)))),
+                                   _mm256_and_si256(pm, up));
+        }
+        for (int c = 0; c < ncols; ++c) {
+            const __m256i yj = _mm256_loadu_si256((const __m256i *) ys[c][j].qs);
             __m256i t;
-            if (B == 8) {  // 2 sum(y o) = 4 sum(y q) - 510 sum(y), q = 16 hi + lo taken apart for maddubs
+            if (B == 8) {
                 const __m256i ones16 = _mm256_set1_epi16(1);
-                const __m256i hi = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_s(block + 4, 4, j), yj), ones16);
-                const __m256i lo = _mm256_madd_epi16(_mm256_maddubs_epi16(piece_s(block + 36, 4, j), yj), ones16);
+                const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yj), ones16);
+                const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yj), ones16);
                 const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(one, yj), ones16);
-                t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi, 6), _mm256_slli_epi32(lo, 2)),
+                t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(ph, 6), _mm256_slli_epi32(pl, 2)),
                                      _mm256_mullo_epi32(sum, _mm256_set1_epi32(510)));
+            } else if (B == 7) {
+                t = _mm256_add_epi32(_mm256_slli_epi32(dot_i8(code, yj), 1), dot_i8(lo, yj));
             } else {
-                const __m256i q = base_code(block + 4, 64, B, j);
-                if (B == 7) {  // 2o + (2e - 1) would not fit a byte
-                    const __m256i o = _mm256_add_epi8(_mm256_add_epi8(q, q), _mm256_set1_epi8((char) (1 - (1 << B))));
-                    t = _mm256_add_epi32(_mm256_slli_epi32(dot_i8(o, yj), 1), dot_i8(_mm256_and_si256(pm, up), yj));
-                } else {  // 2o + (2e - 1) = 4q + 2 - 2^(B+1) + (2e - 1)
-                    const __m256i c = _mm256_add_epi8(_mm256_add_epi8(_mm256_slli_epi16(q, 2),
-                                                                      _mm256_set1_epi8((char) (2 - (2 << B)))),
-                                                      _mm256_and_si256(pm, up));
-                    t = dot_i8(c, yj);
-                }
+                t = dot_i8(code, yj);
             }
-            const float scale = d * half_to_float((const uint8_t *) &yb[j].d) * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(scale), acc);
+            const float scale = dm * half_to_float((const uint8_t *) &ys[c][j].d);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(scale), acc[c]);
         }
     }
-    *s = hsum_f32(acc);
+}
+
+SFMP_INLINE void tile_s_avx2(const int B, const int U, const int nr, int n, float * s, size_t bs,
+                             const void * vx, size_t bx, const void * vy, size_t by) {
+    const int type_size = 4 + 8 * B + 4 * U;
+    __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
+    for (int i = 0; i < n / 64; ++i) {
+        const sfmp_block_q8_0 * ys[2] = {(const sfmp_block_q8_0 *) vy + 2 * i,
+                                         (const sfmp_block_q8_0 *) ((const uint8_t *) vy + by) + 2 * i};
+        for (int r = 0; r < nr; ++r) {
+            block_s_avx2((const uint8_t *) vx + r * bx + (size_t) i * type_size, B, U, ys, nr, acc[r]);
+        }
+    }
+    for (int r = 0; r < nr; ++r) {
+        for (int c = 0; c < nr; ++c) {
+            s[r + c * bs] = hsum_f32(acc[r][c]);
+        }
+    }
+}
+
+SFMP_INLINE void vec_dot_s_avx2(const int B, const int U, int n, float * s, size_t bs, const void * vx,
+                                size_t bx, const void * vy, size_t by, int nrc) {
+    if (nrc == 2) {
+        tile_s_avx2(B, U, 2, n, s, bs, vx, bx, vy, by);
+    } else {
+        tile_s_avx2(B, U, 1, n, s, bs, vx, bx, vy, by);
+    }
 }
 
 #define SFMP_VEC_DOT_K vec_dot_k_avx2
@@ -355,13 +419,15 @@ SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int 
     return dot_neon(add2_neon(add2_neon(o, o), pm), y);
 }
 
-SFMP_INLINE void vec_dot_k_neon(const sfmp_layout * L, const int B, const int U, int n, float * s,
-                                const void * vx, const void * vy) {
+SFMP_INLINE void vec_dot_k_neon(const int B, const int U, int n, float * s, size_t bs, const void * vx,
+                                size_t bx, const void * vy, size_t by, int nrc) {
+    (void) bs; (void) bx; (void) by; (void) nrc;  // SFMP_CPU_NROWS is 1 here
     const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
     const uint8_t * block = (const uint8_t *) vx;
+    const int type_size = 10 + 32 * B + 4 * U;
     const float unit = 1.0f / (float) (2 << B);
     float sumf = 0.0f;
-    for (int i = 0; i < n / 256; ++i, block += L->type_size) {
+    for (int i = 0; i < n / 256; ++i, block += type_size) {
         uint32_t flags = 0;
         for (int j = 0; j < 8; ++j) {
             flags |= (uint32_t) (block[2 + j] >> 7) << j;
@@ -377,13 +443,15 @@ SFMP_INLINE void vec_dot_k_neon(const sfmp_layout * L, const int B, const int U,
     *s = sumf;
 }
 
-SFMP_INLINE void vec_dot_s_neon(const sfmp_layout * L, const int B, const int U, int n, float * s,
-                                const void * vx, const void * vy) {
+SFMP_INLINE void vec_dot_s_neon(const int B, const int U, int n, float * s, size_t bs, const void * vx,
+                                size_t bx, const void * vy, size_t by, int nrc) {
+    (void) bs; (void) bx; (void) by; (void) nrc;
     const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
     const uint8_t * block = (const uint8_t *) vx;
+    const int type_size = 4 + 8 * B + 4 * U;
     const float unit = 1.0f / (float) (2 << B);
     float sumf = 0.0f;
-    for (int i = 0; i < n / 64; ++i, block += L->type_size) {
+    for (int i = 0; i < n / 64; ++i, block += type_size) {
         const sfmp_block_q8_0 * yb = y + 2 * i;
         const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
         const float d = sfmp_block_d(block);
@@ -404,12 +472,10 @@ SFMP_INLINE void vec_dot_s_neon(const sfmp_layout * L, const int B, const int U,
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                              \
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,               \
                                   const void * vy, size_t by, int nrc) {                                  \
-        (void) bs_; (void) bx; (void) by; (void) nrc;                                                     \
-        const sfmp_layout * L = sfmp_get_layout(id);                                                      \
         if ((bs) == 256) {                                                                                \
-            SFMP_VEC_DOT_K(L, (budget) / (nsub), (budget) % (nsub), n, s, vx, vy);                        \
+            SFMP_VEC_DOT_K((budget) / (nsub), (budget) % (nsub), n, s, bs_, vx, bx, vy, by, nrc);         \
         } else {                                                                                          \
-            SFMP_VEC_DOT_S(L, (budget) / (nsub), (budget) % (nsub), n, s, vx, vy);                        \
+            SFMP_VEC_DOT_S((budget) / (nsub), (budget) % (nsub), n, s, bs_, vx, bx, vy, by, nrc);         \
         }                                                                                                 \
     }
 #else
@@ -423,12 +489,17 @@ SFMP_INLINE void vec_dot_s_neon(const sfmp_layout * L, const int B, const int U,
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
 
-void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy) {
+void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
+                           const void * vy, size_t by, int nrc) {
     switch (type) {
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
-        case id: sfmp_cpu_vec_dot_##lname(n, s, 0, vx, 0, vy, 0, 1); break;
+#define SFMP_TYPE(id, lname, uname, bs_, nsub, budget, tsize) \
+        case id: sfmp_cpu_vec_dot_##lname(n, s, bs, vx, bx, vy, by, nrc); break;
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
-        default: *s = 0.0f; break;
+        default: break;
     }
+}
+
+void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy) {
+    sfmp_cpu_vec_dot_tile(type, n, s, 0, vx, 0, vy, 0, 1);
 }

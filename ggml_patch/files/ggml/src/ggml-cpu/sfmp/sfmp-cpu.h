@@ -11,10 +11,22 @@
 extern "C" {
 #endif
 
+// Rows per vec_dot call that ggml's mul_mat may ask for (type traits' nrows): the AVX2 kernels
+// also compute 2x2 tiles (two weight rows by two activation columns) for prompt processing.
+#if defined(__AVX2__)
+#define SFMP_CPU_NROWS 2
+#else
+#define SFMP_CPU_NROWS 1
+#endif
+
 // Which implementation sfmp_cpu_vec_dot uses in this build: "avx2", "neon" or "generic".
 const char * sfmp_cpu_path(void);
 // Dot product of n weights of SFMP type `type` with activations vy, by the best path built in.
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
+// ggml's vec_dot contract: nrc (1 or SFMP_CPU_NROWS) rows bx bytes apart by nrc columns by bytes
+// apart, result (row r, column c) in s[r + c * bs].
+void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
+                           const void * vy, size_t by, int nrc);
 
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                 \
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,  \
