@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 from sfmp_gguf.bench.roundtrip import SMOKE_TYPES
 from sfmp_gguf.paths import REPO_ROOT

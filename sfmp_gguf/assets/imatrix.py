@@ -25,6 +25,7 @@ from sfmp_gguf.assets.cache import artifact_files, ensure_artifact, sha256_file
 from sfmp_gguf.assets.teacher import ARTIFACT as TEACHER_ARTIFACT
 from sfmp_gguf.assets.teacher import GGUF_NAME as TEACHER_GGUF
 from sfmp_gguf.assets.teacher import teacher
+from sfmp_gguf.errors import InputError
 
 ARTIFACT = "imatrix-teacher"
 IMATRIX_NAME = "imatrix.gguf"
@@ -37,11 +38,11 @@ _GGUF_MAGIC = b"GGUF"
 _SUM_SUFFIX, _COUNT_SUFFIX = ".in_sum2", ".counts"
 
 
-class ImatrixError(ValueError):
+class ImatrixError(InputError, ValueError):
     """A one-line problem computing or reading an importance matrix (names the file)."""
 
 
-def _run_imatrix(model: Path, text: Path, out: Path, ctx: int, chunks: int, threads: int) -> None:
+def run_imatrix(model: Path, text: Path, out: Path, ctx: int, chunks: int, threads: int) -> None:
     from sfmp_gguf.llama.build import current_build
 
     cmd = [str(current_build().tool("llama-imatrix")), "-m", str(model), "-f", str(text), "-o", str(out),
@@ -67,7 +68,7 @@ def teacher_imatrix() -> Path:
     }
     folder = ensure_artifact(
         ARTIFACT, recipe,
-        lambda tmp: _run_imatrix(model.gguf_path, calib, tmp / IMATRIX_NAME, CTX, CHUNKS, THREADS))
+        lambda tmp: run_imatrix(model.gguf_path, calib, tmp / IMATRIX_NAME, CTX, CHUNKS, THREADS))
     return folder / IMATRIX_NAME
 
 

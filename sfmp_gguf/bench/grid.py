@@ -33,7 +33,7 @@ from gguf import GGUFReader
 from sfmp_gguf.assets.imatrix import load_imatrix, teacher_imatrix
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.bench import DEFAULT_OUT
-from sfmp_gguf.bench.roundtrip import _write_text
+from sfmp_gguf.atomic import write_text
 from sfmp_gguf.quant import reference
 
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -60,7 +60,6 @@ def uniform_levels(bits: int) -> np.ndarray:
 def search(x: np.ndarray, w: np.ndarray, levels: np.ndarray, shrink: np.ndarray) -> np.ndarray:
     """Best weighted squared error per sub-block for codebook ``levels`` (amplitude A: x ~ A * level)."""
     levels = np.sort(levels)
-    top = np.max(np.abs(levels))
     mids = (levels[1:] + levels[:-1]) / 2
     out = np.empty(len(x))
     for s in range(0, len(x), CHUNK):
@@ -146,7 +145,7 @@ def main() -> int:
     with contextlib.redirect_stdout(report):
         experiment()
     DEFAULT_OUT.mkdir(parents=True, exist_ok=True)
-    _write_text(DEFAULT_OUT / "grid.md", "# Non-uniform vs uniform grid at 2, 3 and 4 bits\n\n```\n"
+    write_text(DEFAULT_OUT / "grid.md", "# Non-uniform vs uniform grid at 2, 3 and 4 bits\n\n```\n"
                 + report.getvalue() + "```\n")
     print(report.getvalue())
     return 0

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from sfmp_gguf import gguf_types
+from sfmp_gguf.atomic import save_figure, write_text
 from sfmp_gguf.format import BY_ID, BY_NAME
 from sfmp_gguf.bench import add_output_args, output_dir
 from sfmp_gguf.paths import cache_dir
@@ -289,22 +290,7 @@ def plot(results: dict[str, dict[str, ClassStats]], path: Path, title: str) -> N
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +340,7 @@ def run(out_dir: Path, smoke: bool = False, threads: int = 2) -> dict[str, dict[
         for cls, s in stats.items():
             if not (math.isfinite(s.rel_error) and math.isfinite(s.bpw)):
                 raise BenchError(f"{qtype} {cls}: non-finite result")
-    _write_text(out_dir / "roundtrip.md", markdown(results, title, notes))
+    write_text(out_dir / "roundtrip.md", markdown(results, title, notes))
     plot(results, out_dir / "roundtrip.png", title)
     return results
 

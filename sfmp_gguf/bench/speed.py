@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from sfmp_gguf.bench import add_output_args, output_dir  # noqa: E402
-from sfmp_gguf.bench.roundtrip import BenchError, _write_text, quantize_model  # noqa: E402
+from sfmp_gguf.atomic import save_figure, write_text  # noqa: E402
+from sfmp_gguf.bench.roundtrip import BenchError, quantize_model  # noqa: E402
 from sfmp_gguf.llama.build import current_build  # noqa: E402
 from sfmp_gguf.paths import cache_dir  # noqa: E402
 
@@ -83,10 +84,7 @@ def plot(results: dict[str, Result], path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def run(out_dir: Path, smoke: bool, threads: int) -> dict[str, Result]:
@@ -109,7 +107,7 @@ def run(out_dir: Path, smoke: bool, threads: int) -> dict[str, Result]:
     setup = (f"llama-bench -t {threads} -p {prompt} -n {gen} -r {reps}, one run, teacher SmolLM2-135M "
              f"quantized with `llama-quantize --pure --imatrix`; {date.today().isoformat()}, "
              f"{_cpu_name()}, {threads} threads.")
-    _write_text(out_dir / "speed.md", markdown(results, matched, title, setup))
+    write_text(out_dir / "speed.md", markdown(results, matched, title, setup))
     plot(results, out_dir / "speed.png", title)
     return results
 

@@ -1,0 +1,84 @@
+"""Sensitivity analysis: per sub-block errors at every precision, turned into each tensor's error at every type.
+
+For each 32-weight sub-block j and each precision b = 2..8, the analysis rounds the sub-block to the
+b-bit mid-rise grid whose amplitude is its largest |w| (the range, where outliers show) and
+measures E_j(b) = sum_i h_i (w_i - w^_i)^2, with h_i the importance of weight i. That is the
+expected output error of the sub-block at that precision, from the weights and the importance
+alone: no search, no evaluation.
+
+A type (B, U) gives every sub-block B bits and the U sub-blocks of each block with the largest
+gain E_j(B) - E_j(B+1) one bit more; the quantizer ranks by that same gain. So a tensor's error at
+each type of its family follows from these numbers, and the allocator needs nothing else.
+
+Importance h: 1 (``weights``), the imatrix mean of x^2 of each input column (``imatrix``), or the
+squared gradient of each weight (``fisher``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sfmp_gguf.format import MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, types_for_row
+
+
+@dataclass(frozen=True)
+class TensorProfile:
+    name: str
+    shape: tuple[int, int]  # (rows, row length)
+    candidates: tuple[SfmpType, ...]  # the family members that fit its rows, by rising rate
+    errors: np.ndarray  # expected importance-weighted squared error at each candidate
+
+    @property
+    def n_weights(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def bits(self, t: SfmpType) -> float:
+        return self.n_weights * t.bpw
+
+
+def quantizable(name: str, shape: tuple[int, ...]) -> bool:
+    """Matrices whose rows the family can hold; norms, biases and the like stay F32."""
+    return name.endswith(".weight") and len(shape) == 2 and bool(types_for_row(shape[1]))
+
+
+PRECISIONS = np.arange(MIN_BITS, MAX_BITS + 1)
+CHUNK_SUB_BLOCKS = 1 << 16  # bounds the temporary arrays to a few tens of MB
+
+
+def sub_block_errors(w: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """(n_sub_blocks, len(PRECISIONS)) importance-weighted squared rounding error of each sub-block."""
+    x_all = np.asarray(w, dtype=np.float32).reshape(-1, SUB_BLOCK)
+    h_all = None if importance is None else \
+        np.broadcast_to(np.asarray(importance, dtype=np.float32), w.shape).reshape(-1, SUB_BLOCK)
+    out = np.empty((x_all.shape[0], PRECISIONS.size))
+    for start in range(0, x_all.shape[0], CHUNK_SUB_BLOCKS):
+        x = x_all[start:start + CHUNK_SUB_BLOCKS]
+        amax = np.abs(x).max(axis=1, keepdims=True)
+        safe = np.where(amax > 0, amax, 1.0)
+        for k, b in enumerate(PRECISIONS):
+            half = float(1 << (b - 1))
+            step = safe / half
+            q = np.clip(np.floor(x / step + half), 0.0, 2.0 * half - 1.0)
+            diff = x - (q + 0.5 - half) * step
+            sq = diff * diff if h_all is None else h_all[start:start + CHUNK_SUB_BLOCKS] * diff * diff
+            out[start:start + x.shape[0], k] = sq.sum(axis=1, dtype=np.float64)
+    return out
+
+
+def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None = None) -> TensorProfile:
+    """The expected error of ``w`` (rows, row length) at each candidate type."""
+    rows, n = w.shape
+    candidates = types_for_row(n)
+    n_sub = candidates[0].n_sub
+    err = sub_block_errors(w, importance).reshape(-1, n_sub, PRECISIONS.size)
+    errors = []
+    for t in candidates:
+        at_base = err[:, :, t.base_bits - MIN_BITS]
+        total = at_base.sum()
+        if t.upgrades:
+            gain = at_base - err[:, :, t.base_bits + 1 - MIN_BITS]
+            total -= np.sort(gain, axis=1)[:, -t.upgrades:].sum()
+        errors.append(total)
+    return TensorProfile(name, (rows, n), candidates, np.array(errors))

@@ -1,0 +1,211 @@
+"""convert/sfmp_to_gguf.py end to end: the demo teacher at several rates, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader
+
+from sfmp_gguf import gguf_types
+from sfmp_gguf.assets.austen import austen_texts
+from sfmp_gguf.assets.imatrix import teacher_imatrix
+from sfmp_gguf.assets.teacher import teacher
+from sfmp_gguf.evaluate import perplexity
+from sfmp_gguf.format import BY_ID
+from sfmp_gguf.paths import REPO_ROOT
+
+CONVERT = REPO_ROOT / "convert" / "sfmp_to_gguf.py"
+RATES = (3.5, 4.5, 6.0)
+
+
+def run_convert(*args: object, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
+    def limit_file_size() -> None:  # a write that fails part way, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return subprocess.run([sys.executable, str(CONVERT), *map(str, args)], capture_output=True, text=True,
+                          timeout=900, preexec_fn=limit_file_size if limit_bytes else None)
+
+
+def quantized_bpw(path: Path) -> tuple[float, dict[str, int]]:
+    """Average bpw over the SFMP tensors of a file, and the type id of every tensor."""
+    gguf_types.register()
+    reader = GGUFReader(path)
+    bits = weights = 0
+    types = {}
+    for t in reader.tensors:
+        types[t.name] = int(t.tensor_type)
+        if int(t.tensor_type) in BY_ID:
+            bits += 8 * t.n_bytes
+            weights += t.n_elements
+    return bits / weights, types
+
+
+@pytest.fixture(scope="module")
+def teacher_files(build, tmp_path_factory) -> dict[float, Path]:
+    out = tmp_path_factory.mktemp("teacher")
+    files = {}
+    for bpw in RATES:
+        path = out / f"teacher-{bpw}.gguf"
+        result = run_convert(teacher().hf_dir, "-o", path, "--bpw", bpw, "--imatrix", teacher_imatrix(),
+                             *(["--report", out / "report"] if bpw == 4.5 else []))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "bpw over the" in result.stdout
+        files[bpw] = path
+    return files
+
+
+def test_every_matrix_gets_an_sfmp_type_at_the_requested_rate(teacher_files):
+    for requested, path in teacher_files.items():
+        bpw, types = quantized_bpw(path)
+        assert abs(bpw - requested) <= 0.02, (requested, bpw)
+        matrices = [name for name in types if name.endswith(".weight") and "norm" not in name]
+        assert matrices and all(types[name] in BY_ID for name in matrices)  # embeddings included
+
+
+def test_llama_cli_generates_from_the_converted_teacher(build, teacher_files):
+    result = subprocess.run([str(build.tool("llama-cli")), "-m", str(teacher_files[4.5]), "-p", "Once upon a time",
+                             "-n", "12", "--single-turn", "--temp", "0", "-t", "2"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Once upon a time" in result.stdout and len(result.stdout.split("Once upon a time", 1)[1].split()) >= 3
+
+
+def test_perplexity_is_finite_and_falls_as_the_rate_rises(build, teacher_files):
+    text = austen_texts().eval_text.read_text(encoding="utf-8")[:24_000]
+    ppl = [perplexity(teacher_files[bpw], text, ctx=256, chunks=8)[0] for bpw in RATES]
+    assert all(math.isfinite(p) for p in ppl)
+    assert ppl[0] > ppl[1] > ppl[2], ppl
+
+
+def test_report_has_a_row_per_tensor_and_a_heatmap(teacher_files):
+    folder = teacher_files[4.5].parent / "report"
+    table = (folder / "allocation.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "tensor" not in line]
+    assert len(rows) == 30 * 7 + 1  # every block matrix and the (tied) token embedding
+    assert all(line.split("|")[3].strip().startswith("sfmp") for line in rows)
+    assert (folder / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- a tiny model for the fast cases ----------------------------------------------------------------
+
+def make_tiny_model(folder: Path, seed: int = 0, arch: str = "LlamaForCausalLM", nan_in: str | None = None) -> Path:
+    """A 2-layer llama with the teacher's tokenizer and random weights (rows of 64 and 128)."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    config = json.loads((teacher().hf_dir / "config.json").read_text())
+    config.update(architectures=[arch], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(teacher().hf_dir / name, folder / name)
+    rng = np.random.default_rng(seed)
+    shapes = {"model.embed_tokens.weight": (config["vocab_size"], 64), "model.norm.weight": (64,)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes.update({p + "self_attn.q_proj.weight": (64, 64), p + "self_attn.k_proj.weight": (32, 64),
+                       p + "self_attn.v_proj.weight": (32, 64), p + "self_attn.o_proj.weight": (64, 64),
+                       p + "mlp.gate_proj.weight": (128, 64), p + "mlp.up_proj.weight": (128, 64),
+                       p + "mlp.down_proj.weight": (64, 128), p + "input_layernorm.weight": (64,),
+                       p + "post_attention_layernorm.weight": (64,)})
+    tensors = {name: (rng.standard_normal(shape) * 0.05).astype(np.float32) for name, shape in shapes.items()}
+    if nan_in:
+        tensors[nan_in][0, 3] = np.nan
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def test_conversion_is_deterministic_across_thread_counts(build, tiny, tmp_path):
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    assert run_convert(tiny, "-o", a, "--bpw", 4.0, "--threads", 1).returncode == 0
+    assert run_convert(tiny, "-o", b, "--bpw", 4.0, "--threads", 2).returncode == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def _assert_nothing_written(folder: Path) -> None:
+    assert not list(folder.glob("*.gguf")) and not list(folder.glob(".*sfmp-partial*")), list(folder.iterdir())
+
+
+def _legacy_imatrix(path: Path, entries: dict[str, np.ndarray]) -> Path:
+    data = bytearray(np.int32(len(entries)).tobytes())
+    for name, values in entries.items():
+        raw = name.encode()
+        data += np.int32(len(raw)).tobytes() + raw + np.int32(1).tobytes() + np.int32(values.size).tobytes()
+        data += values.astype("<f4").tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def bad_inputs(tiny: Path, tmp: Path) -> list[tuple[str, list[object], tuple[str, ...]]]:
+    no_tensors = tmp / "no-safetensors"
+    no_tensors.mkdir()
+    shutil.copy(tiny / "config.json", no_tensors / "config.json")
+    broken_config = tmp / "broken-config"
+    shutil.copytree(tiny, broken_config)
+    (broken_config / "config.json").write_text("{not json")
+    foreign = make_tiny_model(tmp / "foreign", arch="NoSuchModelForCausalLM")
+    nan_model = make_tiny_model(tmp / "nan", nan_in="model.layers.1.mlp.up_proj.weight")
+    wrong_names = _legacy_imatrix(tmp / "names.dat", {"other.model.weight": np.ones(64)})
+    wrong_sizes = _legacy_imatrix(tmp / "sizes.dat", {"blk.0.attn_q.weight": np.ones(576)})
+    out = tmp / "out" / "model.gguf"
+    return [
+        ("missing folder", [tmp / "nope", "-o", out], ("nope", "no such file or folder")),
+        ("no safetensors", [no_tensors, "-o", out], ("no-safetensors", "no .safetensors")),
+        ("unreadable config", [broken_config, "-o", out], ("config.json", "unreadable config")),
+        ("unsupported architecture", [foreign, "-o", out], ("NoSuchModelForCausalLM", "not supported")),
+        ("NaN weights", [nan_model, "-o", out], ("blk.1.ffn_up.weight", "NaN or Inf")),
+        ("bpw too low", [tiny, "-o", out, "--bpw", 1.5], ("--bpw 1.5", "bpw")),
+        ("bpw too high", [tiny, "-o", out, "--bpw", 9.5], ("--bpw 9.5",)),
+        ("imatrix of another model (names)", [tiny, "-o", out, "--imatrix", wrong_names], ("names.dat", "another model")),
+        ("imatrix of another model (sizes)", [tiny, "-o", out, "--imatrix", wrong_sizes],
+         ("sizes.dat", "blk.0.attn_q.weight", "576")),
+        ("output in a missing folder", [tiny, "-o", tmp / "missing" / "x.gguf"], ("missing", "does not exist")),
+    ]
+
+
+def test_bad_inputs_give_one_line_errors_and_leave_no_file(build, tiny, tmp_path):
+    (tmp_path / "out").mkdir()
+    for label, args, needles in bad_inputs(tiny, tmp_path):
+        result = run_convert(*args)
+        _assert_one_line_error(result, *needles)
+        _assert_nothing_written(tmp_path / "out")
+
+
+def test_a_full_disk_gives_a_one_line_error_and_leaves_no_file(build, tiny, tmp_path):
+    result = run_convert(tiny, "-o", tmp_path / "model.gguf", limit_bytes=200_000)
+    _assert_one_line_error(result, "model.gguf", "no space")
+    _assert_nothing_written(tmp_path)
+
+
+def test_fisher_sensitivity_runs_the_model_on_calibration_text(build, tiny, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(austen_texts().calib_text.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    out = tmp_path / "fisher.gguf"
+    result = run_convert(tiny, "-o", out, "--bpw", 4.0, "--sensitivity", "fisher", "--calib", calib)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fisher sensitivity" in result.stdout
+    assert abs(quantized_bpw(out)[0] - 4.0) <= 0.02
