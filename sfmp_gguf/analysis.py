@@ -24,11 +24,21 @@ from sfmp_gguf.format import MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, types_for_
 
 
 @dataclass(frozen=True)
+class WeightStats:
+    """What the weights alone say about a tensor, from its sub-blocks."""
+
+    range_to_rms: float  # mean over sub-blocks of max|w| / rms(w): how far the range overshoots the spread
+    variance: float  # mean sub-block variance
+    outlier_share: float  # share of weights beyond 3 sigma of the tensor
+
+
+@dataclass(frozen=True)
 class TensorProfile:
     name: str
     shape: tuple[int, int]  # (rows, row length)
     candidates: tuple[SfmpType, ...]  # the family members that fit its rows, by rising rate
     errors: np.ndarray  # expected importance-weighted squared error at each candidate
+    stats: WeightStats | None = None
 
     @property
     def n_weights(self) -> int:
@@ -67,6 +77,16 @@ def sub_block_errors(w: np.ndarray, importance: np.ndarray | None) -> np.ndarray
     return out
 
 
+def weight_stats(w: np.ndarray) -> WeightStats:
+    x = np.asarray(w, dtype=np.float32).reshape(-1, SUB_BLOCK)
+    rms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64) / SUB_BLOCK)
+    amax = np.abs(x).max(axis=1)
+    ratio = np.divide(amax, rms, out=np.zeros_like(rms), where=rms > 0)
+    sigma = float(np.sqrt(np.mean(rms * rms)))
+    outliers = float(np.count_nonzero(np.abs(x) > 3 * sigma)) / x.size if sigma > 0 else 0.0
+    return WeightStats(float(ratio.mean()), float(x.var(axis=1, dtype=np.float64).mean()), outliers)
+
+
 def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None = None) -> TensorProfile:
     """The expected error of ``w`` (rows, row length) at each candidate type."""
     rows, n = w.shape
@@ -81,4 +101,4 @@ def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None = Non
             gain = at_base - err[:, :, t.base_bits + 1 - MIN_BITS]
             total -= np.sort(gain, axis=1)[:, -t.upgrades:].sum()
         errors.append(total)
-    return TensorProfile(name, (rows, n), candidates, np.array(errors))
+    return TensorProfile(name, (rows, n), candidates, np.array(errors), weight_stats(w))

@@ -7,30 +7,36 @@ from pathlib import Path
 
 import numpy as np
 
+from sfmp_gguf.analysis import TensorProfile
 from sfmp_gguf.atomic import save_figure, write_text
 from sfmp_gguf.format import SfmpType
 
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
 
 
-def markdown(rows: list[tuple[str, tuple[int, int], SfmpType]], title: str) -> str:
-    lines = [f"# {title}", "", "| tensor | shape | type | bpw | upgraded sub-blocks |", "|---|---|---|---|---|"]
-    for name, shape, t in rows:
-        lines.append(f"| {name} | {shape[0]} x {shape[1]} | {t.name} | {t.bpw:.3f} | {t.upgrades / t.n_sub:.0%} |")
+def markdown(profiles: list[TensorProfile], types: dict[str, SfmpType], title: str) -> str:
+    lines = [f"# {title}", "",
+             "| tensor | shape | type | bpw | upgraded sub-blocks | range / rms | outliers > 3 sigma |",
+             "|---|---|---|---|---|---|---|"]
+    for p in profiles:
+        t = types[p.name]
+        stats = f"{p.stats.range_to_rms:.2f} | {p.stats.outlier_share:.2%}" if p.stats else "- | -"
+        lines.append(f"| {p.name} | {p.shape[0]} x {p.shape[1]} | {t.name} | {t.bpw:.3f} | "
+                     f"{t.upgrades / t.n_sub:.0%} | {stats} |")
     return "\n".join(lines) + "\n"
 
 
-def heatmap(rows: list[tuple[str, tuple[int, int], SfmpType]], path: Path, title: str) -> None:
+def heatmap(profiles: list[TensorProfile], types: dict[str, SfmpType], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cells = {}
-    for name, _, t in rows:
-        m = _LAYER.match(name)
+    for p in profiles:
+        m = _LAYER.match(p.name)
         if m:
-            cells[(int(m.group(1)), m.group(2))] = t.bpw
+            cells[(int(m.group(1)), m.group(2))] = types[p.name].bpw
     layers = sorted({layer for layer, _ in cells})
     kinds = sorted({kind for _, kind in cells})
     grid = np.full((max(len(layers), 1), max(len(kinds), 1)), np.nan)
@@ -42,15 +48,15 @@ def heatmap(rows: list[tuple[str, tuple[int, int], SfmpType]], path: Path, title
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
     ax.set_ylabel("layer")
     fig.colorbar(image, ax=ax, label="bits per weight")
-    others = [f"{name}: {t.bpw:.2f}" for name, _, t in rows if not _LAYER.match(name)]
+    others = [f"{p.name}: {types[p.name].bpw:.2f}" for p in profiles if not _LAYER.match(p.name)]
     ax.set_title(title + ("\n" + ", ".join(others) if others else ""), fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def write_report(folder: Path, rows: list[tuple[str, tuple[int, int], SfmpType]], title: str) -> list[Path]:
+def write_report(folder: Path, profiles: list[TensorProfile], types: dict[str, SfmpType], title: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     table, png = folder / "allocation.md", folder / "allocation.png"
-    write_text(table, markdown(rows, title))
-    heatmap(rows, png, title)
+    write_text(table, markdown(profiles, types, title))
+    heatmap(profiles, types, png, title)
     return [table, png]

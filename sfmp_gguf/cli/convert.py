@@ -144,8 +144,8 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
     timer.add("quantize+write", start)
 
     if args.report:
-        rows = [(p.name, p.shape, plan.types[p.name]) for p in profiles]
-        report.write_report(args.report, rows, f"{args.model.name} at {plan.bpw:.3f} bpw ({args.sensitivity})")
+        report.write_report(args.report, profiles, plan.types,
+                            f"{args.model.name} at {plan.bpw:.3f} bpw ({args.sensitivity})")
 
     n_quant = sum(p.n_weights for p in profiles)
     n_all = sum(t.n_elements for t in source.tensors)
