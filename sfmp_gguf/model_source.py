@@ -39,7 +39,21 @@ def use_pinned_gguf_py() -> None:
 class SourceTensor:
     name: str
     shape: tuple[int, ...]  # numpy order: (rows, row length) for a matrix
-    load: Callable[[], np.ndarray]  # float32 values, read on demand
+    read: Callable[[], np.ndarray]  # float32 values, read on demand
+    origin: Path
+
+    def load(self) -> np.ndarray:
+        """The values; a damaged file (truncated, lying offsets) gives an InputError naming it."""
+        try:
+            data = self.read()
+        except InputError:
+            raise
+        except Exception as err:  # safetensors, torch, numpy and mmap each raise their own
+            detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{self.origin}: cannot read tensor {self.name}: {detail}") from None
+        if data.size != self.n_elements:
+            raise InputError(f"{self.origin}: tensor {self.name} holds {data.size} values, expected {self.n_elements}")
+        return data.reshape(self.shape)
 
     @property
     def n_elements(self) -> int:
@@ -118,7 +132,7 @@ def _open_hf(model_dir: Path) -> ModelSource:
         for name, info in shard.items():
             lazy = info.tensor
             tensors.append(SourceTensor(name, tuple(int(n) for n in info.shape),
-                                        lambda lazy=lazy: _eager_f32(lazy)))
+                                        lambda lazy=lazy: _eager_f32(lazy), model_dir))
     metadata = dict(writer.kv_data[0])
 
     def to_gguf(name: str, data: Any) -> list[tuple[str, np.ndarray]]:
@@ -164,7 +178,7 @@ def _open_gguf(path: Path) -> ModelSource:
         if t.tensor_type.name not in _FLOAT_TYPES:
             raise InputError(f"{path}: tensor {t.name} is {t.tensor_type.name}; the input must be F32, F16 or BF16")
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        tensors.append(SourceTensor(t.name, shape, lambda t=t, shape=shape: _gguf_f32(t, shape)))
+        tensors.append(SourceTensor(t.name, shape, lambda t=t, shape=shape: _gguf_f32(t, shape), path))
     return ModelSource(path, str(arch_field.contents()), metadata, tuple(tensors), None)
 
 

@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import math
-import resource
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader
 
-from sfmp_gguf import gguf_types
 from sfmp_gguf.assets.austen import austen_texts
 from sfmp_gguf.assets.imatrix import teacher_imatrix
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.evaluate import perplexity
 from sfmp_gguf.format import BY_ID
-from sfmp_gguf.paths import REPO_ROOT
+from tests.convert_helpers import (assert_nothing_written, assert_one_line_error, legacy_imatrix,
+                                    make_tiny_model, quantized_bpw, run_convert)
 
-CONVERT = REPO_ROOT / "convert" / "sfmp_to_gguf.py"
+
 RATES = (3.5, 4.5, 6.0)
-
-
-def run_convert(*args: object, limit_bytes: int | None = None) -> subprocess.CompletedProcess:
-    def limit_file_size() -> None:  # a write that fails part way, like a full disk
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
-
-    return subprocess.run([sys.executable, str(CONVERT), *map(str, args)], capture_output=True, text=True,
-                          timeout=900, preexec_fn=limit_file_size if limit_bytes else None)
-
-
-def quantized_bpw(path: Path) -> tuple[float, dict[str, int]]:
-    """Average bpw over the SFMP tensors of a file, and the type id of every tensor."""
-    gguf_types.register()
-    reader = GGUFReader(path)
-    bits = weights = 0
-    types = {}
-    for t in reader.tensors:
-        types[t.name] = int(t.tensor_type)
-        if int(t.tensor_type) in BY_ID:
-            bits += 8 * t.n_bytes
-            weights += t.n_elements
-    return bits / weights, types
 
 
 @pytest.fixture(scope="module")
@@ -96,35 +68,6 @@ def test_report_has_a_row_per_tensor_and_a_heatmap(teacher_files):
     assert (folder / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-# ---- a tiny model for the fast cases ----------------------------------------------------------------
-
-def make_tiny_model(folder: Path, seed: int = 0, arch: str = "LlamaForCausalLM", nan_in: str | None = None) -> Path:
-    """A 2-layer llama with the teacher's tokenizer and random weights (rows of 64 and 128)."""
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True)
-    config = json.loads((teacher().hf_dir / "config.json").read_text())
-    config.update(architectures=[arch], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2)
-    (folder / "config.json").write_text(json.dumps(config))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(teacher().hf_dir / name, folder / name)
-    rng = np.random.default_rng(seed)
-    shapes = {"model.embed_tokens.weight": (config["vocab_size"], 64), "model.norm.weight": (64,)}
-    for i in range(2):
-        p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (64, 64), p + "self_attn.k_proj.weight": (32, 64),
-                       p + "self_attn.v_proj.weight": (32, 64), p + "self_attn.o_proj.weight": (64, 64),
-                       p + "mlp.gate_proj.weight": (128, 64), p + "mlp.up_proj.weight": (128, 64),
-                       p + "mlp.down_proj.weight": (64, 128), p + "input_layernorm.weight": (64,),
-                       p + "post_attention_layernorm.weight": (64,)})
-    tensors = {name: (rng.standard_normal(shape) * 0.05).astype(np.float32) for name, shape in shapes.items()}
-    if nan_in:
-        tensors[nan_in][0, 3] = np.nan
-    save_file(tensors, str(folder / "model.safetensors"))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
@@ -137,29 +80,6 @@ def test_conversion_is_deterministic_across_thread_counts(build, tiny, tmp_path)
     assert a.read_bytes() == b.read_bytes()
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def _assert_nothing_written(folder: Path) -> None:
-    assert not list(folder.glob("*.gguf")) and not list(folder.glob(".*sfmp-partial*")), list(folder.iterdir())
-
-
-def _legacy_imatrix(path: Path, entries: dict[str, np.ndarray]) -> Path:
-    data = bytearray(np.int32(len(entries)).tobytes())
-    for name, values in entries.items():
-        raw = name.encode()
-        data += np.int32(len(raw)).tobytes() + raw + np.int32(1).tobytes() + np.int32(values.size).tobytes()
-        data += values.astype("<f4").tobytes()
-    path.write_bytes(bytes(data))
-    return path
-
-
 def bad_inputs(tiny: Path, tmp: Path) -> list[tuple[str, list[object], tuple[str, ...]]]:
     no_tensors = tmp / "no-safetensors"
     no_tensors.mkdir()
@@ -169,8 +89,8 @@ def bad_inputs(tiny: Path, tmp: Path) -> list[tuple[str, list[object], tuple[str
     (broken_config / "config.json").write_text("{not json")
     foreign = make_tiny_model(tmp / "foreign", arch="NoSuchModelForCausalLM")
     nan_model = make_tiny_model(tmp / "nan", nan_in="model.layers.1.mlp.up_proj.weight")
-    wrong_names = _legacy_imatrix(tmp / "names.dat", {"other.model.weight": np.ones(64)})
-    wrong_sizes = _legacy_imatrix(tmp / "sizes.dat", {"blk.0.attn_q.weight": np.ones(576)})
+    wrong_names = legacy_imatrix(tmp / "names.dat", {"other.model.weight": np.ones(64)})
+    wrong_sizes = legacy_imatrix(tmp / "sizes.dat", {"blk.0.attn_q.weight": np.ones(576)})
     out = tmp / "out" / "model.gguf"
     return [
         ("missing folder", [tmp / "nope", "-o", out], ("nope", "no such file or folder")),
@@ -191,14 +111,14 @@ def test_bad_inputs_give_one_line_errors_and_leave_no_file(build, tiny, tmp_path
     (tmp_path / "out").mkdir()
     for label, args, needles in bad_inputs(tiny, tmp_path):
         result = run_convert(*args)
-        _assert_one_line_error(result, *needles)
-        _assert_nothing_written(tmp_path / "out")
+        assert_one_line_error(result, *needles)
+        assert_nothing_written(tmp_path / "out")
 
 
 def test_a_full_disk_gives_a_one_line_error_and_leaves_no_file(build, tiny, tmp_path):
     result = run_convert(tiny, "-o", tmp_path / "model.gguf", limit_bytes=200_000)
-    _assert_one_line_error(result, "model.gguf", "no space")
-    _assert_nothing_written(tmp_path)
+    assert_one_line_error(result, "model.gguf", "no space")
+    assert_nothing_written(tmp_path)
 
 
 def test_fisher_sensitivity_runs_the_model_on_calibration_text(build, tiny, tmp_path):

@@ -11,26 +11,16 @@ import pytest
 
 from sfmp_gguf import kernels
 from sfmp_gguf.format import SFMP_TYPES
-from sfmp_gguf.llama.patch import FILES_DIR
 from sfmp_gguf.quant import activations
+from tests.native_build import AARCH64_TARGETS, QEMU, compile_driver
 
-CROSS_CC = "aarch64-linux-gnu-gcc"
 OBJDUMP = "aarch64-linux-gnu-objdump"
-QEMU = "qemu-aarch64"
-SOURCES = [FILES_DIR / "ggml/src/sfmp/sfmp-quants.c", FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-cpu.c",
-           Path(__file__).parent / "native" / "vec_dot_check.c"]
-# Baseline NEON (widening multiplies) and the dot-product extension (sdot).
-TARGETS = {"neon": "-march=armv8-a", "neon-dotprod": "-march=armv8.2-a+dotprod"}
 
 
-@pytest.fixture(scope="module", params=sorted(TARGETS))
+@pytest.fixture(scope="module", params=sorted(AARCH64_TARGETS))
 def neon_binary(request, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp("neon") / f"check-{request.param}"
-    cmd = [CROSS_CC, "-O2", "-std=c11", "-ffp-contract=off", "-static", TARGETS[request.param],
-           f"-I{FILES_DIR / 'ggml/include'}", f"-I{FILES_DIR / 'ggml/src/sfmp'}",
-           f"-I{FILES_DIR / 'ggml/src/ggml-cpu/sfmp'}", *map(str, SOURCES), "-o", str(out), "-lm"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return request.param, out
+    return request.param, compile_driver("vec_dot_check.c", out, aarch64=request.param)
 
 
 def _cases() -> tuple[bytes, list[float]]:
@@ -52,7 +42,7 @@ def _cases() -> tuple[bytes, list[float]]:
 def test_neon_matches_the_scalar_reference(neon_binary):
     path, binary = neon_binary
     stream, x86_generic = _cases()
-    result = subprocess.run([QEMU, "-cpu", "max", str(binary)], input=stream, capture_output=True, timeout=300)
+    result = subprocess.run([*QEMU, str(binary)], input=stream, capture_output=True, timeout=300)
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()
     assert lines[0] == f"path {path}"  # the NEON path ran, not the fallback

@@ -60,8 +60,8 @@ def prepare_tree(source: LlamaSource) -> Path:
     return tree
 
 
-def build_folder(source: LlamaSource, cuda: bool = False) -> Path:
-    return cache_dir() / source.key / ("build-cuda" if cuda else "build-cpu")
+def build_folder(source: LlamaSource, cuda: bool = False, sanitize: bool = False) -> Path:
+    return cache_dir() / source.key / ("build-asan" if sanitize else "build-cuda" if cuda else "build-cpu")
 
 
 def _build_env() -> dict[str, str]:
@@ -74,12 +74,13 @@ def _build_env() -> dict[str, str]:
 
 
 def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] = ("sfmp_tools",),
-          cuda_archs: str | None = None) -> Build:
+          cuda_archs: str | None = None, sanitize: bool = False) -> Build:
     source = llama_source()
     tree = prepare_tree(source)
-    folder = build_folder(source, cuda)
+    folder = build_folder(source, cuda, sanitize)
     configure = ["cmake", "-S", str(REPO_ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DSFMP_LLAMA_CPP_DIR={tree}", f"-DSFMP_CUDA={'ON' if cuda else 'OFF'}"]
+                 f"-DSFMP_LLAMA_CPP_DIR={tree}", f"-DSFMP_CUDA={'ON' if cuda else 'OFF'}",
+                 f"-DSFMP_SANITIZE={'ON' if sanitize else 'OFF'}"]
     if cuda_archs:
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs}")
     if shutil.which("ninja"):
@@ -95,14 +96,16 @@ def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] 
     return Build(folder)
 
 
-def current_build(cuda: bool = False) -> Build:
+def current_build(cuda: bool = False, sanitize: bool = False) -> Build:
     """The cached build for the current source, without building."""
-    return Build(build_folder(llama_source(), cuda))
+    return Build(build_folder(llama_source(), cuda, sanitize))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", action="store_true", help="build with GGML_CUDA")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="AddressSanitizer + UndefinedBehaviorSanitizer build in its own folder (the fuzz harness)")
     parser.add_argument("--jobs", "-j", type=int, default=None)
     parser.add_argument("--cuda-archs", help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 (default: llama.cpp's list)")
     parser.add_argument("--target", action="append", help="build only these targets (default: all tools)")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         start = time.monotonic()
         result = build(cuda=args.cuda, jobs=args.jobs, targets=tuple(args.target or ("sfmp_tools",)),
-                       cuda_archs=args.cuda_archs)
+                       cuda_archs=args.cuda_archs, sanitize=args.sanitize)
     except (SourceError, PatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
