@@ -35,7 +35,7 @@ def fisher_importance(source: ModelSource, text: Path, shapes: dict[str, tuple[i
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(source.hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(source.hf_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(source.hf_dir, dtype=torch.float32)
     model.eval()
     ids = tokenizer(words, return_tensors="pt").input_ids[0]
     n_windows = len(ids) // ctx

@@ -62,3 +62,18 @@ def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
     sizes = {"Q4_K": 100, "Q6_K": 150, "sfmp375_k": 90, "sfmp425_k": 104, "sfmp625_k": 140}
     assert pairs(sizes, ("Q4_K", "Q6_K"), ("sfmp375_k", "sfmp425_k", "sfmp625_k")) == [
         ("Q4_K", "sfmp425_k"), ("Q6_K", "sfmp625_k")]
+
+
+def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path):
+    out = tmp_path / "all"
+    result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.all", "--smoke", "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md"):
+        assert (out / name).is_file(), name
+    header, *body = _table_rows((out / "quality.md").read_text().split("## SFMP against")[0])
+    kld = header.index("mean KLD")
+    families = {row[0] for row in body}
+    assert families == {"llama.cpp", "llama.cpp + imatrix", "SFMP weights"}
+    assert all(math.isfinite(float(row[kld])) and float(row[kld]) >= 0 for row in body)
+    assert "peak RSS" in (out / "conversion.md").read_text()

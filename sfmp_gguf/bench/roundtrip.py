@@ -101,9 +101,9 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def quantize_model(model: Path, model_sha: str, imatrix: Path, qtype: str, folder: Path,
-                   threads: int = 2) -> Path:
-    """``llama-quantize --pure --imatrix`` of ``model`` to ``qtype``, reused when already in ``folder``.
+def quantize_model(model: Path, model_sha: str, imatrix: Path | None, qtype: str, folder: Path,
+                   threads: int = 2, pure: bool = True) -> Path:
+    """``llama-quantize [--pure] [--imatrix]`` of ``model`` to ``qtype``, reused when already in ``folder``.
 
     The file is named by a hash of everything that decides its bytes (input, imatrix, the binaries of
     llama-quantize and its libraries, type), written under a temporary name and renamed once
@@ -112,15 +112,19 @@ def quantize_model(model: Path, model_sha: str, imatrix: Path, qtype: str, folde
     from sfmp_gguf.llama.build import current_build
 
     quantize = current_build().tool("llama-quantize")
-    recipe = {"model": model_sha, "imatrix": _sha256(imatrix), "tools": _tool_fingerprint(quantize),
-              "type": qtype, "version": RECIPE_VERSION}
+    recipe = {"model": model_sha, "imatrix": _sha256(imatrix) if imatrix else None,
+              "tools": _tool_fingerprint(quantize), "type": qtype, "version": RECIPE_VERSION}
+    if not pure:
+        recipe["pure"] = False  # absent for --pure, so the files cached before this option keep their names
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{qtype.lower()}-{key}.gguf"
+    stem = qtype.lower() + ("" if pure else "-mix") + ("" if imatrix else "-noimat")
+    out = folder / f"{stem}-{key}.gguf"
     if out.is_file():
         return out
     tmp = folder / f".{out.name}.{os.getpid()}.tmp"
-    cmd = [str(quantize), "--pure", "--imatrix", str(imatrix), str(model), str(tmp), qtype.upper(), str(threads)]
+    cmd = [str(quantize), *(["--pure"] if pure else []), *(["--imatrix", str(imatrix)] if imatrix else []),
+           str(model), str(tmp), qtype.upper(), str(threads)]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True)
         log = result.stdout + result.stderr
@@ -132,8 +136,8 @@ def quantize_model(model: Path, model_sha: str, imatrix: Path, qtype: str, folde
     finally:
         tmp.unlink(missing_ok=True)
     # Keep one file per type: older ones were made from other inputs or another build.
-    for stale in folder.glob(f"{qtype.lower()}-*"):
-        if stale.stem != out.stem and re.fullmatch(rf"{re.escape(qtype.lower())}-[0-9a-f]{{16}}", stale.stem):
+    for stale in folder.glob(f"{stem}-*"):
+        if stale.stem != out.stem and re.fullmatch(rf"{re.escape(stem)}-[0-9a-f]{{16}}", stale.stem):
             stale.unlink(missing_ok=True)
     return out
 

@@ -1,0 +1,117 @@
+"""The conversion phases as functions: prepare (load, importance, analysis), allocate, write.
+
+The command line runs them once; the benchmark analyses a model once per sensitivity and writes
+it at many sizes. Call ``model_source.use_pinned_gguf_py()`` before importing this module.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from sfmp_gguf import analysis
+from sfmp_gguf.allocation import Allocation
+from sfmp_gguf.assets.imatrix import load_imatrix
+from sfmp_gguf.errors import InputError
+from sfmp_gguf.gguf_io import OutputTensor, write_gguf
+from sfmp_gguf.importance import imatrix_from_text, match_imatrix
+from sfmp_gguf.model_source import ModelSource, open_model
+from sfmp_gguf.quantize import quantize_tensor
+
+
+def progress(desc: str, unit: str) -> Callable[[Iterable], Iterable]:
+    """A tqdm bar on a terminal, nothing otherwise (errors stay one line in logs)."""
+    return lambda items: tqdm(items, desc=desc, unit=unit, leave=False, disable=None)
+
+
+@dataclass
+class Timer:
+    phases: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, start: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - start
+
+
+@dataclass
+class Prepared:
+    source: ModelSource
+    shapes: dict[str, tuple[int, int]]  # the tensors that get an SFMP type
+    columns: dict[str, np.ndarray] | None  # per-column importance the quantizer takes
+    profiles: list[analysis.TensorProfile]
+    timer: Timer
+
+    @property
+    def n_quantized(self) -> int:
+        return sum(p.n_weights for p in self.profiles)
+
+
+def _write_f32(source: ModelSource, path: Path) -> None:
+    by_name = {t.name: t for t in source.tensors}
+    write_gguf(path, source.arch, dict(source.metadata), [OutputTensor(t.name, t.shape, None) for t in source.tensors],
+               lambda t: by_name[t.name].load())
+
+
+def prepare(model: Path, sensitivity: str, imatrix: Path | None, calib: Path | None, threads: int) -> Prepared:
+    timer = Timer()
+    start = time.monotonic()
+    source = open_model(model)
+    shapes = {t.name: (t.shape[0], t.shape[1]) for t in source.tensors if analysis.quantizable(t.name, t.shape)}
+    timer.add("load", start)
+
+    start = time.monotonic()
+    columns = per_weight = None
+    if sensitivity == "imatrix":
+        if imatrix is not None:
+            entries, origin = load_imatrix(imatrix), imatrix
+        else:
+            entries, origin = imatrix_from_text(source, calib, threads, lambda p: _write_f32(source, p)), calib
+        columns = match_imatrix(origin, entries, shapes)
+    elif sensitivity == "fisher":
+        from sfmp_gguf.fisher import fisher_importance
+
+        per_weight = fisher_importance(source, calib, shapes, threads, progress=progress("fisher", "window"))
+        columns = {name: f.mean(axis=0) for name, f in per_weight.items()}  # the quantizer's per-column weights
+    timer.add("importance", start)
+
+    start = time.monotonic()
+    profiles = []
+    for t in progress("analysis", "tensor")(source.tensors):
+        w = t.load()
+        if not np.isfinite(w).all():
+            raise InputError(f"{model}: tensor {t.name} holds NaN or Inf values")
+        if t.name in shapes:
+            h = per_weight[t.name] if per_weight is not None else (None if columns is None else columns[t.name])
+            profiles.append(analysis.profile_tensor(t.name, w.reshape(shapes[t.name]), h))
+    timer.add("analysis", start)
+    return Prepared(source, shapes, columns, profiles, timer)
+
+
+def write(prepared: Prepared, plan: Allocation, out: Path, threads: int) -> None:
+    import gguf
+
+    source, shapes, columns = prepared.source, prepared.shapes, prepared.columns
+    by_name = {t.name: t for t in source.tensors}
+    start = time.monotonic()
+    metadata = dict(source.metadata)
+    weights_of = {}
+    for p in prepared.profiles:
+        weights_of[plan.types[p.name]] = weights_of.get(plan.types[p.name], 0) + p.n_weights
+    dominant = max(weights_of, key=lambda t: (weights_of[t], -t.type_id))
+    metadata["general.file_type"] = gguf.GGUFValue(dominant.type_id, gguf.GGUFValueType.UINT32)
+    outputs = [OutputTensor(t.name, t.shape, plan.types.get(t.name)) for t in source.tensors]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        def produce(o: OutputTensor) -> np.ndarray:
+            w = by_name[o.name].load()
+            if o.sfmp_type is None:
+                return np.ascontiguousarray(w, dtype=np.float32)
+            return quantize_tensor(w.reshape(shapes[o.name]), o.sfmp_type,
+                                   None if columns is None else columns[o.name], pool)
+
+        write_gguf(out, source.arch, metadata, outputs, produce, progress=progress("quantize+write", "tensor"))
+    prepared.timer.add("quantize+write", start)
