@@ -94,10 +94,13 @@ def mutate(data: bytearray, regions: list[Region], rng: random.Random) -> tuple[
 def _run_worker(data: bytes, regions: list[Region], harness: Path, cases: int, seed: int, tick) -> Outcome:
     rng = random.Random(seed)
     outcome = Outcome()
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1")
-    with tempfile.TemporaryDirectory(prefix="sfmp-fuzz-") as tmp:
+    # UBSan checks recover by default: halt_on_error turns the first report into a crash.
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1")
+    with tempfile.TemporaryDirectory(prefix="sfmp-fuzz-") as tmp, open(Path(tmp) / "stderr.log", "w+") as log:
         case_path = Path(tmp) / "case.gguf"
-        proc = subprocess.Popen([str(harness)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr goes to a file: a pipe nobody reads fills up and blocks the harness mid-run.
+        proc = subprocess.Popen([str(harness)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 text=True, env=env)
         try:
             for _ in range(cases):
@@ -108,7 +111,9 @@ def _run_worker(data: bytes, regions: list[Region], harness: Path, cases: int, s
                 answer = proc.stdout.readline().strip()
                 if answer not in ("accepted", "rejected"):
                     proc.kill()
-                    tail = proc.stderr.read()[-4000:]
+                    proc.wait()
+                    log.seek(0)
+                    tail = log.read()[-4000:]
                     crash = Path(tempfile.gettempdir()) / f"sfmp-fuzz-crash-{seed}-{outcome.cases}.gguf"
                     crash.write_bytes(mutated)
                     raise RuntimeError(f"case {outcome.cases} of seed {seed} ({'+'.join(applied)}) crashed the "

@@ -30,3 +30,36 @@ def test_two_thousand_mutated_files_are_rejected_or_give_finite_results(harness)
     assert outcome.cases == CASES == outcome.accepted + outcome.rejected
     assert outcome.accepted > 0 and outcome.rejected > 0
     assert set(outcome.by_mutation) == set(fuzz.MUTATIONS)
+
+
+def _fake_harness(tmp_path, body: str):
+    path = tmp_path / "harness.sh"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_harness_that_logs_a_lot_does_not_stall_the_run(tmp_path):
+    """llama.cpp logs every rejected block to stderr; a pipe nobody reads would fill after a few
+    hundred cases and block the harness (the first 10,000-case run hung that way)."""
+    import subprocess
+    import sys
+
+    chatty = _fake_harness(tmp_path, 'while read -r f; do head -c 2000 /dev/zero | tr "\\0" x >&2; '
+                                     'echo rejected; done\n')
+    code = (f"from pathlib import Path; from sfmp_gguf import fuzz; "
+            f"o = fuzz.run(fuzz.fuzz_base(), Path({str(chatty)!r}), 200, seed=3); print(o.rejected)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200"]  # 200 cases x 2 kB of stderr: 6x a pipe's buffer
+
+
+def test_a_sanitizer_report_fails_the_run_and_keeps_its_input(tmp_path):
+    crashing = _fake_harness(tmp_path, 'read -r f; echo "fuzz_loader.c:1:1: runtime error: planted" >&2; exit 1\n')
+    with pytest.raises(RuntimeError, match="runtime error: planted") as err:
+        fuzz.run(fuzz.fuzz_base(), crashing, 4, seed=5, workers=1)
+    kept = str(err.value).split("input kept at ")[1].split()[0]
+    from pathlib import Path
+
+    assert Path(kept).is_file()
+    Path(kept).unlink()
