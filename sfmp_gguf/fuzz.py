@@ -19,10 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sfmp_gguf.format import BY_ID
+from sfmp_gguf.paths import CONVERTER
 
 MUTATIONS = ("flip", "truncate", "scale", "flags", "amplitude", "codes")
 _SPECIAL_SCALES = (b"\x00\x7c", b"\x00\xfc", b"\x01\x7c", b"\xff\x7b", b"\x01\x00", b"\x00\x00")  # Inf, -Inf, NaN, max, tiny, 0
@@ -42,7 +44,18 @@ class Outcome:
     cases: int = 0
     accepted: int = 0
     rejected: int = 0
-    by_mutation: dict[str, int] = field(default_factory=dict)
+    by_mutation: Counter[str] = field(default_factory=Counter)
+
+    def __add__(self, other: Outcome) -> Outcome:
+        return Outcome(self.cases + other.cases, self.accepted + other.accepted, self.rejected + other.rejected,
+                       self.by_mutation + other.by_mutation)
+
+
+def harness_path() -> Path:
+    """The sanitizer build's harness (``python -m sfmp_gguf.llama.build --sanitize --target sfmp_fuzz_loader``)."""
+    from sfmp_gguf.llama.build import current_build
+
+    return current_build(sanitize=True).bin_dir.parent / "sfmp_fuzz_loader"
 
 
 def sfmp_regions(path: Path) -> list[Region]:
@@ -120,8 +133,7 @@ def _run_worker(data: bytes, regions: list[Region], harness: Path, cases: int, s
                                        f"harness; input kept at {crash}\n{tail}")
                 outcome.cases += 1
                 setattr(outcome, answer, getattr(outcome, answer) + 1)
-                for kind in applied:
-                    outcome.by_mutation[kind] = outcome.by_mutation.get(kind, 0) + 1
+                outcome.by_mutation.update(applied)
                 tick()
         finally:
             if proc.poll() is None:
@@ -144,20 +156,11 @@ def run(base: Path, harness: Path, cases: int, seed: int, workers: int = 2, prog
     with ThreadPoolExecutor(workers) as pool:
         parts = list(pool.map(lambda k: _run_worker(data, regions, harness, shares[k], seed * 1000 + k, tick),
                               range(workers)))
-    total = Outcome()
-    for part in parts:
-        total.cases += part.cases
-        total.accepted += part.accepted
-        total.rejected += part.rejected
-        for kind, n in part.by_mutation.items():
-            total.by_mutation[kind] = total.by_mutation.get(kind, 0) + n
-    return total
+    return sum(parts, Outcome())
 
 
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
-
-    from sfmp_gguf.llama.build import current_build
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=10_000)
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="harness processes in parallel")
     parser.add_argument("--base", type=Path, help="a valid SFMP GGUF (default: the fuzz base model)")
     args = parser.parse_args(argv)
-    harness = current_build(sanitize=True).bin_dir.parent / "sfmp_fuzz_loader"
+    harness = harness_path()
     if not harness.is_file():
         print(f"error: {harness}: not built; run `python -m sfmp_gguf.llama.build --sanitize "
               f"--target sfmp_fuzz_loader`", file=sys.stderr)
@@ -194,8 +197,7 @@ def fuzz_base() -> Path:
     def make(tmp: Path) -> None:
         small = tmp / "hf"
         slice_teacher(teacher().hf_dir, small)
-        convert = Path(__file__).resolve().parent.parent / "convert" / "sfmp_to_gguf.py"
-        subprocess.run([sys.executable, str(convert), str(small), "-o", str(tmp / "fuzz-base.gguf"), "--bpw", "4.5"],
+        subprocess.run([sys.executable, str(CONVERTER), str(small), "-o", str(tmp / "fuzz-base.gguf"), "--bpw", "4.5"],
                        check=True, capture_output=True)
         for p in small.iterdir():
             p.unlink()

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CONVERTER = REPO_ROOT / "convert" / "sfmp_to_gguf.py"  # the command users run
 
 
 def cache_dir() -> Path:

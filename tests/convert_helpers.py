@@ -16,9 +16,7 @@ from gguf import GGUFReader
 from sfmp_gguf import gguf_types
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.format import BY_ID
-from sfmp_gguf.paths import REPO_ROOT
-
-CONVERT = REPO_ROOT / "convert" / "sfmp_to_gguf.py"
+from sfmp_gguf.paths import CONVERTER
 
 
 def run_convert(*args: object, limit_bytes: int | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -26,7 +24,7 @@ def run_convert(*args: object, limit_bytes: int | None = None, prefix: tuple[str
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    return subprocess.run([*prefix, sys.executable, str(CONVERT), *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([*prefix, sys.executable, str(CONVERTER), *map(str, args)], capture_output=True, text=True,
                           timeout=900, preexec_fn=limit_file_size if limit_bytes else None)
 
 

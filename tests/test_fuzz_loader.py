@@ -4,18 +4,21 @@ or a finite result: no sanitizer report, no crash."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from sfmp_gguf import fuzz
 from sfmp_gguf.format import BY_ID
-from sfmp_gguf.llama.build import current_build
 
 CASES = 2000  # the issue's budget for the suite; `python -m sfmp_gguf.fuzz` runs the long one
 
 
 @pytest.fixture(scope="module")
 def harness():
-    path = current_build(sanitize=True).bin_dir.parent / "sfmp_fuzz_loader"
+    path = fuzz.harness_path()
     assert path.is_file(), f"{path}: the test command builds it (scripts/test.sh)"
     return path
 
@@ -42,9 +45,6 @@ def _fake_harness(tmp_path, body: str):
 def test_a_harness_that_logs_a_lot_does_not_stall_the_run(tmp_path):
     """llama.cpp logs every rejected block to stderr; a pipe nobody reads would fill after a few
     hundred cases and block the harness (the first 10,000-case run hung that way)."""
-    import subprocess
-    import sys
-
     chatty = _fake_harness(tmp_path, 'while read -r f; do head -c 2000 /dev/zero | tr "\\0" x >&2; '
                                      'echo rejected; done\n')
     code = (f"from pathlib import Path; from sfmp_gguf import fuzz; "
@@ -59,7 +59,5 @@ def test_a_sanitizer_report_fails_the_run_and_keeps_its_input(tmp_path):
     with pytest.raises(RuntimeError, match="runtime error: planted") as err:
         fuzz.run(fuzz.fuzz_base(), crashing, 4, seed=5, workers=1)
     kept = str(err.value).split("input kept at ")[1].split()[0]
-    from pathlib import Path
-
     assert Path(kept).is_file()
     Path(kept).unlink()

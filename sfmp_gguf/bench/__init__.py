@@ -17,6 +17,14 @@ def add_output_args(parser: argparse.ArgumentParser, smoke_help: str) -> None:
     parser.add_argument("--threads", "-t", type=int, default=2)
 
 
+def cpu_name() -> str:
+    """The CPU model, for the machine line every result carries."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
     """Where results go; a smoke run must name its own folder so it never overwrites real results."""
     if args.smoke and args.out is None:

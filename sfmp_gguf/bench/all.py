@@ -19,19 +19,13 @@ import time
 from datetime import date
 from pathlib import Path
 
+from sfmp_gguf.bench import add_output_args, cpu_name, output_dir
 from sfmp_gguf.model_source import use_pinned_gguf_py
-from sfmp_gguf.paths import REPO_ROOT
+from sfmp_gguf.paths import CONVERTER, REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 KERNEL_SHAPE = "m=4096,n=1,k=14336"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 # Run through a small wrapper: a child forked straight from this (large) process would report our
@@ -75,7 +69,7 @@ def conversion_table(hf_dir: Path, f32: Path, imatrix: Path, threads: int, timin
 
     lines = ["| run | wall (s) | peak RSS (MiB) |", "|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="sfmp-cost-") as tmp:
-        convert = [sys.executable, str(REPO_ROOT / "convert" / "sfmp_to_gguf.py")]
+        convert = [sys.executable, str(CONVERTER)]
         runs = {
             "sfmp_to_gguf, HF folder, --imatrix, 4.5 bpw": convert + [str(hf_dir), "-o", f"{tmp}/a.gguf", "--bpw", "4.5",
                                                                       "--imatrix", str(imatrix), "--threads", str(threads)],
@@ -123,15 +117,11 @@ def update_readme(block: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny settings, seconds to minutes; needs --out")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--threads", "-t", type=int, default=2)
+    add_output_args(parser, "tiny settings, seconds to minutes; needs --out")
     parser.add_argument("--render", action="store_true",
                         help="only redraw the tables, plot and README block from the stored results")
     args = parser.parse_args(argv)
-    if args.smoke and args.out is None:
-        parser.error("--smoke needs --out (it must not overwrite the real results)")
-    out_dir = args.out or REPO_ROOT / "bench-results"
+    out_dir = output_dir(parser, args)
     out_dir.mkdir(parents=True, exist_ok=True)
     use_pinned_gguf_py()
     if args.render:

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sfmp_gguf.bench import add_output_args, output_dir  # noqa: E402
+from sfmp_gguf.bench import add_output_args, cpu_name, output_dir  # noqa: E402
 from sfmp_gguf.atomic import save_figure, write_text  # noqa: E402
 from sfmp_gguf.bench.roundtrip import BenchError, quantize_model  # noqa: E402
 from sfmp_gguf.llama.build import current_build  # noqa: E402
@@ -106,17 +106,10 @@ def run(out_dir: Path, smoke: bool, threads: int) -> dict[str, Result]:
     title = "Speed at equal size" + (" (smoke)" if smoke else "")
     setup = (f"llama-bench -t {threads} -p {prompt} -n {gen} -r {reps}, one run, teacher SmolLM2-135M "
              f"quantized with `llama-quantize --pure --imatrix`; {date.today().isoformat()}, "
-             f"{_cpu_name()}, {threads} threads.")
+             f"{cpu_name()}, {threads} threads.")
     write_text(out_dir / "speed.md", markdown(results, matched, title, setup))
     plot(results, out_dir / "speed.png", title)
     return results
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sfmp_gguf.assets.imatrix import teacher_imatrix
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.llama.build import current_build
-from sfmp_gguf.paths import REPO_ROOT
+from sfmp_gguf.paths import CONVERTER, REPO_ROOT
 
 PROMPT = "The three most useful things to pack for a hike are"
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     # The same command a user runs; its own process, since it loads the pinned converter's gguf-py.
-    status = subprocess.run([sys.executable, str(REPO_ROOT / "convert" / "sfmp_to_gguf.py"), str(teacher().hf_dir),
+    status = subprocess.run([sys.executable, str(CONVERTER), str(teacher().hf_dir),
                              "-o", str(args.output), "--imatrix", str(teacher_imatrix()), "--report",
                              str(args.output.parent / "report")]).returncode
     if status != 0:

@@ -131,14 +131,13 @@ int main(int argc, char ** argv) {
         const sfmp_layout * L = sfmp_get_layout(type);
         const int n = L->block_size * (1 + (int) (next_u32() % (uint32_t) (MAX_N / L->block_size)));
         const size_t row_bytes = (size_t) (n / L->block_size) * (size_t) L->type_size;
-        // Exactly sized heap buffers, so AddressSanitizer sees any read past a row.
-        uint8_t * rows = malloc(2 * row_bytes);
-        void * acts = malloc(2 * (L->block_size == 256 ? sizeof(sfmp_block_q8_K) * (size_t) (n / 256)
-                                                       : sizeof(sfmp_block_q8_0) * (size_t) (n / 32)));
-        float * out = malloc(sizeof(float) * (size_t) n);
-        float x[MAX_N], ydq[2][MAX_N];
         const size_t act_bytes = L->block_size == 256 ? sizeof(sfmp_block_q8_K) * (size_t) (n / 256)
                                                       : sizeof(sfmp_block_q8_0) * (size_t) (n / 32);
+        // Exactly sized heap buffers, so AddressSanitizer sees any read past a row.
+        uint8_t * rows = malloc(2 * row_bytes);
+        void * acts = malloc(2 * act_bytes);
+        float * out = malloc(sizeof(float) * (size_t) n);
+        float x[MAX_N], ydq[2][MAX_N];
         for (int r = 0; r < 2; ++r) {
             make_weights(type, L, n, rows + r * row_bytes, (int) (next_u32() % 3));
             for (int i = 0; i < n; ++i) {
