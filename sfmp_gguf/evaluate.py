@@ -20,8 +20,9 @@ class EvaluationError(RuntimeError):
 
 
 def perplexity(model: Path, text: str, ctx: int = 512, chunks: int | None = None,
-               threads: int = 2) -> tuple[float, float]:
-    """(PPL, its standard error) of ``model`` on ``text``, scored as llama-perplexity does."""
+               threads: int = 2, extra_args: tuple[str, ...] = ()) -> tuple[float, float]:
+    """(PPL, its standard error) of ``model`` on ``text``, scored as llama-perplexity does;
+    ``extra_args`` go to llama-perplexity as they are (``--no-repack``, for example)."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -29,6 +30,7 @@ def perplexity(model: Path, text: str, ctx: int = 512, chunks: int | None = None
                "-c", str(ctx), "-b", str(max(ctx, 512)), "-t", str(threads)]
         if chunks is not None:
             cmd += ["--chunks", str(chunks)]
+        cmd += list(extra_args)
         result = subprocess.run(cmd, capture_output=True, text=True)
     found = _FINAL_PPL.search(result.stdout + result.stderr)
     if result.returncode != 0 or not found:

@@ -29,6 +29,12 @@ const char * sfmp_cpu_path(void);
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
                            const void * vy, size_t by, int nrc);
+bool sfmp_x8_supported(int type);
+size_t sfmp_x8_group_size(int type, int64_t n_per_row);
+void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
+void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums);
+void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end,
+                         const void * vy, const int32_t * sums, float * dst);
 """
 
 
@@ -90,6 +96,28 @@ class Kernels:
         self.lib.sfmp_cpu_vec_dot_tile(t.type_id, n, self._ptr(out, "float *"), 2, self._ptr(weights, "void *"),
                                        weights.shape[1], self._ptr(activations, "void *"), activations.shape[1], 2)
         return out.reshape(2, 2).T  # s[r + c * bs] with bs = 2
+
+    def interleaved_mat_vec(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType) -> np.ndarray:
+        """All rows (a multiple of 8) against one activation row through the 8-row interleaved
+        layout of the SFMP_X8 buffer type: repack, then the interleaved kernel."""
+        weights = np.ascontiguousarray(weights, dtype=np.uint8)
+        activations = np.ascontiguousarray(activations, dtype=np.uint8)
+        rows, row_bytes = weights.shape
+        n = row_bytes // t.type_size * t.block_size
+        if not self.lib.sfmp_x8_supported(t.type_id) or rows % 8:
+            raise ValueError(f"{t.name}: no interleaved kernel for {rows} rows in this build")
+        group = self.lib.sfmp_x8_group_size(t.type_id, n)
+        packed = np.zeros(rows // 8 * group, dtype=np.uint8)
+        for g in range(rows // 8):
+            self.lib.sfmp_x8_repack_group(t.type_id, self._ptr(weights[8 * g:], "void *"), row_bytes,
+                                          self._ptr(packed[g * group:], "void *"), n)
+        sums = np.zeros(n // 32, dtype=np.int32)
+        self.lib.sfmp_x8_activation_sums(t.type_id, self._ptr(activations, "void *"), n, self._ptr(sums, "int32_t *"))
+        out = np.zeros(rows, dtype=np.float32)
+        self.lib.sfmp_x8_mul_mat_vec(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8,
+                                     self._ptr(activations, "void *"), self._ptr(sums, "int32_t *"),
+                                     self._ptr(out, "float *"))
+        return out
 
     @property
     def cpu_path(self) -> str:

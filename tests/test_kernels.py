@@ -214,3 +214,22 @@ def test_validation_rejects_malformed_blocks_and_kernels_stay_safe(lib, t: SfmpT
         assert np.isfinite(lib.vec_dot(block, y, t))
         assert_simd_agrees(lib, block, y, t)
     assert not lib.validate(good[:-1], t)  # not a whole number of blocks
+
+
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(lib, t: SfmpType):
+    """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass) returns exactly what
+    sfmp_vec_dot_generic returns for each row, malformed blocks and full-range activations included."""
+    assert lib.cpu_path == "avx2"  # the interleaved kernel exists for AVX2 builds
+    rng = np.random.default_rng(3000 + t.type_id)
+    w = np.concatenate([lib.quantize(_weights(kind, rng, rows=4).astype(np.float32), t) for kind in KINDS])
+    flags = w.reshape(len(w), -1, t.type_size)[:, :, t.sc_offset:t.base_offset]
+    flags[0] |= UPGRADE_FLAG  # more flagged sub-blocks than upgrades: the first ones count
+    flags[1] &= 0x7F  # none flagged
+    y_normal = _activations(t, rng)
+    y_full = y_normal.copy()
+    y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
+    y_blocks["qs"] = rng.integers(-128, 128, size=y_blocks["qs"].shape)
+    for y in (y_normal, y_full):
+        expected = np.array([lib.vec_dot(row, y, t) for row in w], dtype=np.float32)
+        assert np.array_equal(lib.interleaved_mat_vec(w, y, t), expected)

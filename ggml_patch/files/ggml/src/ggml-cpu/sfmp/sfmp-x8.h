@@ -1,0 +1,39 @@
+// sfmp-gguf: SFMP weights with 8 rows interleaved, for a faster CPU mat-mul (the SFMP_X8 buffer type).
+//
+// Each SIMD lane holds one row, so eight rows share every decode step, every activation load and
+// every scale operation, and no horizontal sums are needed. A row group is the tensor's 8 rows
+// block by block; for each block index one x8 block holds:
+//   uint16_t d[8]                 the rows' fp16 block scales
+//   uint8_t  m[n_sub][8]          amplitudes, bit 7 set where the sub-block decodes upgraded
+//   uint8_t  codes[n_sub][32 W]   W-bit codes, W = B + (U > 0), in pieces of 4, 2 and 1 bits
+// A piece of width w spans w 32-byte loads; in load L, row r owns bytes 4r..4r+3, byte b holds
+// weight 4g + b of the group g = L * (8 / w) + k at bit w * k. Results are bit-identical to
+// sfmp_vec_dot_generic: the same integers per sub-block and the same float operations per lane.
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SFMP_X8_ROWS 8
+
+// True if this build has an interleaved kernel for the type (AVX2 builds, every SFMP type).
+bool sfmp_x8_supported(int type);
+// Bytes of one row group (8 rows of n_per_row weights).
+size_t sfmp_x8_group_size(int type, int64_t n_per_row);
+// Interleave 8 rows (row_stride bytes apart, in the file's layout) into one row group at dst.
+void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
+// The activations' sums per 32 values, which the kernel's offset terms need: n / 32 values.
+void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums);
+// Row groups [group_begin, group_end) of an interleaved tensor against one activation row (Q8_K
+// for _k types, Q8_0 for _s types): dst[8 g + r] for row r of group g, dst indexed from group 0.
+void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end,
+                         const void * vy, const int32_t * sums, float * dst);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,80 @@
+// The SFMP_X8 buffer type inside ggml's CPU backend: one MUL_MAT with the weights in the SFMP_X8
+// buffer and the same MUL_MAT with the weights in the plain CPU buffer, on the same random data.
+// Prints "<max |x8 - plain|> <max |plain|> <buffer name>"; tests/test_kernels.py bounds the ratio.
+// Usage: sfmp_x8_buffer_check TYPE_ID N_PER_ROW ROWS COLUMNS THREADS
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+ggml_backend_buffer_type_t sfmp_x8_buffer_type(void);
+
+int main(int argc, char ** argv) {
+    if (argc != 6) {
+        fprintf(stderr, "usage: %s TYPE_ID N_PER_ROW ROWS COLUMNS THREADS\n", argv[0]);
+        return 2;
+    }
+    const auto type = (ggml_type) atoi(argv[1]);
+    const int64_t n = atoll(argv[2]), rows = atoll(argv[3]), cols = atoll(argv[4]);
+    const int threads = atoi(argv[5]);
+    if (!sfmp_x8_buffer_type()) {
+        fprintf(stderr, "this build has no SFMP_X8 buffer type\n");
+        return 1;
+    }
+
+    std::mt19937 rng(42);
+    std::student_t_distribution<float> heavy(3.0f);
+    std::vector<float> w(n * rows), x(n * cols);
+    for (auto & v : w) v = 0.02f * heavy(rng);
+    for (auto & v : x) v = heavy(rng);
+    std::vector<uint8_t> q(ggml_row_size(type, n) * rows);
+    ggml_quantize_chunk(type, w.data(), q.data(), 0, rows, n, nullptr);
+
+    ggml_init_params params = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
+    ggml_context * weights_x8 = ggml_init(params);
+    ggml_context * weights_plain = ggml_init(params);
+    ggml_context * graph_ctx = ggml_init(params);
+    ggml_tensor * a_x8 = ggml_new_tensor_2d(weights_x8, type, n, rows);
+    ggml_tensor * a_plain = ggml_new_tensor_2d(weights_plain, type, n, rows);
+    ggml_tensor * b = ggml_new_tensor_2d(graph_ctx, GGML_TYPE_F32, n, cols);
+    ggml_tensor * out_x8 = ggml_mul_mat(graph_ctx, a_x8, b);
+    ggml_tensor * out_plain = ggml_mul_mat(graph_ctx, a_plain, b);
+    ggml_cgraph * graph = ggml_new_graph(graph_ctx);
+    ggml_build_forward_expand(graph, out_x8);
+    ggml_build_forward_expand(graph, out_plain);
+
+    ggml_backend_buffer_t buf_x8 = ggml_backend_alloc_ctx_tensors_from_buft(weights_x8, sfmp_x8_buffer_type());
+    ggml_backend_buffer_t buf_plain = ggml_backend_alloc_ctx_tensors_from_buft(weights_plain, ggml_backend_cpu_buffer_type());
+    ggml_backend_buffer_t buf_graph = ggml_backend_alloc_ctx_tensors_from_buft(graph_ctx, ggml_backend_cpu_buffer_type());
+    ggml_backend_tensor_set(a_x8, q.data(), 0, q.size());
+    ggml_backend_tensor_set(a_plain, q.data(), 0, q.size());
+    ggml_backend_tensor_set(b, x.data(), 0, x.size() * sizeof(float));
+
+    ggml_backend_t backend = ggml_backend_cpu_init();
+    ggml_backend_cpu_set_n_threads(backend, threads);
+    if (ggml_backend_graph_compute(backend, graph) != GGML_STATUS_SUCCESS) {
+        fprintf(stderr, "graph compute failed\n");
+        return 1;
+    }
+    std::vector<float> r_x8(rows * cols), r_plain(rows * cols);
+    ggml_backend_tensor_get(out_x8, r_x8.data(), 0, r_x8.size() * sizeof(float));
+    ggml_backend_tensor_get(out_plain, r_plain.data(), 0, r_plain.size() * sizeof(float));
+    double max_diff = 0.0, max_abs = 0.0;
+    for (size_t i = 0; i < r_x8.size(); ++i) {
+        max_diff = std::max(max_diff, (double) std::fabs(r_x8[i] - r_plain[i]));
+        max_abs = std::max(max_abs, (double) std::fabs(r_plain[i]));
+    }
+    printf("%.9g %.9g %s\n", max_diff, max_abs, ggml_backend_buffer_name(buf_x8));
+
+    ggml_backend_free(backend);
+    for (auto * buf : {buf_x8, buf_plain, buf_graph}) ggml_backend_buffer_free(buf);
+    for (auto * ctx : {weights_x8, weights_plain, graph_ctx}) ggml_free(ctx);
+    return 0;
+}
