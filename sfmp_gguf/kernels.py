@@ -29,12 +29,13 @@ const char * sfmp_cpu_path(void);
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
                            const void * vy, size_t by, int nrc);
+const char * sfmp_x8_path(void);
 bool sfmp_x8_supported(int type);
 size_t sfmp_x8_group_size(int type, int64_t n_per_row);
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
 void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums);
-void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end,
-                         const void * vy, const int32_t * sums, float * dst);
+void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                     const void * const * vy, const int32_t * const * sums, float * const * dst);
 """
 
 
@@ -97,11 +98,12 @@ class Kernels:
                                        weights.shape[1], self._ptr(activations, "void *"), activations.shape[1], 2)
         return out.reshape(2, 2).T  # s[r + c * bs] with bs = 2
 
-    def interleaved_mat_vec(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType) -> np.ndarray:
-        """All rows (a multiple of 8) against one activation row through the 8-row interleaved
-        layout of the SFMP_X8 buffer type: repack, then the interleaved kernel."""
+    def interleaved_mat_mul(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType) -> np.ndarray:
+        """All weight rows (a multiple of 8) against each activation row (one per row of
+        ``activations``, raw Q8_K / Q8_0 bytes) through the SFMP_X8 buffer type's layout and kernel:
+        result[column, row]."""
         weights = np.ascontiguousarray(weights, dtype=np.uint8)
-        activations = np.ascontiguousarray(activations, dtype=np.uint8)
+        activations = np.ascontiguousarray(np.atleast_2d(activations), dtype=np.uint8)
         rows, row_bytes = weights.shape
         n = row_bytes // t.type_size * t.block_size
         if not self.lib.sfmp_x8_supported(t.type_id) or rows % 8:
@@ -111,17 +113,26 @@ class Kernels:
         for g in range(rows // 8):
             self.lib.sfmp_x8_repack_group(t.type_id, self._ptr(weights[8 * g:], "void *"), row_bytes,
                                           self._ptr(packed[g * group:], "void *"), n)
-        sums = np.zeros(n // 32, dtype=np.int32)
-        self.lib.sfmp_x8_activation_sums(t.type_id, self._ptr(activations, "void *"), n, self._ptr(sums, "int32_t *"))
-        out = np.zeros(rows, dtype=np.float32)
-        self.lib.sfmp_x8_mul_mat_vec(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8,
-                                     self._ptr(activations, "void *"), self._ptr(sums, "int32_t *"),
-                                     self._ptr(out, "float *"))
+        ncols = len(activations)
+        sums = np.zeros((ncols, n // 32), dtype=np.int32)
+        out = np.zeros((ncols, rows), dtype=np.float32)
+        for c in range(ncols):
+            self.lib.sfmp_x8_activation_sums(t.type_id, self._ptr(activations[c], "void *"), n,
+                                             self._ptr(sums[c], "int32_t *"))
+        y = self.ffi.new("void *[]", [self._ptr(a, "void *") for a in activations])
+        sum_ptrs = self.ffi.new("int32_t *[]", [self._ptr(s, "int32_t *") for s in sums])
+        dst = self.ffi.new("float *[]", [self._ptr(o, "float *") for o in out])
+        self.lib.sfmp_x8_mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, sum_ptrs, dst)
         return out
 
     @property
     def cpu_path(self) -> str:
         return self.ffi.string(self.lib.sfmp_cpu_path()).decode()
+
+    @property
+    def x8_path(self) -> str:
+        """The interleaved kernel's instruction set: "avx2-vnni", "avx2" or "none"."""
+        return self.ffi.string(self.lib.sfmp_x8_path()).decode()
 
 
 @lru_cache(maxsize=None)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sfmp_gguf import kernels
 from sfmp_gguf.format import BY_NAME, MAX_BITS, SFMP_TYPES, UPGRADE_FLAG, SfmpType, pieces
+from sfmp_gguf.llama.build import current_build
 from sfmp_gguf.quant import activations
 from sfmp_gguf.quant import elastic
 from sfmp_gguf.quant.reference import decode_blocks, dequantize_blocks, quantize_blocks
@@ -216,20 +219,37 @@ def test_validation_rejects_malformed_blocks_and_kernels_stay_safe(lib, t: SfmpT
     assert not lib.validate(good[:-1], t)  # not a whole number of blocks
 
 
+def _host_has_avx512_vnni() -> bool:
+    flags = Path("/proc/cpuinfo").read_text().split()
+    return "avx512_vnni" in flags and "avx512vl" in flags
+
+
+@pytest.fixture(scope="module", params=["avx2", "avx2-vnni"])
+def x8_lib(request) -> kernels.Kernels:
+    """The kernel library built for each path of the interleaved kernel."""
+    if request.param == "avx2":
+        return kernels.load()
+    if not _host_has_avx512_vnni():
+        pytest.skip("this CPU cannot run AVX512-VNNI code")
+    return kernels.load(current_build().kernel_library_vnni)
+
+
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
-def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(lib, t: SfmpType):
-    """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass) returns exactly what
-    sfmp_vec_dot_generic returns for each row, malformed blocks and full-range activations included."""
-    assert lib.cpu_path == "avx2"  # the interleaved kernel exists for AVX2 builds
+def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, request, t: SfmpType):
+    """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass, 1 to 4 columns per decode) returns
+    exactly what sfmp_vec_dot_generic returns for each row and column, malformed blocks and
+    full-range activations included, on both its paths (plain AVX2 and AVX2 with VNNI)."""
+    lib = x8_lib
+    assert lib.x8_path == request.node.callspec.params["x8_lib"]
     rng = np.random.default_rng(3000 + t.type_id)
     w = np.concatenate([lib.quantize(_weights(kind, rng, rows=4).astype(np.float32), t) for kind in KINDS])
     flags = w.reshape(len(w), -1, t.type_size)[:, :, t.sc_offset:t.base_offset]
     flags[0] |= UPGRADE_FLAG  # more flagged sub-blocks than upgrades: the first ones count
     flags[1] &= 0x7F  # none flagged
-    y_normal = _activations(t, rng)
+    y_normal = np.stack([_activations(t, rng) for _ in range(6)])  # 6 columns: a call of 4, then 2
     y_full = y_normal.copy()
     y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
     y_blocks["qs"] = rng.integers(-128, 128, size=y_blocks["qs"].shape)
-    for y in (y_normal, y_full):
-        expected = np.array([lib.vec_dot(row, y, t) for row in w], dtype=np.float32)
-        assert np.array_equal(lib.interleaved_mat_vec(w, y, t), expected)
+    for y in (y_normal, y_full, y_full[:1]):
+        expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in y], dtype=np.float32)
+        assert np.array_equal(lib.interleaved_mat_mul(w, y, t), expected)

@@ -23,6 +23,7 @@ from sfmp_gguf.paths import REPO_ROOT, cache_dir
 TOOLS = ("llama-cli", "llama-server", "llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench",
          "test-quantize-fns", "test-backend-ops")
 KERNEL_LIBRARY = "libsfmp_kernels.so"
+KERNEL_LIBRARY_VNNI = "libsfmp_kernels_vnni.so"  # built only where the host runs AVX512-VNNI
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Build:
     @property
     def kernel_library(self) -> Path:
         return self.folder / KERNEL_LIBRARY
+
+    @property
+    def kernel_library_vnni(self) -> Path:
+        return self.folder / KERNEL_LIBRARY_VNNI
 
 
 def patched_tree(source: LlamaSource) -> Path:

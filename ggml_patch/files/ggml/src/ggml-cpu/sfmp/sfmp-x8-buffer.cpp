@@ -31,6 +31,8 @@ struct activation_layout {
 
 // Row groups per chunk: the chunk's weights stay in cache while every activation row passes.
 constexpr int64_t GROUPS_PER_CHUNK = 16;
+// Activation rows per kernel call: the kernel decodes each block once for up to 4.
+constexpr int64_t COLUMNS_PER_CALL = 4;
 
 class x8_tensor_traits : public ggml::cpu::tensor_traits {
     bool work_size(int /* n_threads */, const ggml_tensor * op, size_t & size) override {
@@ -76,12 +78,20 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t last = std::min(ngroups, first + per_thread);
         for (int64_t g0 = first; g0 < last; g0 += GROUPS_PER_CHUNK) {
             const int64_t g1 = std::min(last, g0 + GROUPS_PER_CHUNK);
-            for (int64_t c = 0; c < ncols; ++c) {
-                const char * col = wdata + c * act.stride;
-                float * out = reinterpret_cast<float *>(static_cast<char *>(dst->data) + (c % ne11) * nb1 +
-                                                        (c / ne11 % ne12) * nb2 + (c / (ne11 * ne12)) * nb3);
-                sfmp_x8_mul_mat_vec(src0->type, ne00, src0->data, g0, g1, col,
-                                    reinterpret_cast<const int32_t *>(col + act.quantized), out);
+            for (int64_t c0 = 0; c0 < ncols; c0 += COLUMNS_PER_CALL) {
+                const void * y[COLUMNS_PER_CALL];
+                const int32_t * sums[COLUMNS_PER_CALL];
+                float * out[COLUMNS_PER_CALL];
+                const int nc = (int) std::min<int64_t>(COLUMNS_PER_CALL, ncols - c0);
+                for (int i = 0; i < nc; ++i) {
+                    const int64_t c = c0 + i;
+                    const char * col = wdata + c * act.stride;
+                    y[i] = col;
+                    sums[i] = reinterpret_cast<const int32_t *>(col + act.quantized);
+                    out[i] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + (c % ne11) * nb1 +
+                                                       (c / ne11 % ne12) * nb2 + (c / (ne11 * ne12)) * nb3);
+                }
+                sfmp_x8_mul_mat(src0->type, ne00, src0->data, g0, g1, nc, y, sums, out);
             }
         }
     }

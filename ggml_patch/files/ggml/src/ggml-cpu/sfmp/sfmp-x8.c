@@ -13,6 +13,15 @@
 #if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
 #define SFMP_X8_AVX2 1
+// VNNI's dpbusd multiplies and adds into 32 bits in one instruction, with no 16-bit saturation.
+#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#define SFMP_X8_VNNI 1
+#define SFMP_X8_PATH "avx2-vnni"
+#else
+#define SFMP_X8_PATH "avx2"
+#endif
+#else
+#define SFMP_X8_PATH "none"
 #endif
 
 #if defined(_MSC_VER)
@@ -46,6 +55,10 @@ bool sfmp_x8_supported(int type) {
     (void) type;
     return false;
 #endif
+}
+
+const char * sfmp_x8_path(void) {
+    return SFMP_X8_PATH;
 }
 
 size_t sfmp_x8_group_size(int type, int64_t n_per_row) {
@@ -105,114 +118,243 @@ void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sum
 
 #if defined(SFMP_X8_AVX2)
 
-// Per lane (row): sum(c y) over one sub-block of W-bit codes. A piece's partial sums stay in 16 bits
-// (at most 8 * 2 * 15 * 128 = 30720), then are weighted by the piece's place in the code.
-SFMP_X8_INLINE __m256i code_dot(const uint8_t * codes, const int W, const int8_t * y) {
-    __m256i total = _mm256_setzero_si256();
-    int shift = W;
+// Columns one kernel call serves: the weights are decoded once for all of them.
+#define SFMP_X8_MAX_COLUMNS 4
+
+// Group g (weights 4g..4g+3) of one sub-block's W-bit codes for the 8 rows: its pieces' bits, put
+// together into whole codes, one byte per weight.
+SFMP_X8_INLINE __m256i group_codes(const uint8_t * codes, const int W, const int g) {
+    __m256i code = _mm256_setzero_si256();
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
         SFMP_X8_UNROLL
         for (int c = 0; c < piece_count(W, w); ++c, codes += 32 * w) {
-            shift -= w;
-            const __m256i mask = _mm256_set1_epi8((char) ((1 << w) - 1));
-            __m256i acc = _mm256_setzero_si256();
+            const int load = g / (8 / w), k = g % (8 / w);
+            const __m256i v = _mm256_loadu_si256((const __m256i *) (codes + 32 * load));
+            const __m256i bits = _mm256_and_si256(k ? _mm256_srli_epi16(v, w * k) : v, _mm256_set1_epi8((char) ((1 << w) - 1)));
+            code = w == W ? bits : _mm256_or_si256(_mm256_slli_epi16(code, w), bits);
+        }
+    }
+    return code;
+}
+
+SFMP_X8_INLINE __m256i broadcast4(const int8_t * y) {
+    int32_t y4;
+    memcpy(&y4, y, sizeof(y4));
+    return _mm256_set1_epi32(y4);
+}
+
+// Per lane (row) and column: sum(c y) over one sub-block. With VNNI, whole codes go to dpbusd.
+// Otherwise codes of W <= 7 bits feed maddubs whole;
+// its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1)) are widened every `run` groups, before they
+// could overflow. 8-bit codes would saturate maddubs, so they go as two nibbles.
+SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * const * y, const int ncols,
+                             __m256i * s) {
+#if defined(SFMP_X8_VNNI)
+    for (int c = 0; c < ncols; ++c) {
+        s[c] = _mm256_setzero_si256();
+    }
+    SFMP_X8_UNROLL
+    for (int g = 0; g < 8; ++g) {
+        const __m256i code = group_codes(codes, W, g);
+        for (int c = 0; c < ncols; ++c) {
+#if defined(__AVXVNNI__)
+            s[c] = _mm256_dpbusd_avx_epi32(s[c], code, broadcast4(y[c] + 4 * g));
+#else
+            s[c] = _mm256_dpbusd_epi32(s[c], code, broadcast4(y[c] + 4 * g));
+#endif
+        }
+    }
+    return;
+#endif
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[SFMP_X8_MAX_COLUMNS];
+    if (W == 8) {
+        SFMP_X8_UNROLL
+        for (int half = 0; half < 2; ++half) {
+            for (int c = 0; c < ncols; ++c) {
+                acc[c] = _mm256_setzero_si256();
+            }
             SFMP_X8_UNROLL
-            for (int load = 0; load < w; ++load) {
-                const __m256i v = _mm256_loadu_si256((const __m256i *) (codes + 32 * load));
-                SFMP_X8_UNROLL
-                for (int k = 0; k < 8 / w; ++k) {
-                    int32_t y4;
-                    memcpy(&y4, y + 4 * (load * (8 / w) + k), sizeof(y4));
-                    const __m256i x = _mm256_and_si256(k ? _mm256_srli_epi16(v, w * k) : v, mask);
-                    acc = _mm256_add_epi16(acc, _mm256_maddubs_epi16(x, _mm256_set1_epi32(y4)));
+            for (int g = 0; g < 8; ++g) {
+                const __m256i nibbles = group_codes(codes + 128 * half, 4, g);
+                for (int c = 0; c < ncols; ++c) {
+                    acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(nibbles, broadcast4(y[c] + 4 * g)));
                 }
             }
-            total = _mm256_add_epi32(total, _mm256_madd_epi16(acc, _mm256_set1_epi16((short) (1 << shift))));
+            for (int c = 0; c < ncols; ++c) {
+                const __m256i part = _mm256_madd_epi16(acc[c], _mm256_set1_epi16(half ? 1 : 16));
+                s[c] = half ? _mm256_add_epi32(s[c], part) : part;
+            }
+        }
+        return;
+    }
+    const int run = 32768 / (256 * ((1 << W) - 1));
+    for (int c = 0; c < ncols; ++c) {
+        acc[c] = _mm256_setzero_si256();
+        s[c] = _mm256_setzero_si256();
+    }
+    SFMP_X8_UNROLL
+    for (int g = 0; g < 8; ++g) {
+        const __m256i code = group_codes(codes, W, g);
+        for (int c = 0; c < ncols; ++c) {
+            acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(code, broadcast4(y[c] + 4 * g)));
+        }
+        if ((g + 1) % run == 0 || g == 7) {
+            for (int c = 0; c < ncols; ++c) {
+                s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(acc[c], ones));
+                acc[c] = _mm256_setzero_si256();
+            }
         }
     }
-    return total;
 }
 
-// The exact integer a of sub-block j for the 8 rows of one x8 block.
-SFMP_X8_INLINE __m256i sub_block_x8(const uint8_t * xb, const int B, const int U, const int n_sub, const int j,
-                                    const int8_t * y, const int32_t ysum) {
+// The exact integers a of sub-block j for the 8 rows of one x8 block, one vector per column.
+SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int n_sub, const int j,
+                                 const int8_t * const * y, const int32_t * ysum, const int ncols, __m256i * a) {
     const int W = code_width(B, U);
-    const __m256i s = code_dot(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * j, W, y);
+    __m256i s[SFMP_X8_MAX_COLUMNS];
+    code_dot(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * j, W, y, ncols, s);
     const __m256i m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j)));
-    __m256i t;
-    if (U) {
-        const __m256i plain = _mm256_cmpgt_epi32(_mm256_set1_epi32(SFMP_UPGRADE_FLAG), m);
-        t = _mm256_add_epi32(_mm256_slli_epi32(s, 1),
-                             _mm256_add_epi32(_mm256_set1_epi32((1 - (2 << B)) * ysum),
-                                              _mm256_and_si256(plain, _mm256_set1_epi32(ysum))));
-    } else {
-        t = _mm256_add_epi32(_mm256_slli_epi32(s, 2), _mm256_set1_epi32(2 * (1 - (1 << B)) * ysum));
+    const __m256i amp = _mm256_and_si256(m, _mm256_set1_epi32(SFMP_AMPLITUDE_MAX));
+    const __m256i plain = _mm256_cmpgt_epi32(_mm256_set1_epi32(SFMP_UPGRADE_FLAG), m);
+    for (int c = 0; c < ncols; ++c) {
+        __m256i t;
+        if (U) {
+            t = _mm256_add_epi32(_mm256_slli_epi32(s[c], 1),
+                                 _mm256_add_epi32(_mm256_set1_epi32((1 - (2 << B)) * ysum[c]),
+                                                  _mm256_and_si256(plain, _mm256_set1_epi32(ysum[c]))));
+        } else {
+            t = _mm256_add_epi32(_mm256_slli_epi32(s[c], 2), _mm256_set1_epi32(2 * (1 - (1 << B)) * ysum[c]));
+        }
+        a[c] = _mm256_mullo_epi32(amp, t);
     }
-    return _mm256_mullo_epi32(_mm256_and_si256(m, _mm256_set1_epi32(SFMP_AMPLITUDE_MAX)), t);
 }
+
+// Where column c's sub-block data and sums start for block i.
+typedef struct {
+    const uint8_t * y[SFMP_X8_MAX_COLUMNS];
+    const int32_t * sums[SFMP_X8_MAX_COLUMNS];
+    float * dst[SFMP_X8_MAX_COLUMNS];
+} columns_x8;
 
 // _k types: the block's integer over 8 sub-blocks fits int32 (at most 8 * 127 * 2 * 32 * 255 * 128).
-SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const uint8_t * x8,
-                            const sfmp_block_q8_K * y, const int32_t * sums, float * out) {
+SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
+                            const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(8, code_width(B, U));
     const __m256 unit = _mm256_set1_ps(1.0f / (float) (2 << B));
-    __m256 sum = _mm256_setzero_ps();
+    __m256 sum[SFMP_X8_MAX_COLUMNS];
+    for (int c = 0; c < ncols; ++c) {
+        sum[c] = _mm256_setzero_ps();
+    }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
-        __m256i acc = _mm256_setzero_si256();
+        __m256i acc[SFMP_X8_MAX_COLUMNS];
+        for (int c = 0; c < ncols; ++c) {
+            acc[c] = _mm256_setzero_si256();
+        }
         for (int j = 0; j < 8; ++j) {
-            acc = _mm256_add_epi32(acc, sub_block_x8(x8, B, U, 8, j, y[i].qs + SFMP_SUB_BLOCK * j, sums[8 * i + j]));
+            const int8_t * y[SFMP_X8_MAX_COLUMNS];
+            int32_t ysum[SFMP_X8_MAX_COLUMNS];
+            __m256i a[SFMP_X8_MAX_COLUMNS];
+            for (int c = 0; c < ncols; ++c) {
+                y[c] = ((const sfmp_block_q8_K *) cols->y[c])[i].qs + SFMP_SUB_BLOCK * j;
+                ysum[c] = cols->sums[c][8 * i + j];
+            }
+            sub_block_x8(x8, B, U, 8, j, y, ysum, ncols, a);
+            for (int c = 0; c < ncols; ++c) {
+                acc[c] = _mm256_add_epi32(acc[c], a[c]);
+            }
         }
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x8));
-        sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(y[i].d)),
-                                               _mm256_mul_ps(_mm256_cvtepi32_ps(acc), unit)));
+        for (int c = 0; c < ncols; ++c) {
+            const float yd = ((const sfmp_block_q8_K *) cols->y[c])[i].d;
+            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(yd)),
+                                                         _mm256_mul_ps(_mm256_cvtepi32_ps(acc[c]), unit)));
+        }
     }
-    _mm256_storeu_ps(out, sum);
+    for (int c = 0; c < ncols; ++c) {
+        _mm256_storeu_ps(cols->dst[c] + SFMP_X8_ROWS * g, sum[c]);
+    }
 }
 
-SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const uint8_t * x8,
-                            const sfmp_block_q8_0 * y, const int32_t * sums, float * out) {
+SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
+                            const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(2, code_width(B, U));
     const __m256 unit = _mm256_set1_ps(1.0f / (float) (2 << B));
-    __m256 sum = _mm256_setzero_ps();
+    __m256 sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
+    for (int c = 0; c < ncols; ++c) {
+        sum[c] = _mm256_setzero_ps();
+    }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x8));
-        __m256 block_sum = _mm256_setzero_ps();
         for (int j = 0; j < 2; ++j) {
-            const __m256i a = sub_block_x8(x8, B, U, 2, j, y[2 * i + j].qs, sums[2 * i + j]);
-            const __m256 v = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(_cvtsh_ss(y[2 * i + j].d))),
-                                           _mm256_mul_ps(_mm256_cvtepi32_ps(a), unit));
-            block_sum = j ? _mm256_add_ps(block_sum, v) : v;
+            const int8_t * y[SFMP_X8_MAX_COLUMNS];
+            int32_t ysum[SFMP_X8_MAX_COLUMNS];
+            __m256i a[SFMP_X8_MAX_COLUMNS];
+            for (int c = 0; c < ncols; ++c) {
+                y[c] = ((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].qs;
+                ysum[c] = cols->sums[c][2 * i + j];
+            }
+            sub_block_x8(x8, B, U, 2, j, y, ysum, ncols, a);
+            for (int c = 0; c < ncols; ++c) {
+                const float yd = _cvtsh_ss(((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].d);
+                const __m256 v = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(yd)),
+                                               _mm256_mul_ps(_mm256_cvtepi32_ps(a[c]), unit));
+                block_sum[c] = j ? _mm256_add_ps(block_sum[c], v) : v;
+            }
         }
-        sum = _mm256_add_ps(sum, block_sum);
+        for (int c = 0; c < ncols; ++c) {
+            sum[c] = _mm256_add_ps(sum[c], block_sum[c]);
+        }
     }
-    _mm256_storeu_ps(out, sum);
+    for (int c = 0; c < ncols; ++c) {
+        _mm256_storeu_ps(cols->dst[c] + SFMP_X8_ROWS * g, sum[c]);
+    }
 }
 
-// One specialised kernel per type: B, U and the block size are constants, so every loop unrolls.
+SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, const int64_t nb, const uint8_t * x8,
+                             const columns_x8 * cols, const int ncols, const int64_t g) {
+    if (block_size == 256) {
+        group_k(B, U, nb, x8, cols, ncols, g);
+    } else {
+        group_s(B, U, nb, x8, cols, ncols, g);
+    }
+}
+
+// One specialised kernel per type: B, U, the block size and the column count are constants, so
+// every loop unrolls. Each row group's weights serve all columns while they are in cache.
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                               \
-    static void mul_mat_vec_##lname(int64_t n, const uint8_t * x8, int64_t g0, int64_t g1, const void * vy, \
-                                    const int32_t * sums, float * dst) {                                   \
+    static void mul_mat_##lname(int64_t n, const uint8_t * x8, int64_t g0, int64_t g1, int ncols,           \
+                                const void * const * vy, const int32_t * const * sums, float * const * dst) { \
+        const int B = (budget) / (nsub), U = (budget) % (nsub);                                            \
         const int64_t nb = n / (bs);                                                                       \
-        const size_t gsz = (size_t) nb * block_size_x8((nsub), code_width((budget) / (nsub), (budget) % (nsub))); \
+        const size_t gsz = (size_t) nb * block_size_x8((nsub), code_width(B, U));                          \
         for (int64_t g = g0; g < g1; ++g) {                                                                \
-            if ((bs) == 256) {                                                                             \
-                group_k((budget) / (nsub), (budget) % (nsub), nb, x8 + g * gsz,                            \
-                        (const sfmp_block_q8_K *) vy, sums, dst + SFMP_X8_ROWS * g);                       \
-            } else {                                                                                       \
-                group_s((budget) / (nsub), (budget) % (nsub), nb, x8 + g * gsz,                            \
-                        (const sfmp_block_q8_0 *) vy, sums, dst + SFMP_X8_ROWS * g);                       \
+            for (int c0 = 0; c0 < ncols; c0 += SFMP_X8_MAX_COLUMNS) {                                      \
+                columns_x8 cols;                                                                           \
+                const int nc = ncols - c0 < SFMP_X8_MAX_COLUMNS ? ncols - c0 : SFMP_X8_MAX_COLUMNS;        \
+                for (int c = 0; c < nc; ++c) {                                                             \
+                    cols.y[c] = (const uint8_t *) vy[c0 + c];                                              \
+                    cols.sums[c] = sums[c0 + c];                                                           \
+                    cols.dst[c] = dst[c0 + c];                                                             \
+                }                                                                                          \
+                switch (nc) {                                                                              \
+                    case 4: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 4, g); break;                    \
+                    case 3: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 3, g); break;                    \
+                    case 2: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 2, g); break;                    \
+                    default: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 1, g); break;                   \
+                }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
     }
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
 
-void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end,
-                         const void * vy, const int32_t * sums, float * dst) {
+void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                     const void * const * vy, const int32_t * const * sums, float * const * dst) {
     switch (type) {
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
-        case id: mul_mat_vec_##lname(n, (const uint8_t *) x8, group_begin, group_end, vy, sums, dst); break;
+        case id: mul_mat_##lname(n, (const uint8_t *) x8, group_begin, group_end, ncols, vy, sums, dst); break;
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
         default: break;
@@ -221,10 +363,11 @@ void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_beg
 
 #else
 
-void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end,
-                         const void * vy, const int32_t * sums, float * dst) {
+void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                     const void * const * vy, const int32_t * const * sums, float * const * dst) {
     // Never reached: sfmp_x8_supported is false without AVX2, so no tensor is interleaved.
-    (void) type; (void) n; (void) x8; (void) group_begin; (void) group_end; (void) vy; (void) sums; (void) dst;
+    (void) type; (void) n; (void) x8; (void) group_begin; (void) group_end; (void) ncols; (void) vy; (void) sums;
+    (void) dst;
 }
 
 #endif

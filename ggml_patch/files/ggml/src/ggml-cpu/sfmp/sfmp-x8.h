@@ -21,6 +21,8 @@ extern "C" {
 
 #define SFMP_X8_ROWS 8
 
+// Which kernel this build has: "avx2-vnni", "avx2" or "none".
+const char * sfmp_x8_path(void);
 // True if this build has an interleaved kernel for the type (AVX2 builds, every SFMP type).
 bool sfmp_x8_supported(int type);
 // Bytes of one row group (8 rows of n_per_row weights).
@@ -29,10 +31,11 @@ size_t sfmp_x8_group_size(int type, int64_t n_per_row);
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
 // The activations' sums per 32 values, which the kernel's offset terms need: n / 32 values.
 void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums);
-// Row groups [group_begin, group_end) of an interleaved tensor against one activation row (Q8_K
-// for _k types, Q8_0 for _s types): dst[8 g + r] for row r of group g, dst indexed from group 0.
-void sfmp_x8_mul_mat_vec(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end,
-                         const void * vy, const int32_t * sums, float * dst);
+// Row groups [group_begin, group_end) of an interleaved tensor against `ncols` activation rows
+// (Q8_K for _k types, Q8_0 for _s types): column c's activations at vy[c], their sums at sums[c],
+// and row r of group g's result at dst[c][8 g + r]. Each group is decoded once for up to 4 columns.
+void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                     const void * const * vy, const int32_t * const * sums, float * const * dst);
 
 #ifdef __cplusplus
 }
