@@ -33,9 +33,10 @@ const char * sfmp_x8_path(void);
 bool sfmp_x8_supported(int type);
 size_t sfmp_x8_group_size(int type, int64_t n_per_row);
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
-void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums);
+typedef struct { int32_t offset; int32_t sum; float scale; } sfmp_x8_act;
+void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts);
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
-                     const void * const * vy, const int32_t * const * sums, float * const * dst);
+                     const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst);
 """
 
 
@@ -114,15 +115,14 @@ class Kernels:
             self.lib.sfmp_x8_repack_group(t.type_id, self._ptr(weights[8 * g:], "void *"), row_bytes,
                                           self._ptr(packed[g * group:], "void *"), n)
         ncols = len(activations)
-        sums = np.zeros((ncols, n // 32), dtype=np.int32)
+        prepared = [self.ffi.new("sfmp_x8_act[]", n // 32) for _ in range(ncols)]
         out = np.zeros((ncols, rows), dtype=np.float32)
         for c in range(ncols):
-            self.lib.sfmp_x8_activation_sums(t.type_id, self._ptr(activations[c], "void *"), n,
-                                             self._ptr(sums[c], "int32_t *"))
+            self.lib.sfmp_x8_prepare_activations(t.type_id, self._ptr(activations[c], "void *"), n, prepared[c])
         y = self.ffi.new("void *[]", [self._ptr(a, "void *") for a in activations])
-        sum_ptrs = self.ffi.new("int32_t *[]", [self._ptr(s, "int32_t *") for s in sums])
+        acts = self.ffi.new("sfmp_x8_act *[]", prepared)
         dst = self.ffi.new("float *[]", [self._ptr(o, "float *") for o in out])
-        self.lib.sfmp_x8_mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, sum_ptrs, dst)
+        self.lib.sfmp_x8_mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, acts, dst)
         return out
 
     @property

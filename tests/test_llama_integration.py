@@ -93,8 +93,9 @@ def test_sfmp_x8_buffer_mul_mat_agrees_with_the_plain_cpu_path(build, t):
     many (prompt processing), on two threads. The two differ only by float rounding: the interleaved
     kernel is exactly the scalar reference (test_kernels), the plain AVX2 _s kernel sums in lanes."""
     n = 512 if t.block_size == 256 else 576
-    for columns in (1, 37):
-        result = subprocess.run([str(build.tool("sfmp_x8_buffer_check")), str(t.type_id), str(n), "64",
+    # The last shape holds 2M weights: the upload interleaves it on several threads.
+    for n, rows, columns in ((n, 64, 1), (n, 64, 37), (1024, 2048, 5)):
+        result = subprocess.run([str(build.tool("sfmp_x8_buffer_check")), str(t.type_id), str(n), str(rows),
                                  str(columns), "2"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr[-2000:]
         max_diff, max_abs, buffer_name = result.stdout.split()

@@ -127,8 +127,9 @@ static void unpack_pieces(const uint8_t * in, int n, int bits, int first, int co
     }
 }
 
-int sfmp_sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
-                         int q[SFMP_SUB_BLOCK]) {
+// Sub-block j's codes and precision, as sfmp_gguf/quant/reference.py decodes them.
+static int sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
+                           int q[SFMP_SUB_BLOCK]) {
     unpack_pieces(block + 2 + L->n_sub, L->block_size, L->base_bits, SFMP_SUB_BLOCK * j, SFMP_SUB_BLOCK, q);
     if (!(upgraded >> j & 1)) {
         return L->base_bits;
@@ -335,7 +336,7 @@ void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k) {
         const uint32_t upgraded = sfmp_upgrade_mask(L, block);
         for (int j = 0; j < L->n_sub; ++j) {
             int q[SFMP_SUB_BLOCK];
-            const int bits = sfmp_sub_block_codes(L, block, upgraded, j, q);
+            const int bits = sub_block_codes(L, block, upgraded, j, q);
             const float scale = (d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX)) / (float) (1 << bits);
             float * y = dst + SFMP_SUB_BLOCK * j;
             for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
@@ -376,7 +377,7 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
 static int64_t sub_block_dot(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
                            const int8_t * y) {
     int q[SFMP_SUB_BLOCK];
-    const int bits = sfmp_sub_block_codes(L, block, upgraded, j, q);
+    const int bits = sub_block_codes(L, block, upgraded, j, q);
     int64_t acc = 0;
     for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
         acc += (int64_t) (2 * q[t] + 1 - (1 << bits)) * y[t];

@@ -81,11 +81,6 @@ static inline float sfmp_block_d(const uint8_t * block) {
     return sfmp_fp16_to_fp32(sfmp_block_d_bits(block));
 }
 
-// Sub-block j's codes (one per weight) and its precision in bits, as sfmp_gguf/quant/reference.py
-// decodes them; `upgraded` is sfmp_upgrade_mask(L, block).
-int sfmp_sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
-                         int q[SFMP_SUB_BLOCK]);
-
 bool sfmp_is_type(int type);
 const sfmp_layout * sfmp_get_layout(int type);  // NULL if not an SFMP type
 

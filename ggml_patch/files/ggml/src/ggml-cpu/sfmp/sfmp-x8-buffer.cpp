@@ -10,6 +10,8 @@
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -17,7 +19,7 @@ bool interleavable(const ggml_tensor * t) {
     return sfmp_x8_supported(t->type) && t->ne[1] % SFMP_X8_ROWS == 0 && t->ne[2] == 1 && t->ne[3] == 1;
 }
 
-// Per activation row in the work buffer: its Q8_K / Q8_0 blocks, then its sums per 32 values.
+// Per activation row in the work buffer: its Q8_K / Q8_0 blocks, then its prepared terms per 32 values.
 struct activation_layout {
     ggml_type type;
     size_t    quantized;
@@ -25,8 +27,8 @@ struct activation_layout {
 
     explicit activation_layout(const ggml_tensor * op)
         : type(ggml_get_type_traits_cpu(op->src[0]->type)->vec_dot_type),
-          quantized(GGML_PAD(ggml_row_size(type, op->src[1]->ne[0]), sizeof(int32_t))),
-          stride(quantized + sizeof(int32_t) * (op->src[1]->ne[0] / 32)) {}
+          quantized(GGML_PAD(ggml_row_size(type, op->src[1]->ne[0]), alignof(sfmp_x8_act))),
+          stride(quantized + sizeof(sfmp_x8_act) * (op->src[1]->ne[0] / 32)) {}
 };
 
 // Row groups per chunk: the chunk's weights stay in cache while every activation row passes.
@@ -68,7 +70,7 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
                              (c / (ne11 * ne12)) * nb13;
             char * col = wdata + c * act.stride;
             from_float(reinterpret_cast<const float *>(x), col, ne10);
-            sfmp_x8_activation_sums(src0->type, col, ne10, reinterpret_cast<int32_t *>(col + act.quantized));
+            sfmp_x8_prepare_activations(src0->type, col, ne10, reinterpret_cast<sfmp_x8_act *>(col + act.quantized));
         }
         ggml_barrier(params->threadpool);
 
@@ -80,18 +82,18 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
             const int64_t g1 = std::min(last, g0 + GROUPS_PER_CHUNK);
             for (int64_t c0 = 0; c0 < ncols; c0 += COLUMNS_PER_CALL) {
                 const void * y[COLUMNS_PER_CALL];
-                const int32_t * sums[COLUMNS_PER_CALL];
+                const sfmp_x8_act * acts[COLUMNS_PER_CALL];
                 float * out[COLUMNS_PER_CALL];
                 const int nc = (int) std::min<int64_t>(COLUMNS_PER_CALL, ncols - c0);
                 for (int i = 0; i < nc; ++i) {
                     const int64_t c = c0 + i;
                     const char * col = wdata + c * act.stride;
                     y[i] = col;
-                    sums[i] = reinterpret_cast<const int32_t *>(col + act.quantized);
+                    acts[i] = reinterpret_cast<const sfmp_x8_act *>(col + act.quantized);
                     out[i] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + (c % ne11) * nb1 +
                                                        (c / ne11 % ne12) * nb2 + (c / (ne11 * ne12)) * nb3);
                 }
-                sfmp_x8_mul_mat(src0->type, ne00, src0->data, g0, g1, nc, y, sums, out);
+                sfmp_x8_mul_mat(src0->type, ne00, src0->data, g0, g1, nc, y, acts, out);
             }
         }
     }
@@ -121,13 +123,29 @@ ggml_status init_tensor(ggml_backend_buffer_t, ggml_tensor * tensor) {
     return GGML_STATUS_SUCCESS;
 }
 
+// The loader uploads one tensor at a time; large ones are interleaved by all cores.
 void set_tensor(ggml_backend_buffer_t, ggml_tensor * tensor, const void * data, size_t offset, size_t size) {
     GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
     GGML_ASSERT(interleavable(tensor));
     const size_t group = sfmp_x8_group_size(tensor->type, tensor->ne[0]);
-    for (int64_t g = 0; g < tensor->ne[1] / SFMP_X8_ROWS; ++g) {
-        sfmp_x8_repack_group(tensor->type, static_cast<const char *>(data) + g * SFMP_X8_ROWS * tensor->nb[1],
-                             tensor->nb[1], static_cast<char *>(tensor->data) + g * group, tensor->ne[0]);
+    const int64_t ngroups = tensor->ne[1] / SFMP_X8_ROWS;
+    auto repack = [&](int64_t first, int64_t last) {
+        for (int64_t g = first; g < last; ++g) {
+            sfmp_x8_repack_group(tensor->type, static_cast<const char *>(data) + g * SFMP_X8_ROWS * tensor->nb[1],
+                                 tensor->nb[1], static_cast<char *>(tensor->data) + g * group, tensor->ne[0]);
+        }
+    };
+    constexpr int64_t MIN_WEIGHTS_PER_THREAD = 1 << 20;
+    const int64_t by_size = ggml_nelements(tensor) / MIN_WEIGHTS_PER_THREAD;
+    const int64_t nthreads = std::max<int64_t>(1, std::min<int64_t>(std::thread::hardware_concurrency(), by_size));
+    std::vector<std::thread> workers;
+    const int64_t per_thread = (ngroups + nthreads - 1) / nthreads;
+    for (int64_t t = 1; t < nthreads; ++t) {
+        workers.emplace_back(repack, std::min(ngroups, t * per_thread), std::min(ngroups, (t + 1) * per_thread));
+    }
+    repack(0, std::min(ngroups, per_thread));
+    for (auto & worker : workers) {
+        worker.join();
     }
 }
 

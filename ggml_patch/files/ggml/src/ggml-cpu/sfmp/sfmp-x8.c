@@ -1,9 +1,12 @@
-// SFMP weights with 8 rows interleaved: the repack and the AVX2 mat-vec (layout in sfmp-x8.h).
+// SFMP weights with 8 rows interleaved: the repack and the AVX2 mat-mul (layout in sfmp-x8.h).
 //
 // Per sub-block and row the kernel computes the scalar reference's exact integer
 //   a = m * (K1 * sum(c y) + (K0 + [U > 0 and not upgraded]) * sum(y))
 // (c the W-bit code; U = 0: K1 = 4, K0 = 2 (1 - 2^B); U > 0: K1 = 2, K0 = 1 - 2^(B+1)), then the
-// reference's float operations in the reference's order, one row per lane: the results are equal.
+// reference's float operations in the reference's order, one row per lane. The reference's
+// (d_w * d_y) * (a * 2^-(B+1)) is computed as (d_w * (d_y * 2^-(B+1))) * a: scaling by a power of two
+// is exact, so both round alike (unless a product falls below float's normal range). The results
+// are equal.
 #include "sfmp-x8.h"
 
 #include "../../sfmp/sfmp-quants.h"
@@ -69,6 +72,44 @@ size_t sfmp_x8_group_size(int type, int64_t n_per_row) {
     return (size_t) (n_per_row / L->block_size) * block_size_x8(L->n_sub, code_width(L->base_bits, L->upgrades));
 }
 
+// The low w bits of each of 8 bytes.
+SFMP_X8_INLINE uint64_t byte_mask(int w) {
+    return 0x0101010101010101ull * (uint64_t) ((1u << w) - 1);
+}
+
+SFMP_X8_INLINE uint64_t load64(const uint8_t * p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// Sub-block j's codes at the interleaved width W, one byte per weight, weight 8c + b in byte b of
+// word c (little-endian). Eight weights of a piece always share one byte shift, so each word is one
+// load, shift and mask; bytes never carry into each other because every code fits a byte.
+static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j, uint64_t code[4]) {
+    const uint8_t * piece = block + 2 + L->n_sub;
+    memset(code, 0, 4 * sizeof(uint64_t));
+    for (int w = 4; w >= 1; w /= 2) {
+        const int span = L->block_size * w / 8;  // weight i of a piece: byte i % span, bit w * (i / span)
+        for (int p = 0; p < piece_count(L->base_bits, w); ++p, piece += span) {
+            for (int c = 0; c < 4; ++c) {
+                const int i = SFMP_SUB_BLOCK * j + 8 * c;
+                code[c] = (code[c] << w) | ((load64(piece + i % span) >> (w * (i / span))) & byte_mask(w));
+            }
+        }
+    }
+    if (L->upgrades) {  // weight i's extra bit: byte i % 4, bit i / 4; plain sub-blocks get a 0 bit
+        uint32_t e = 0;
+        if (upgraded >> j & 1) {
+            memcpy(&e, block + L->extra_offset + 4 * sfmp_popcount(upgraded & ((1u << j) - 1)), sizeof(e));
+        }
+        for (int c = 0; c < 4; ++c) {
+            const uint64_t lo = (e >> (2 * c)) & 0x01010101u, hi = (e >> (2 * c + 1)) & 0x01010101u;
+            code[c] = (code[c] << 1) | lo | hi << 32;
+        }
+    }
+}
+
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row) {
     const sfmp_layout * L = sfmp_get_layout(type);
     const int W = code_width(L->base_bits, L->upgrades);
@@ -84,17 +125,20 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
             for (int j = 0; j < L->n_sub; ++j) {
                 out[2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j + r] =
                     (uint8_t) ((block[2 + j] & SFMP_AMPLITUDE_MAX) | ((upgraded >> j & 1) ? SFMP_UPGRADE_FLAG : 0));
-                int q[SFMP_SUB_BLOCK];
-                const int bits = sfmp_sub_block_codes(L, block, upgraded, j, q);
+                uint64_t code[4];
+                code_words(L, block, upgraded, j, code);
                 uint8_t * piece = out + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * L->n_sub + 32 * W * j;
                 int shift = W;
                 for (int w = 4; w >= 1; w /= 2) {
-                    for (int c = 0; c < piece_count(W, w); ++c, piece += 32 * w) {
+                    for (int p = 0; p < piece_count(W, w); ++p, piece += 32 * w) {
                         shift -= w;
-                        for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
-                            const int g = t / 4, load = g / (8 / w), k = g % (8 / w);
-                            const int v = ((q[t] << (W - bits)) >> shift) & ((1 << w) - 1);
-                            piece[32 * load + 4 * r + t % 4] |= (uint8_t) (v << (w * k));
+                        for (int g = 0; g < 8; ++g) {  // group g: weights 4g..4g+3, in load g / (8/w) at bit w * (g % (8/w))
+                            const uint32_t bits = (uint32_t) ((code[g / 2] >> (shift + 32 * (g % 2))) & byte_mask(w));
+                            uint8_t * at = piece + 32 * (g / (8 / w)) + 4 * r;
+                            uint32_t word;
+                            memcpy(&word, at, sizeof(word));
+                            word |= bits << (w * (g % (8 / w)));
+                            memcpy(at, &word, sizeof(word));
                         }
                     }
                 }
@@ -103,16 +147,30 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
     }
 }
 
-void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums) {
+void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts) {
     const sfmp_layout * L = sfmp_get_layout(type);
+    const int B = L->base_bits;
+    const int32_t k0 = L->upgrades ? 1 - (2 << B) : 2 * (1 - (1 << B));
+    const float unit = 1.0f / (float) (2 << B);
     for (int64_t s = 0; s < n / SFMP_SUB_BLOCK; ++s) {
-        const int8_t * q = L->block_size == 256 ? ((const sfmp_block_q8_K *) vy)[s / 8].qs + SFMP_SUB_BLOCK * (s % 8)
-                                                : ((const sfmp_block_q8_0 *) vy)[s].qs;
+        const int8_t * q;
+        float d;
+        if (L->block_size == 256) {
+            const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy + s / 8;
+            q = y->qs + SFMP_SUB_BLOCK * (s % 8);
+            d = y->d;
+        } else {
+            const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy + s;
+            q = y->qs;
+            d = sfmp_fp16_to_fp32(y->d);
+        }
         int32_t sum = 0;
         for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
             sum += q[t];
         }
-        sums[s] = sum;
+        acts[s].offset = k0 * sum;
+        acts[s].sum = sum;
+        acts[s].scale = d * unit;  // a power of two: (d_w * scale) * a rounds as (d_w * d) * (a * unit)
     }
 }
 
@@ -211,7 +269,8 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * 
 
 // The exact integers a of sub-block j for the 8 rows of one x8 block, one vector per column.
 SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int n_sub, const int j,
-                                 const int8_t * const * y, const int32_t * ysum, const int ncols, __m256i * a) {
+                                 const int8_t * const * y, const sfmp_x8_act * const * act, const int ncols,
+                                 __m256i * a) {
     const int W = code_width(B, U);
     __m256i s[SFMP_X8_MAX_COLUMNS];
     code_dot(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * j, W, y, ncols, s);
@@ -219,22 +278,18 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
     const __m256i amp = _mm256_and_si256(m, _mm256_set1_epi32(SFMP_AMPLITUDE_MAX));
     const __m256i plain = _mm256_cmpgt_epi32(_mm256_set1_epi32(SFMP_UPGRADE_FLAG), m);
     for (int c = 0; c < ncols; ++c) {
-        __m256i t;
+        __m256i t = _mm256_add_epi32(_mm256_slli_epi32(s[c], U ? 1 : 2), _mm256_set1_epi32(act[c]->offset));
         if (U) {
-            t = _mm256_add_epi32(_mm256_slli_epi32(s[c], 1),
-                                 _mm256_add_epi32(_mm256_set1_epi32((1 - (2 << B)) * ysum[c]),
-                                                  _mm256_and_si256(plain, _mm256_set1_epi32(ysum[c]))));
-        } else {
-            t = _mm256_add_epi32(_mm256_slli_epi32(s[c], 2), _mm256_set1_epi32(2 * (1 - (1 << B)) * ysum[c]));
+            t = _mm256_add_epi32(t, _mm256_and_si256(plain, _mm256_set1_epi32(act[c]->sum)));
         }
         a[c] = _mm256_mullo_epi32(amp, t);
     }
 }
 
-// Where column c's sub-block data and sums start for block i.
+// The columns one kernel call serves.
 typedef struct {
     const uint8_t * y[SFMP_X8_MAX_COLUMNS];
-    const int32_t * sums[SFMP_X8_MAX_COLUMNS];
+    const sfmp_x8_act * acts[SFMP_X8_MAX_COLUMNS];
     float * dst[SFMP_X8_MAX_COLUMNS];
 } columns_x8;
 
@@ -242,7 +297,6 @@ typedef struct {
 SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(8, code_width(B, U));
-    const __m256 unit = _mm256_set1_ps(1.0f / (float) (2 << B));
     __m256 sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
         sum[c] = _mm256_setzero_ps();
@@ -254,22 +308,21 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const ui
         }
         for (int j = 0; j < 8; ++j) {
             const int8_t * y[SFMP_X8_MAX_COLUMNS];
-            int32_t ysum[SFMP_X8_MAX_COLUMNS];
+            const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
             __m256i a[SFMP_X8_MAX_COLUMNS];
             for (int c = 0; c < ncols; ++c) {
                 y[c] = ((const sfmp_block_q8_K *) cols->y[c])[i].qs + SFMP_SUB_BLOCK * j;
-                ysum[c] = cols->sums[c][8 * i + j];
+                act[c] = cols->acts[c] + 8 * i + j;
             }
-            sub_block_x8(x8, B, U, 8, j, y, ysum, ncols, a);
+            sub_block_x8(x8, B, U, 8, j, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
                 acc[c] = _mm256_add_epi32(acc[c], a[c]);
             }
         }
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x8));
         for (int c = 0; c < ncols; ++c) {
-            const float yd = ((const sfmp_block_q8_K *) cols->y[c])[i].d;
-            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(yd)),
-                                                         _mm256_mul_ps(_mm256_cvtepi32_ps(acc[c]), unit)));
+            const __m256 scale = _mm256_mul_ps(d, _mm256_set1_ps(cols->acts[c][8 * i].scale));
+            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(acc[c])));
         }
     }
     for (int c = 0; c < ncols; ++c) {
@@ -280,7 +333,6 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const ui
 SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(2, code_width(B, U));
-    const __m256 unit = _mm256_set1_ps(1.0f / (float) (2 << B));
     __m256 sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
         sum[c] = _mm256_setzero_ps();
@@ -289,17 +341,15 @@ SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const ui
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x8));
         for (int j = 0; j < 2; ++j) {
             const int8_t * y[SFMP_X8_MAX_COLUMNS];
-            int32_t ysum[SFMP_X8_MAX_COLUMNS];
+            const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
             __m256i a[SFMP_X8_MAX_COLUMNS];
             for (int c = 0; c < ncols; ++c) {
                 y[c] = ((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].qs;
-                ysum[c] = cols->sums[c][2 * i + j];
+                act[c] = cols->acts[c] + 2 * i + j;
             }
-            sub_block_x8(x8, B, U, 2, j, y, ysum, ncols, a);
+            sub_block_x8(x8, B, U, 2, j, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
-                const float yd = _cvtsh_ss(((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].d);
-                const __m256 v = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(yd)),
-                                               _mm256_mul_ps(_mm256_cvtepi32_ps(a[c]), unit));
+                const __m256 v = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(act[c]->scale)), _mm256_cvtepi32_ps(a[c]));
                 block_sum[c] = j ? _mm256_add_ps(block_sum[c], v) : v;
             }
         }
@@ -325,7 +375,7 @@ SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, con
 // every loop unrolls. Each row group's weights serve all columns while they are in cache.
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                               \
     static void mul_mat_##lname(int64_t n, const uint8_t * x8, int64_t g0, int64_t g1, int ncols,           \
-                                const void * const * vy, const int32_t * const * sums, float * const * dst) { \
+                                const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) { \
         const int B = (budget) / (nsub), U = (budget) % (nsub);                                            \
         const int64_t nb = n / (bs);                                                                       \
         const size_t gsz = (size_t) nb * block_size_x8((nsub), code_width(B, U));                          \
@@ -335,7 +385,7 @@ SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, con
                 const int nc = ncols - c0 < SFMP_X8_MAX_COLUMNS ? ncols - c0 : SFMP_X8_MAX_COLUMNS;        \
                 for (int c = 0; c < nc; ++c) {                                                             \
                     cols.y[c] = (const uint8_t *) vy[c0 + c];                                              \
-                    cols.sums[c] = sums[c0 + c];                                                           \
+                    cols.acts[c] = acts[c0 + c];                                                           \
                     cols.dst[c] = dst[c0 + c];                                                             \
                 }                                                                                          \
                 switch (nc) {                                                                              \
@@ -351,10 +401,10 @@ SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, con
 #undef SFMP_TYPE
 
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
-                     const void * const * vy, const int32_t * const * sums, float * const * dst) {
+                     const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
     switch (type) {
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
-        case id: mul_mat_##lname(n, (const uint8_t *) x8, group_begin, group_end, ncols, vy, sums, dst); break;
+        case id: mul_mat_##lname(n, (const uint8_t *) x8, group_begin, group_end, ncols, vy, acts, dst); break;
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
         default: break;
@@ -364,9 +414,9 @@ void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, 
 #else
 
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
-                     const void * const * vy, const int32_t * const * sums, float * const * dst) {
+                     const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
     // Never reached: sfmp_x8_supported is false without AVX2, so no tensor is interleaved.
-    (void) type; (void) n; (void) x8; (void) group_begin; (void) group_end; (void) ncols; (void) vy; (void) sums;
+    (void) type; (void) n; (void) x8; (void) group_begin; (void) group_end; (void) ncols; (void) vy; (void) acts;
     (void) dst;
 }
 

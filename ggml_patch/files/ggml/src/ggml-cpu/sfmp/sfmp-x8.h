@@ -29,13 +29,22 @@ bool sfmp_x8_supported(int type);
 size_t sfmp_x8_group_size(int type, int64_t n_per_row);
 // Interleave 8 rows (row_stride bytes apart, in the file's layout) into one row group at dst.
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
-// The activations' sums per 32 values, which the kernel's offset terms need: n / 32 values.
-void sfmp_x8_activation_sums(int type, const void * vy, int64_t n, int32_t * sums);
+// What the kernel needs of each 32 activations besides their int8 values, worked out once per
+// activation row (not once per row group): the offset term K0 * sum(y), sum(y), and the scale
+// y_d / 2^(B+1) (Q8_0: per 32; Q8_K: per 256, in the first of its 8 entries).
+typedef struct {
+    int32_t offset;
+    int32_t sum;
+    float   scale;
+} sfmp_x8_act;
+
+// Fill acts[0 .. n/32) for one activation row vy (Q8_K for _k types, Q8_0 for _s types).
+void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts);
 // Row groups [group_begin, group_end) of an interleaved tensor against `ncols` activation rows
-// (Q8_K for _k types, Q8_0 for _s types): column c's activations at vy[c], their sums at sums[c],
-// and row r of group g's result at dst[c][8 g + r]. Each group is decoded once for up to 4 columns.
+// (Q8_K for _k types, Q8_0 for _s types): column c's activations at vy[c], prepared at acts[c], and
+// row r of group g's result at dst[c][8 g + r]. Each group is decoded once for up to 4 columns.
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
-                     const void * const * vy, const int32_t * const * sums, float * const * dst);
+                     const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst);
 
 #ifdef __cplusplus
 }
