@@ -9,7 +9,8 @@ from pathlib import Path
 from sfmp_gguf.llama.patch import FILES_DIR
 
 NATIVE = Path(__file__).parent / "native"
-KERNEL_SOURCES = [FILES_DIR / "ggml/src/sfmp/sfmp-quants.c", FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-cpu.c"]
+KERNEL_SOURCES = [FILES_DIR / "ggml/src/sfmp/sfmp-quants.c", FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-cpu.c",
+                  FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-x8.c"]
 INCLUDES = [f"-I{FILES_DIR / 'ggml/include'}", f"-I{FILES_DIR / 'ggml/src/sfmp'}", f"-I{FILES_DIR / 'ggml/src/ggml-cpu/sfmp'}"]
 # Baseline NEON (widening multiplies) and the dot-product extension (sdot).
 AARCH64_TARGETS = {"neon": "-march=armv8-a", "neon-dotprod": "-march=armv8.2-a+dotprod"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sfmp_gguf import kernels
-from sfmp_gguf.format import SFMP_TYPES
+from sfmp_gguf.format import SFMP_TYPES, UPGRADE_FLAG
 from sfmp_gguf.quant import activations
 from tests.native_build import AARCH64_TARGETS, QEMU, compile_driver
 
@@ -58,3 +58,34 @@ def test_dotprod_build_uses_sdot(neon_binary):
     disassembly = subprocess.run([OBJDUMP, "-d", str(binary)], capture_output=True, text=True, check=True).stdout
     assert ("\tsdot\t" in disassembly) == (path == "neon-dotprod")
     assert "\tsmull" in disassembly or "\tsdot\t" in disassembly
+
+
+@pytest.fixture(scope="module", params=sorted(AARCH64_TARGETS))
+def neon_x8_binary(request, tmp_path_factory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp("neon-x8") / f"x8-check-{request.param}"
+    return request.param, compile_driver("x8_check.c", out, aarch64=request.param)
+
+
+def test_neon_interleaved_kernel_matches_the_scalar_reference(neon_x8_binary):
+    """The SFMP_X8 kernel's NEON path: every type, 16 rows, 1 and 5 columns (a call of 4, then 1),
+    a malformed block among them, exactly the scalar reference's results on the same machine."""
+    path, binary = neon_x8_binary
+    lib = kernels.load()
+    rng = np.random.default_rng(7)
+    stream, cases = bytearray(), 0
+    for t in SFMP_TYPES:
+        x = (rng.standard_t(3, size=(16, 512)) * 0.02).astype(np.float32)
+        w = lib.quantize(x, t)
+        w[3, t.sc_offset:t.base_offset] |= UPGRADE_FLAG  # more flags than upgrades
+        for columns in (1, 5):
+            q = activations.quantize_q8_k if t.block_size == 256 else activations.quantize_q8_0
+            y = np.stack([q(rng.standard_normal(512).astype(np.float32)) for _ in range(columns)])
+            stream += struct.pack("<4i", t.type_id, 512, 16, columns) + w.tobytes() + y.tobytes()
+            cases += 16 * columns
+    result = subprocess.run([*QEMU, str(binary)], input=bytes(stream), capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == f"path {path}"  # the NEON kernel ran
+    pairs = [tuple(float.fromhex(v) for v in line.split()) for line in lines[1:]]
+    assert len(pairs) == cases
+    assert all(interleaved == generic for generic, interleaved in pairs)

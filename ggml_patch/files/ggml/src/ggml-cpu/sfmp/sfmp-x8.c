@@ -23,8 +23,19 @@
 #else
 #define SFMP_X8_PATH "avx2"
 #endif
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#include <arm_neon.h>
+#define SFMP_X8_NEON 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define SFMP_X8_PATH "neon-dotprod"
+#else
+#define SFMP_X8_PATH "neon"
+#endif
 #else
 #define SFMP_X8_PATH "none"
+#endif
+#if defined(SFMP_X8_AVX2) || defined(SFMP_X8_NEON)
+#define SFMP_X8_SIMD 1
 #endif
 
 #if defined(_MSC_VER)
@@ -52,7 +63,7 @@ SFMP_X8_INLINE int piece_count(int W, int w) {
 }
 
 bool sfmp_x8_supported(int type) {
-#if defined(SFMP_X8_AVX2)
+#if defined(SFMP_X8_SIMD)
     return sfmp_is_type(type);
 #else
     (void) type;
@@ -174,10 +185,34 @@ void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_a
     }
 }
 
-#if defined(SFMP_X8_AVX2)
+#if defined(SFMP_X8_SIMD)
 
 // Columns one kernel call serves: the weights are decoded once for all of them.
 #define SFMP_X8_MAX_COLUMNS 4
+
+// ---- per-ISA primitives: x8i holds one int32 per row, x8f one float per row --------------------
+
+#if defined(SFMP_X8_AVX2)
+
+typedef __m256i x8i;
+typedef __m256 x8f;
+
+SFMP_X8_INLINE x8i x8i_zero(void) { return _mm256_setzero_si256(); }
+SFMP_X8_INLINE x8i x8i_set1(int32_t v) { return _mm256_set1_epi32(v); }
+SFMP_X8_INLINE x8i x8i_add(x8i a, x8i b) { return _mm256_add_epi32(a, b); }
+SFMP_X8_INLINE x8i x8i_and(x8i a, x8i b) { return _mm256_and_si256(a, b); }
+SFMP_X8_INLINE x8i x8i_mul(x8i a, x8i b) { return _mm256_mullo_epi32(a, b); }
+SFMP_X8_INLINE x8i x8i_shl(x8i a, int k) { return _mm256_slli_epi32(a, k); }
+// All ones where a < b (both below 2^31).
+SFMP_X8_INLINE x8i x8i_less(x8i a, x8i b) { return _mm256_cmpgt_epi32(b, a); }
+SFMP_X8_INLINE x8i x8i_load_u8(const uint8_t * p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p)); }
+SFMP_X8_INLINE x8f x8f_zero(void) { return _mm256_setzero_ps(); }
+SFMP_X8_INLINE x8f x8f_set1(float v) { return _mm256_set1_ps(v); }
+SFMP_X8_INLINE x8f x8f_add(x8f a, x8f b) { return _mm256_add_ps(a, b); }
+SFMP_X8_INLINE x8f x8f_mul(x8f a, x8f b) { return _mm256_mul_ps(a, b); }
+SFMP_X8_INLINE x8f x8f_from_x8i(x8i a) { return _mm256_cvtepi32_ps(a); }
+SFMP_X8_INLINE x8f x8f_load_f16(const uint8_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p)); }
+SFMP_X8_INLINE void x8f_store(float * p, x8f v) { _mm256_storeu_ps(p, v); }
 
 // Group g (weights 4g..4g+3) of one sub-block's W-bit codes for the 8 rows: its pieces' bits, put
 // together into whole codes, one byte per weight.
@@ -203,11 +238,11 @@ SFMP_X8_INLINE __m256i broadcast4(const int8_t * y) {
 }
 
 // Per lane (row) and column: sum(c y) over one sub-block. With VNNI, whole codes go to dpbusd.
-// Otherwise codes of W <= 7 bits feed maddubs whole;
-// its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1)) are widened every `run` groups, before they
-// could overflow. 8-bit codes would saturate maddubs, so they go as two nibbles.
+// Otherwise codes of W <= 7 bits feed maddubs whole; its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1))
+// are widened every `run` groups, before they could overflow. 8-bit codes would saturate maddubs,
+// so they go as two nibbles.
 SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * const * y, const int ncols,
-                             __m256i * s) {
+                             x8i * s) {
 #if defined(SFMP_X8_VNNI)
     for (int c = 0; c < ncols; ++c) {
         s[c] = _mm256_setzero_si256();
@@ -223,8 +258,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * 
 #endif
         }
     }
-    return;
-#endif
+#else
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[SFMP_X8_MAX_COLUMNS];
     if (W == 8) {
@@ -265,24 +299,140 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * 
             }
         }
     }
+#endif
 }
+
+#else  // NEON: two 128-bit halves, rows 0-3 and rows 4-7
+
+typedef struct {
+    int32x4_t lo, hi;
+} x8i;
+
+typedef struct {
+    float32x4_t lo, hi;
+} x8f;
+
+SFMP_X8_INLINE x8i x8i_zero(void) { x8i r = {vdupq_n_s32(0), vdupq_n_s32(0)}; return r; }
+SFMP_X8_INLINE x8i x8i_set1(int32_t v) { x8i r = {vdupq_n_s32(v), vdupq_n_s32(v)}; return r; }
+SFMP_X8_INLINE x8i x8i_add(x8i a, x8i b) { x8i r = {vaddq_s32(a.lo, b.lo), vaddq_s32(a.hi, b.hi)}; return r; }
+SFMP_X8_INLINE x8i x8i_and(x8i a, x8i b) { x8i r = {vandq_s32(a.lo, b.lo), vandq_s32(a.hi, b.hi)}; return r; }
+SFMP_X8_INLINE x8i x8i_mul(x8i a, x8i b) { x8i r = {vmulq_s32(a.lo, b.lo), vmulq_s32(a.hi, b.hi)}; return r; }
+SFMP_X8_INLINE x8i x8i_shl(x8i a, int k) {
+    x8i r = {vshlq_s32(a.lo, vdupq_n_s32(k)), vshlq_s32(a.hi, vdupq_n_s32(k))};
+    return r;
+}
+SFMP_X8_INLINE x8i x8i_less(x8i a, x8i b) {
+    x8i r = {vreinterpretq_s32_u32(vcltq_s32(a.lo, b.lo)), vreinterpretq_s32_u32(vcltq_s32(a.hi, b.hi))};
+    return r;
+}
+SFMP_X8_INLINE x8i x8i_load_u8(const uint8_t * p) {
+    const uint16x8_t v = vmovl_u8(vld1_u8(p));
+    x8i r = {vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(v))), vreinterpretq_s32_u32(vmovl_u16(vget_high_u16(v)))};
+    return r;
+}
+SFMP_X8_INLINE x8f x8f_zero(void) { x8f r = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}; return r; }
+SFMP_X8_INLINE x8f x8f_set1(float v) { x8f r = {vdupq_n_f32(v), vdupq_n_f32(v)}; return r; }
+SFMP_X8_INLINE x8f x8f_add(x8f a, x8f b) { x8f r = {vaddq_f32(a.lo, b.lo), vaddq_f32(a.hi, b.hi)}; return r; }
+SFMP_X8_INLINE x8f x8f_mul(x8f a, x8f b) { x8f r = {vmulq_f32(a.lo, b.lo), vmulq_f32(a.hi, b.hi)}; return r; }
+SFMP_X8_INLINE x8f x8f_from_x8i(x8i a) { x8f r = {vcvtq_f32_s32(a.lo), vcvtq_f32_s32(a.hi)}; return r; }
+SFMP_X8_INLINE x8f x8f_load_f16(const uint8_t * p) {
+    const float16x8_t h = vreinterpretq_f16_u8(vld1q_u8(p));
+    x8f r = {vcvt_f32_f16(vget_low_f16(h)), vcvt_high_f32_f16(h)};
+    return r;
+}
+SFMP_X8_INLINE void x8f_store(float * p, x8f v) {
+    vst1q_f32(p, v.lo);
+    vst1q_f32(p + 4, v.hi);
+}
+
+typedef struct {
+    uint8x16_t lo, hi;
+} x8_codes;
+
+// Group g of one sub-block's W-bit codes for the 8 rows (as in the AVX2 group_codes).
+SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const int g) {
+    x8_codes code = {vdupq_n_u8(0), vdupq_n_u8(0)};
+    SFMP_X8_UNROLL
+    for (int w = 4; w >= 1; w /= 2) {
+        SFMP_X8_UNROLL
+        for (int c = 0; c < piece_count(W, w); ++c, codes += 32 * w) {
+            const int load = g / (8 / w), k = g % (8 / w);
+            const int8x16_t right = vdupq_n_s8((int8_t) -(w * k)), left = vdupq_n_s8((int8_t) w);
+            const uint8x16_t mask = vdupq_n_u8((uint8_t) ((1 << w) - 1));
+            const uint8x16_t lo = vandq_u8(vshlq_u8(vld1q_u8(codes + 32 * load), right), mask);
+            const uint8x16_t hi = vandq_u8(vshlq_u8(vld1q_u8(codes + 32 * load + 16), right), mask);
+            code.lo = vorrq_u8(vshlq_u8(code.lo, left), lo);
+            code.hi = vorrq_u8(vshlq_u8(code.hi, left), hi);
+        }
+    }
+    return code;
+}
+
+SFMP_X8_INLINE int8x16_t broadcast4(const int8_t * y) {
+    int32_t y4;
+    memcpy(&y4, y, sizeof(y4));
+    return vreinterpretq_s8_s32(vdupq_n_s32(y4));
+}
+
+// Adds sum(code * y) over each row's 4 bytes of c (4 rows) to acc; codes below 128 are exact as int8.
+SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(acc, vreinterpretq_s8_u8(c), y);
+#else
+    const int8x16_t cs = vreinterpretq_s8_u8(c);
+    const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(cs), vget_low_s8(y)));  // rows 0, 1: 2 pair sums each
+    const int32x4_t hi = vpaddlq_s16(vmull_high_s8(cs, y));                      // rows 2, 3
+    return vaddq_s32(acc, vpaddq_s32(lo, hi));
+#endif
+}
+
+// Per lane (row) and column: sum(c y) over one sub-block. 8-bit codes go as two nibbles.
+SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * const * y, const int ncols,
+                             x8i * s) {
+    for (int c = 0; c < ncols; ++c) {
+        s[c] = x8i_zero();
+    }
+    SFMP_X8_UNROLL
+    for (int half = 0; half < (W == 8 ? 2 : 1); ++half) {
+        x8i acc[SFMP_X8_MAX_COLUMNS];
+        for (int c = 0; c < ncols; ++c) {
+            acc[c] = x8i_zero();
+        }
+        SFMP_X8_UNROLL
+        for (int g = 0; g < 8; ++g) {
+            const x8_codes code = W == 8 ? group_codes(codes + 128 * half, 4, g) : group_codes(codes, W, g);
+            for (int c = 0; c < ncols; ++c) {
+                const int8x16_t yb = broadcast4(y[c] + 4 * g);
+                acc[c].lo = dot4_rows(acc[c].lo, code.lo, yb);
+                acc[c].hi = dot4_rows(acc[c].hi, code.hi, yb);
+            }
+        }
+        for (int c = 0; c < ncols; ++c) {
+            s[c] = x8i_add(s[c], W == 8 && !half ? x8i_shl(acc[c], 4) : acc[c]);
+        }
+    }
+}
+
+#endif
+
+// ---- shared by both ISAs -----------------------------------------------------------------------
 
 // The exact integers a of sub-block j for the 8 rows of one x8 block, one vector per column.
 SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int n_sub, const int j,
                                  const int8_t * const * y, const sfmp_x8_act * const * act, const int ncols,
-                                 __m256i * a) {
+                                 x8i * a) {
     const int W = code_width(B, U);
-    __m256i s[SFMP_X8_MAX_COLUMNS];
+    x8i s[SFMP_X8_MAX_COLUMNS];
     code_dot(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * j, W, y, ncols, s);
-    const __m256i m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) (xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j)));
-    const __m256i amp = _mm256_and_si256(m, _mm256_set1_epi32(SFMP_AMPLITUDE_MAX));
-    const __m256i plain = _mm256_cmpgt_epi32(_mm256_set1_epi32(SFMP_UPGRADE_FLAG), m);
+    const x8i m = x8i_load_u8(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j);
+    const x8i amp = x8i_and(m, x8i_set1(SFMP_AMPLITUDE_MAX));
+    const x8i plain = x8i_less(m, x8i_set1(SFMP_UPGRADE_FLAG));
     for (int c = 0; c < ncols; ++c) {
-        __m256i t = _mm256_add_epi32(_mm256_slli_epi32(s[c], U ? 1 : 2), _mm256_set1_epi32(act[c]->offset));
+        x8i t = x8i_add(x8i_shl(s[c], U ? 1 : 2), x8i_set1(act[c]->offset));
         if (U) {
-            t = _mm256_add_epi32(t, _mm256_and_si256(plain, _mm256_set1_epi32(act[c]->sum)));
+            t = x8i_add(t, x8i_and(plain, x8i_set1(act[c]->sum)));
         }
-        a[c] = _mm256_mullo_epi32(amp, t);
+        a[c] = x8i_mul(amp, t);
     }
 }
 
@@ -297,68 +447,68 @@ typedef struct {
 SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(8, code_width(B, U));
-    __m256 sum[SFMP_X8_MAX_COLUMNS];
+    x8f sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
-        sum[c] = _mm256_setzero_ps();
+        sum[c] = x8f_zero();
     }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
-        __m256i acc[SFMP_X8_MAX_COLUMNS];
+        x8i acc[SFMP_X8_MAX_COLUMNS];
         for (int c = 0; c < ncols; ++c) {
-            acc[c] = _mm256_setzero_si256();
+            acc[c] = x8i_zero();
         }
         for (int j = 0; j < 8; ++j) {
             const int8_t * y[SFMP_X8_MAX_COLUMNS];
             const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
-            __m256i a[SFMP_X8_MAX_COLUMNS];
+            x8i a[SFMP_X8_MAX_COLUMNS];
             for (int c = 0; c < ncols; ++c) {
                 y[c] = ((const sfmp_block_q8_K *) cols->y[c])[i].qs + SFMP_SUB_BLOCK * j;
                 act[c] = cols->acts[c] + 8 * i + j;
             }
             sub_block_x8(x8, B, U, 8, j, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
-                acc[c] = _mm256_add_epi32(acc[c], a[c]);
+                acc[c] = x8i_add(acc[c], a[c]);
             }
         }
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x8));
+        const x8f d = x8f_load_f16(x8);
         for (int c = 0; c < ncols; ++c) {
-            const __m256 scale = _mm256_mul_ps(d, _mm256_set1_ps(cols->acts[c][8 * i].scale));
-            sum[c] = _mm256_add_ps(sum[c], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(acc[c])));
+            const x8f scale = x8f_mul(d, x8f_set1(cols->acts[c][8 * i].scale));
+            sum[c] = x8f_add(sum[c], x8f_mul(scale, x8f_from_x8i(acc[c])));
         }
     }
     for (int c = 0; c < ncols; ++c) {
-        _mm256_storeu_ps(cols->dst[c] + SFMP_X8_ROWS * g, sum[c]);
+        x8f_store(cols->dst[c] + SFMP_X8_ROWS * g, sum[c]);
     }
 }
 
 SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(2, code_width(B, U));
-    __m256 sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
+    x8f sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
-        sum[c] = _mm256_setzero_ps();
+        sum[c] = x8f_zero();
     }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) x8));
+        const x8f d = x8f_load_f16(x8);
         for (int j = 0; j < 2; ++j) {
             const int8_t * y[SFMP_X8_MAX_COLUMNS];
             const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
-            __m256i a[SFMP_X8_MAX_COLUMNS];
+            x8i a[SFMP_X8_MAX_COLUMNS];
             for (int c = 0; c < ncols; ++c) {
                 y[c] = ((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].qs;
                 act[c] = cols->acts[c] + 2 * i + j;
             }
             sub_block_x8(x8, B, U, 2, j, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
-                const __m256 v = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_set1_ps(act[c]->scale)), _mm256_cvtepi32_ps(a[c]));
-                block_sum[c] = j ? _mm256_add_ps(block_sum[c], v) : v;
+                const x8f v = x8f_mul(x8f_mul(d, x8f_set1(act[c]->scale)), x8f_from_x8i(a[c]));
+                block_sum[c] = j ? x8f_add(block_sum[c], v) : v;
             }
         }
         for (int c = 0; c < ncols; ++c) {
-            sum[c] = _mm256_add_ps(sum[c], block_sum[c]);
+            sum[c] = x8f_add(sum[c], block_sum[c]);
         }
     }
     for (int c = 0; c < ncols; ++c) {
-        _mm256_storeu_ps(cols->dst[c] + SFMP_X8_ROWS * g, sum[c]);
+        x8f_store(cols->dst[c] + SFMP_X8_ROWS * g, sum[c]);
     }
 }
 
@@ -415,7 +565,7 @@ void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, 
 
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
-    // Never reached: sfmp_x8_supported is false without AVX2, so no tensor is interleaved.
+    // Never reached: sfmp_x8_supported is false without AVX2 or NEON, so no tensor is interleaved.
     (void) type; (void) n; (void) x8; (void) group_begin; (void) group_end; (void) ncols; (void) vy; (void) acts;
     (void) dst;
 }

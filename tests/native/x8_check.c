@@ -1,0 +1,57 @@
+// Runs the interleaved (SFMP_X8) kernel and the scalar reference on cases read from stdin, for
+// cross-architecture checks under emulation (NEON under qemu-aarch64). Input, repeated until EOF,
+// little-endian: int32 type, int32 n, int32 rows (a multiple of 8), int32 columns, then rows rows of
+// weights and columns rows of activations (Q8_K or Q8_0). Output: the kernel's path, then for each
+// column and row "<generic> <interleaved>" as C99 hex floats.
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "sfmp-quants.h"
+#include "sfmp-x8.h"
+
+int main(void) {
+    printf("path %s\n", sfmp_x8_path());
+    int32_t h[4];
+    while (fread(h, sizeof(int32_t), 4, stdin) == 4) {
+        const int type = h[0], n = h[1], rows = h[2], cols = h[3];
+        const sfmp_layout * L = sfmp_get_layout(type);
+        if (!L || rows % SFMP_X8_ROWS || cols < 1 || cols > 64) {
+            fprintf(stderr, "bad case header\n");
+            return 1;
+        }
+        const size_t row_bytes = (size_t) (n / L->block_size) * L->type_size;
+        const size_t act_bytes = L->block_size == 256 ? (size_t) (n / 256) * sizeof(sfmp_block_q8_K)
+                                                      : (size_t) (n / 32) * sizeof(sfmp_block_q8_0);
+        const size_t group = sfmp_x8_group_size(type, n);
+        unsigned char * x = malloc(row_bytes * rows), * y = malloc(act_bytes * cols), * x8 = malloc(group * (rows / 8));
+        sfmp_x8_act * acts = malloc(sizeof(sfmp_x8_act) * (n / 32) * cols);
+        float * out = malloc(sizeof(float) * rows * cols);
+        if (!x || !y || !x8 || !acts || !out || fread(x, 1, row_bytes * rows, stdin) != row_bytes * rows ||
+            fread(y, 1, act_bytes * cols, stdin) != act_bytes * cols) {
+            fprintf(stderr, "truncated input\n");
+            return 1;
+        }
+        const void * vy[64];
+        const sfmp_x8_act * pa[64];
+        float * dst[64];
+        for (int g = 0; g < rows / 8; ++g) {
+            sfmp_x8_repack_group(type, x + g * 8 * row_bytes, row_bytes, x8 + g * group, n);
+        }
+        for (int c = 0; c < cols; ++c) {
+            vy[c] = y + c * act_bytes;
+            pa[c] = acts + c * (n / 32);
+            dst[c] = out + c * rows;
+            sfmp_x8_prepare_activations(type, vy[c], n, acts + c * (n / 32));
+        }
+        sfmp_x8_mul_mat(type, n, x8, 0, rows / 8, cols, vy, pa, dst);
+        for (int c = 0; c < cols; ++c) {
+            for (int r = 0; r < rows; ++r) {
+                float generic = 0.0f;
+                sfmp_vec_dot_generic(type, n, &generic, x + r * row_bytes, vy[c]);
+                printf("%a %a\n", (double) generic, (double) dst[c][r]);
+            }
+        }
+        free(x); free(y); free(x8); free(acts); free(out);
+    }
+    return 0;
+}
