@@ -21,7 +21,7 @@ def _summary(result: subprocess.CompletedProcess) -> tuple[int, int]:
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "runtime error" not in result.stderr and "Sanitizer" not in result.stderr, result.stderr[-3000:]
     words = result.stdout.split()
-    return int(words[1]), int(words[3])  # "<path>: N cases, V valid, 0 failures"
+    return int(words[3]), int(words[5])  # "<path> (interleaved: <path>): N cases, V valid, 0 failures"
 
 
 def test_x86_kernels_survive_fuzzing_under_sanitizers(tmp_path):
@@ -29,7 +29,7 @@ def test_x86_kernels_survive_fuzzing_under_sanitizers(tmp_path):
     result = subprocess.run([str(binary), "1", str(X86_CASES)], capture_output=True, text=True, timeout=600,
                             env={"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1"})
     cases, valid = _summary(result)
-    assert result.stdout.startswith("avx2:") and cases == X86_CASES
+    assert result.stdout.startswith("avx2 (interleaved: avx2):") and cases == X86_CASES
     assert 0.2 * cases < valid < 0.8 * cases  # both branches exercised: accepted and rejected blocks
 
 
@@ -38,7 +38,7 @@ def test_neon_kernels_survive_fuzzing(tmp_path, target):
     binary = compile_driver("fuzz_kernels.c", tmp_path / f"fuzz-{target}", aarch64=target)
     result = subprocess.run([*QEMU, str(binary), "2", str(NEON_CASES)], capture_output=True, text=True, timeout=600)
     cases, valid = _summary(result)
-    assert result.stdout.startswith(f"{target}:") and cases == NEON_CASES and valid > 0
+    assert result.stdout.startswith(f"{target} (interleaved: {target}):") and cases == NEON_CASES and valid > 0
 
 
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)

@@ -1,5 +1,6 @@
 // Direct kernel fuzzing: random and mutated SFMP blocks through every entry point of the kernels
-// (validate, dequantize, the scalar and the SIMD dot product, the 2x2 tile), built with
+// (validate, dequantize, the scalar and the SIMD dot product, the 2x2 tile, the interleaved
+// SFMP_X8 repack and kernel), built with
 // AddressSanitizer and UndefinedBehaviorSanitizer on x86 and plain under qemu for NEON.
 //
 //   fuzz_kernels SEED CASES
@@ -7,7 +8,8 @@
 // Every block is fed to every kernel, valid or not: nothing may crash or read outside its block.
 // For blocks that validation accepts, the outputs must be finite and the SIMD dot product must
 // equal the scalar one (exactly, except AVX2 on 64-weight types, which sums in float lanes: there
-// within float32 rounding of the sum of |terms|). Prints a summary; exits 1 on the first failure.
+// within float32 rounding of the sum of |terms|), and the interleaved kernel must equal the scalar
+// one exactly. Prints a summary; exits 1 on the first failure.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +18,7 @@
 
 #include "sfmp-cpu.h"
 #include "sfmp-quants.h"
+#include "sfmp-x8.h"
 
 #define MAX_N 1024
 
@@ -155,6 +158,38 @@ int main(int argc, char ** argv) {
             }
         }
         sfmp_cpu_vec_dot_tile(type, n, tile, 2, rows, row_bytes, acts, act_bytes, SFMP_CPU_NROWS);
+        // The interleaved kernel on one row group: the two rows four times over, both columns.
+        uint8_t * group_src = malloc(SFMP_X8_ROWS * row_bytes);
+        uint8_t * group = malloc(sfmp_x8_group_size(type, n));
+        sfmp_x8_act * prepared = malloc(sizeof(sfmp_x8_act) * (size_t) (n / 32) * 2);
+        float interleaved[2][SFMP_X8_ROWS];
+        const void * vy[2] = {acts, (uint8_t *) acts + act_bytes};
+        const sfmp_x8_act * pa[2] = {prepared, prepared + n / 32};
+        float * dst[2] = {interleaved[0], interleaved[1]};
+        for (int r = 0; r < SFMP_X8_ROWS; ++r) {
+            memcpy(group_src + r * row_bytes, rows + (r % 2) * row_bytes, row_bytes);
+        }
+        sfmp_x8_repack_group(type, group_src, row_bytes, group, n);
+        for (int k = 0; k < 2; ++k) {
+            sfmp_x8_prepare_activations(type, vy[k], n, prepared + k * (n / 32));
+        }
+        if (sfmp_x8_supported(type)) {
+            sfmp_x8_mul_mat(type, n, group, 0, 1, 2, vy, pa, dst);
+        }
+        if (ok && sfmp_x8_supported(type)) {
+            for (int r = 0; r < SFMP_X8_ROWS; ++r) {
+                for (int k = 0; k < 2; ++k) {
+                    if (interleaved[k][r] != generic[r % 2][k]) {
+                        fprintf(stderr, "case %ld (type %d, n %d): generic %a, interleaved (%s) %a\n", c, type, n,
+                                (double) generic[r % 2][k], sfmp_x8_path(), (double) interleaved[k][r]);
+                        return 1;
+                    }
+                }
+            }
+        }
+        free(group_src);
+        free(group);
+        free(prepared);
         if (ok) {
             ++valid;
             for (int i = 0; i < n; ++i) {
@@ -187,6 +222,6 @@ int main(int argc, char ** argv) {
         free(acts);
         free(out);
     }
-    printf("%s: %ld cases, %ld valid, 0 failures\n", sfmp_cpu_path(), cases, valid);
+    printf("%s (interleaved: %s): %ld cases, %ld valid, 0 failures\n", sfmp_cpu_path(), sfmp_x8_path(), cases, valid);
     return 0;
 }
