@@ -18,6 +18,10 @@ puts max|x| on the outermost level, each also refit by weighted least squares fo
     2 bits: Lloyd-Max for a Gaussian (+-0.4528, 1.5104) / 1.5104
 (c) an upper-bound-ish reference: a symmetric codebook trained (weighted Lloyd, alternating with
     the amplitude search) on the even layers' sub-blocks and evaluated on the odd layers'.
+(d) a nested (tree-structured) codebook, the form SFMP's elastic bit planes would need: the trained
+    4-bit codebook; 3 and 2 bits as the means of sibling levels (dropping the last bit of a code
+    lands on its parent); 5 bits as each 4-bit level split in two inside its cell (what an upgrade
+    from a 4-bit base would add). Against the uniform grid at 2 to 5 bits.
 """
 
 from __future__ import annotations
@@ -135,6 +139,20 @@ def train_codebook(x, w, bits, iters=12):
     return np.sort(levels)
 
 
+def nested_codebooks(four_bit: np.ndarray) -> dict[int, np.ndarray]:
+    """Tree-structured codebooks around a sorted 4-bit one: parents are the means of sibling pairs
+    (codes 2q and 2q + 1); a 5-bit child sits at the middle of its half of the parent's cell."""
+    books = {4: np.sort(four_bit)}
+    for bits in (3, 2):
+        child = books[bits + 1]
+        books[bits] = (child[0::2] + child[1::2]) / 2
+    levels = books[4]
+    edges = np.concatenate([[levels[0] - (levels[1] - levels[0]) / 2], (levels[1:] + levels[:-1]) / 2,
+                            [levels[-1] + (levels[-1] - levels[-2]) / 2]])
+    books[5] = np.sort(np.concatenate([(edges[:-1] + levels) / 2, (levels + edges[1:]) / 2]))
+    return books
+
+
 # Lloyd-Max Gaussian 4-bit positive half (for the trained codebook's start only)
 LM4 = np.array([0.1284, 0.3881, 0.6568, 0.9424, 1.2562, 1.6181, 2.0690, 2.7326]) / 2.7326
 
@@ -174,7 +192,7 @@ def experiment() -> None:
 
     # sanity: the uniform search here equals reference._search_amplitudes
     x, w = data["attn_q"]["test"]
-    _, ref_err = reference._search_amplitudes(x[:512, None, :], w[:512, None, :])
+    _, ref_err = reference._search_amplitudes(x[:512, None, :], w[:512, None, :], BITS)
     for b in BITS:
         mine = search(x[:512], w[:512], uniform_levels(b), REF_SHRINK)
         assert np.allclose(mine, ref_err[:, 0, b - 2], rtol=1e-9, atol=0), b
@@ -207,6 +225,18 @@ def experiment() -> None:
         print(f"{k}: done ({time.time() - t0:.0f}s)", flush=True)
 
     classes = {"rows of 576 (attn_q/k/v/output, ffn_gate/up)": KINDS[:6], "rows of 1536 (ffn_down)": KINDS[6:]}
+    nested = nested_codebooks(trained[4])
+    print("\n## nested (tree-structured) codebook from the trained 4-bit one, amplitude search: ref")
+    print("| class | bits | Σ E_nested / Σ E_uni |")
+    print("|---|---|---|")
+    for cname, kinds in classes.items():
+        for b in (2, 3, 4, 5):
+            en = eu = 0.0
+            for k in kinds:
+                x, w = data[k]["test"]
+                eu += search(x, w, uniform_levels(b), REF_SHRINK).sum()
+                en += search(x, w, nested[b], REF_SHRINK).sum()
+            print(f"| {cname} | {b} | {en / eu:.3f} |")
     for search_name in ("ref", "dense"):
         print(f"\n## per class, amplitude search: {search_name}")
         print("| class | bits | mean(E_NL/E_uni) | geomean | Σ E_NL / Σ E_uni | NL wins | signed IQ4_NL | trained sym. |")
