@@ -84,6 +84,21 @@ def test_corrupt_safetensors(build, tiny, tmp_path, edit):
     assert _digest(model) == before
 
 
+def test_a_killed_runs_partial_file_goes_at_start_up_even_if_the_run_then_fails(build, tiny, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "model.gguf"
+    stale = tmp_path / f".{out.name}{PARTIAL_MARK}{dead.pid}"
+    stale.write_bytes(b"GGUF, cut short")
+    alive = tmp_path / f".{out.name}{PARTIAL_MARK}{os.getpid()}"  # a run still going: left alone
+    alive.write_bytes(b"GGUF, being written")
+    bad_imatrix = tmp_path / "imatrix.dat"
+    bad_imatrix.write_bytes(b"not an imatrix")
+    result = run_convert(tiny, "-o", out, "--imatrix", bad_imatrix)
+    assert_one_line_error(result, str(bad_imatrix))
+    assert not stale.exists() and alive.exists() and not out.exists()
+
+
 def test_sigkill_never_leaves_a_partial_file_at_the_final_path(build, tiny, reference, tmp_path):
     out = tmp_path / "model.gguf"
     before = _digest(tiny)
@@ -98,8 +113,8 @@ def test_sigkill_never_leaves_a_partial_file_at_the_final_path(build, tiny, refe
         killed.add(proc.pid)
         # The final path holds nothing or the complete file, never part of one.
         assert not out.exists() or out.read_bytes() == reference
-        # Every leftover is recognisably a killed run's partial file. A run killed before it starts
-        # writing has not yet removed an earlier run's leftover, so that one may still be there too.
+        # Every leftover is recognisably a killed run's partial file. A run killed before its
+        # start-up clean-up has not yet removed an earlier run's leftover, so that one may be there too.
         leftovers = [p.name for p in tmp_path.iterdir() if p != out]
         assert all(name in {f".{out.name}{PARTIAL_MARK}{pid}" for pid in killed} for name in leftovers), leftovers
         out.unlink(missing_ok=True)

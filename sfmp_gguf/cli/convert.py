@@ -57,9 +57,10 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
     use_pinned_gguf_py()  # before anything imports gguf: the converter classes need this copy
 
     from sfmp_gguf import allocation, pipeline, report
-    from sfmp_gguf.gguf_io import check_output
+    from sfmp_gguf.gguf_io import check_output, remove_stale_partials
 
     check_output(args.output)
+    remove_stale_partials(args.output)  # a killed run's leftover goes now, not only once writing starts
     prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads)
     start = time.monotonic()
     plan = allocation.allocate(prepared.profiles, args.bpw)
