@@ -78,17 +78,13 @@ float sfmp_fp16_to_fp32(uint16_t h) {
 
 // ---- code pieces ----------------------------------------------------------------------------
 
-// A code of `bits` bits is stored as pieces, most significant first: nibbles, a crumb, a plane.
+// The widths of a code's pieces, most significant first (sfmp_piece_count).
 static int piece_widths(int bits, int widths[3]) {
     int n = 0;
-    for (int i = 0; i < bits / 4; ++i) {
-        widths[n++] = 4;
-    }
-    if (bits % 4 >= 2) {
-        widths[n++] = 2;
-    }
-    if (bits % 2) {
-        widths[n++] = 1;
+    for (int w = 4; w >= 1; w /= 2) {
+        for (int c = 0; c < sfmp_piece_count(bits, w); ++c) {
+            widths[n++] = w;
+        }
     }
     return n;
 }

@@ -67,6 +67,12 @@ static inline uint32_t sfmp_upgrade_mask(const sfmp_layout * L, const uint8_t * 
     return mask;
 }
 
+// A code of `bits` bits is stored as pieces, most significant first: bits / 4 nibbles, then a crumb
+// (2 bits) and a plane (1 bit) as needed. How many pieces of width w (4, 2 or 1) it has:
+static inline int sfmp_piece_count(int bits, int w) {
+    return w == 4 ? bits / 4 : (w == 2 ? (bits % 4) / 2 : bits % 2);
+}
+
 int32_t sfmp_format_version(void);
 // fp16 conversions, round to nearest even; ours so that both builds round identically.
 uint16_t sfmp_fp32_to_fp16(float f);

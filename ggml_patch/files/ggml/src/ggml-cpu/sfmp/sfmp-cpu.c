@@ -93,8 +93,7 @@ SFMP_INLINE __m256i extra_bits(const uint8_t * p) {
 SFMP_INLINE __m256i base_code(const uint8_t * base, int block_size, int B, int j) {
     __m256i q = _mm256_setzero_si256();
     for (int w = 4; w >= 1; w /= 2) {
-        const int count = w == 4 ? B / 4 : (w == 2 ? (B % 4) / 2 : B % 2);
-        for (int c = 0; c < count; ++c) {
+        for (int c = 0; c < sfmp_piece_count(B, w); ++c) {
             const __m256i p = block_size == 256 ? piece_k(base, w, j) : piece_s(base, w, j);
             q = _mm256_or_si256(_mm256_slli_epi16(q, w), p);
             base += block_size * w / 8;
@@ -361,8 +360,7 @@ SFMP_INLINE v32_neon extra_bits_neon(const uint8_t * p) {
 SFMP_INLINE v32_neon base_code_neon(const uint8_t * base, int n, int B, int j) {
     v32_neon q = {vdupq_n_s8(0), vdupq_n_s8(0)};
     for (int w = 4; w >= 1; w /= 2) {
-        const int count = w == 4 ? B / 4 : (w == 2 ? (B % 4) / 2 : B % 2);
-        for (int c = 0; c < count; ++c) {
+        for (int c = 0; c < sfmp_piece_count(B, w); ++c) {
             const v32_neon p = piece_neon(base, n, w, j);
             q.lo = vorrq_s8(vshlq_s8(q.lo, vdupq_n_s8((int8_t) w)), p.lo);
             q.hi = vorrq_s8(vshlq_s8(q.hi, vdupq_n_s8((int8_t) w)), p.hi);

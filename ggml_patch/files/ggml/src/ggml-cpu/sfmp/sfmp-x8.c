@@ -57,11 +57,6 @@ SFMP_X8_INLINE size_t block_size_x8(int n_sub, int W) {
     return (size_t) (2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * n_sub);
 }
 
-// How many pieces of width w (4, 2 or 1) a W-bit code has; the wider ones hold the higher bits.
-SFMP_X8_INLINE int piece_count(int W, int w) {
-    return w == 4 ? W / 4 : (w == 2 ? (W % 4) / 2 : W % 2);
-}
-
 bool sfmp_x8_supported(int type) {
 #if defined(SFMP_X8_SIMD)
     return sfmp_is_type(type);
@@ -102,7 +97,7 @@ static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t up
     memset(code, 0, 4 * sizeof(uint64_t));
     for (int w = 4; w >= 1; w /= 2) {
         const int span = L->block_size * w / 8;  // weight i of a piece: byte i % span, bit w * (i / span)
-        for (int p = 0; p < piece_count(L->base_bits, w); ++p, piece += span) {
+        for (int p = 0; p < sfmp_piece_count(L->base_bits, w); ++p, piece += span) {
             for (int c = 0; c < 4; ++c) {
                 const int i = SFMP_SUB_BLOCK * j + 8 * c;
                 code[c] = (code[c] << w) | ((load64(piece + i % span) >> (w * (i / span))) & byte_mask(w));
@@ -141,7 +136,7 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
                 uint8_t * piece = out + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * L->n_sub + 32 * W * j;
                 int shift = W;
                 for (int w = 4; w >= 1; w /= 2) {
-                    for (int p = 0; p < piece_count(W, w); ++p, piece += 32 * w) {
+                    for (int p = 0; p < sfmp_piece_count(W, w); ++p, piece += 32 * w) {
                         shift -= w;
                         for (int g = 0; g < 8; ++g) {  // group g: weights 4g..4g+3, in load g / (8/w) at bit w * (g % (8/w))
                             const uint32_t bits = (uint32_t) ((code[g / 2] >> (shift + 32 * (g % 2))) & byte_mask(w));
@@ -221,7 +216,7 @@ SFMP_X8_INLINE __m256i group_codes(const uint8_t * codes, const int W, const int
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
         SFMP_X8_UNROLL
-        for (int c = 0; c < piece_count(W, w); ++c, codes += 32 * w) {
+        for (int c = 0; c < sfmp_piece_count(W, w); ++c, codes += 32 * w) {
             const int load = g / (8 / w), k = g % (8 / w);
             const __m256i v = _mm256_loadu_si256((const __m256i *) (codes + 32 * load));
             const __m256i bits = _mm256_and_si256(k ? _mm256_srli_epi16(v, w * k) : v, _mm256_set1_epi8((char) ((1 << w) - 1)));
@@ -355,7 +350,7 @@ SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const in
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
         SFMP_X8_UNROLL
-        for (int c = 0; c < piece_count(W, w); ++c, codes += 32 * w) {
+        for (int c = 0; c < sfmp_piece_count(W, w); ++c, codes += 32 * w) {
             const int load = g / (8 / w), k = g % (8 / w);
             const int8x16_t right = vdupq_n_s8((int8_t) -(w * k)), left = vdupq_n_s8((int8_t) w);
             const uint8x16_t mask = vdupq_n_u8((uint8_t) ((1 << w) - 1));
