@@ -64,10 +64,13 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
         const int64_t ncols = ne11 * ne12 * ne13;
         char * wdata = static_cast<char *>(params->wdata);
         GGML_ASSERT(params->wsize >= act.stride * ncols);
+        // Activation row c is (i11, i12, i13) of src1 and writes the same (i1, i2, i3) of dst.
+        auto row_offset = [&](int64_t c, size_t stride1, size_t stride2, size_t stride3) {
+            return (c % ne11) * stride1 + (c / ne11 % ne12) * stride2 + (c / (ne11 * ne12)) * stride3;
+        };
 
         for (int64_t c = params->ith; c < ncols; c += params->nth) {
-            const char * x = static_cast<const char *>(src1->data) + (c % ne11) * nb11 + (c / ne11 % ne12) * nb12 +
-                             (c / (ne11 * ne12)) * nb13;
+            const char * x = static_cast<const char *>(src1->data) + row_offset(c, nb11, nb12, nb13);
             char * col = wdata + c * act.stride;
             from_float(reinterpret_cast<const float *>(x), col, ne10);
             sfmp_x8_prepare_activations(src0->type, col, ne10, reinterpret_cast<sfmp_x8_act *>(col + act.quantized));
@@ -90,8 +93,7 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
                     const char * col = wdata + c * act.stride;
                     y[i] = col;
                     acts[i] = reinterpret_cast<const sfmp_x8_act *>(col + act.quantized);
-                    out[i] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + (c % ne11) * nb1 +
-                                                       (c / ne11 % ne12) * nb2 + (c / (ne11 * ne12)) * nb3);
+                    out[i] = reinterpret_cast<float *>(static_cast<char *>(dst->data) + row_offset(c, nb1, nb2, nb3));
                 }
                 sfmp_x8_mul_mat(src0->type, ne00, src0->data, g0, g1, nc, y, acts, out);
             }

@@ -53,8 +53,18 @@ SFMP_X8_INLINE int code_width(int B, int U) {
     return B + (U > 0);
 }
 
+// Where an x8 block's parts start (sfmp-x8.h): 8 fp16 scales, then sub-block j's 8 amplitudes,
+// then sub-block j's codes.
+SFMP_X8_INLINE size_t amplitudes_at(int j) {
+    return (size_t) (2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j);
+}
+
+SFMP_X8_INLINE size_t codes_at(int n_sub, int W, int j) {
+    return amplitudes_at(n_sub) + (size_t) (32 * W * j);
+}
+
 SFMP_X8_INLINE size_t block_size_x8(int n_sub, int W) {
-    return (size_t) (2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * n_sub);
+    return codes_at(n_sub, W, n_sub);
 }
 
 bool sfmp_x8_supported(int type) {
@@ -129,11 +139,11 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
             const uint32_t upgraded = sfmp_upgrade_mask(L, block);
             memcpy(out + 2 * r, block, 2);
             for (int j = 0; j < L->n_sub; ++j) {
-                out[2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j + r] =
+                out[amplitudes_at(j) + r] =
                     (uint8_t) ((block[2 + j] & SFMP_AMPLITUDE_MAX) | ((upgraded >> j & 1) ? SFMP_UPGRADE_FLAG : 0));
                 uint64_t code[4];
                 code_words(L, block, upgraded, j, code);
-                uint8_t * piece = out + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * L->n_sub + 32 * W * j;
+                uint8_t * piece = out + codes_at(L->n_sub, W, j);
                 int shift = W;
                 for (int w = 4; w >= 1; w /= 2) {
                     for (int p = 0; p < sfmp_piece_count(W, w); ++p, piece += 32 * w) {
@@ -418,8 +428,8 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
                                  x8i * a) {
     const int W = code_width(B, U);
     x8i s[SFMP_X8_MAX_COLUMNS];
-    code_dot(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * n_sub + 32 * W * j, W, y, ncols, s);
-    const x8i m = x8i_load_u8(xb + 2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j);
+    code_dot(xb + codes_at(n_sub, W, j), W, y, ncols, s);
+    const x8i m = x8i_load_u8(xb + amplitudes_at(j));
     const x8i amp = x8i_and(m, x8i_set1(SFMP_AMPLITUDE_MAX));
     const x8i plain = x8i_less(m, x8i_set1(SFMP_UPGRADE_FLAG));
     for (int c = 0; c < ncols; ++c) {
