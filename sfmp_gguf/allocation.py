@@ -41,9 +41,10 @@ def _hull(profile: TensorProfile) -> list[int]:
     """Indices of the candidates on the lower convex hull of (bits, error), cheapest first."""
     bits = [profile.bits(t) for t in profile.candidates]
     hull: list[int] = []
-    for i in sorted(range(len(bits)), key=lambda i: bits[i]):
+    # Equal sizes (the two grids at one rate): the lower error first, so the other is dropped below.
+    for i in sorted(range(len(bits)), key=lambda i: (bits[i], profile.errors[i])):
         if hull and profile.errors[i] >= profile.errors[hull[-1]]:
-            continue  # more bits for no less error: never worth it
+            continue  # as many bits or more for no less error: never worth it
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             slope_ab = (profile.errors[a] - profile.errors[b]) / (bits[b] - bits[a])

@@ -2,9 +2,11 @@
 
 For each 32-weight sub-block j and each precision b = 2..8, the analysis rounds the sub-block to the
 b-bit mid-rise grid whose amplitude is its largest |w| (the range, where outliers show) and
-measures E_j(b) = sum_i h_i (w_i - w^_i)^2, with h_i the importance of weight i. That is the
-expected output error of the sub-block at that precision, from the weights and the importance
-alone: no search, no evaluation.
+measures E_j(b) = sum_i h_i (w_i - w^_i)^2, with h_i the importance of weight i. It does the same on
+the nonlinear grid at b = 2..4, its outermost level on the largest |w|. That is the expected output
+error of the sub-block at that precision, from the weights and the importance alone: no search, no
+evaluation. Types of both grids compete in one candidate list, so the allocator picks a tensor's grid
+by the same error-per-bit rule as its rate.
 
 A type (B, U) gives every sub-block B bits and the U sub-blocks of each block with the largest
 gain E_j(B) - E_j(B+1) one bit more; the quantizer ranks by that same gain. So a tensor's error at
@@ -16,11 +18,12 @@ squared gradient of each weight (``fisher``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sfmp_gguf.format import MAX_BITS, MIN_BITS, SUB_BLOCK, SfmpType, types_for_row
+from sfmp_gguf.format import (GRID_NONLINEAR, GRID_UNIFORM, MAX_BITS, MIN_BITS, NL_LEVELS, SUB_BLOCK, SfmpType,
+                               types_for_row)
 
 
 @dataclass(frozen=True)
@@ -48,30 +51,46 @@ class TensorProfile:
         return self.n_weights * t.bpw
 
 
+def on_grids(profile: TensorProfile, grids: tuple[str, ...]) -> TensorProfile:
+    """The profile with only the candidates on these grids."""
+    keep = [k for k, t in enumerate(profile.candidates) if t.grid in grids]
+    return replace(profile, candidates=tuple(profile.candidates[k] for k in keep), errors=profile.errors[keep])
+
+
 def quantizable(name: str, shape: tuple[int, ...]) -> bool:
     """Matrices whose rows the family can hold; norms, biases and the like stay F32."""
     return name.endswith(".weight") and len(shape) == 2 and bool(types_for_row(shape[1]))
 
 
-PRECISIONS = np.arange(MIN_BITS, MAX_BITS + 1)
+# The (grid, precision) columns of sub_block_errors.
+COLUMNS = tuple((GRID_UNIFORM, b) for b in range(MIN_BITS, MAX_BITS + 1)) + \
+    tuple((GRID_NONLINEAR, b) for b in sorted(NL_LEVELS))
 CHUNK_SUB_BLOCKS = 1 << 16  # bounds the temporary arrays to a few tens of MB
 
 
+def _rounded(x: np.ndarray, amax: np.ndarray, grid: str, bits: int) -> np.ndarray:
+    """x on the grid's ``bits``-bit levels, scaled so that the range reaches amax."""
+    if grid == GRID_NONLINEAR:
+        levels = np.asarray(NL_LEVELS[bits], dtype=np.float32) / NL_LEVELS[bits][-1]
+        return amax * levels[np.searchsorted((levels[1:] + levels[:-1]) / 2, x / amax)]
+    half = float(1 << (bits - 1))
+    step = amax / half
+    q = np.clip(np.floor(x / step + half), 0.0, 2.0 * half - 1.0)
+    return (q + 0.5 - half) * step
+
+
 def sub_block_errors(w: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
-    """(n_sub_blocks, len(PRECISIONS)) importance-weighted squared rounding error of each sub-block."""
+    """(n_sub_blocks, len(COLUMNS)) importance-weighted squared rounding error of each sub-block."""
     x_all = np.asarray(w, dtype=np.float32).reshape(-1, SUB_BLOCK)
     h_all = None if importance is None else \
         np.broadcast_to(np.asarray(importance, dtype=np.float32), w.shape).reshape(-1, SUB_BLOCK)
-    out = np.empty((x_all.shape[0], PRECISIONS.size))
+    out = np.empty((x_all.shape[0], len(COLUMNS)))
     for start in range(0, x_all.shape[0], CHUNK_SUB_BLOCKS):
         x = x_all[start:start + CHUNK_SUB_BLOCKS]
         amax = np.abs(x).max(axis=1, keepdims=True)
         safe = np.where(amax > 0, amax, 1.0)
-        for k, b in enumerate(PRECISIONS):
-            half = float(1 << (b - 1))
-            step = safe / half
-            q = np.clip(np.floor(x / step + half), 0.0, 2.0 * half - 1.0)
-            diff = x - (q + 0.5 - half) * step
+        for k, (grid, b) in enumerate(COLUMNS):
+            diff = x - _rounded(x, safe, grid, b)
             sq = diff * diff if h_all is None else h_all[start:start + CHUNK_SUB_BLOCKS] * diff * diff
             out[start:start + x.shape[0], k] = sq.sum(axis=1, dtype=np.float64)
     return out
@@ -92,13 +111,13 @@ def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None = Non
     rows, n = w.shape
     candidates = types_for_row(n)
     n_sub = candidates[0].n_sub
-    err = sub_block_errors(w, importance).reshape(-1, n_sub, PRECISIONS.size)
+    err = sub_block_errors(w, importance).reshape(-1, n_sub, len(COLUMNS))
     errors = []
     for t in candidates:
-        at_base = err[:, :, t.base_bits - MIN_BITS]
+        at_base = err[:, :, COLUMNS.index((t.grid, t.base_bits))]
         total = at_base.sum()
         if t.upgrades:
-            gain = at_base - err[:, :, t.base_bits + 1 - MIN_BITS]
+            gain = at_base - err[:, :, COLUMNS.index((t.grid, t.base_bits + 1))]
             total -= np.sort(gain, axis=1)[:, -t.upgrades:].sum()
         errors.append(total)
     return TensorProfile(name, (rows, n), candidates, np.array(errors), weight_stats(w))

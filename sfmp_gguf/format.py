@@ -25,6 +25,14 @@ block; an extra bit is a 1-bit piece spanning its sub-block. With that rule a 32
 ``_k`` block's nibble piece holds sub-blocks c and c + 4, of its crumb piece c, c + 2, c + 4, c + 6,
 and of its plane all eight, so SIMD decoding is a shift and a mask.
 
+Two grids map codes to values. ``uniform``: the mid-rise grid above, at every precision 2..8.
+``nonlinear`` (types named ``sfmpNNNn_*``): a fixed codebook for sub-blocks of at most 4 bits, where a
+uniform grid wastes levels on the tails (bench-results/grid.md): x = d * m * L_b[q] / 64 with the
+integer levels ``NL_LEVELS[b]``. The 4-bit levels were trained on the demo model's weights
+(``python -m sfmp_gguf.bench.grid``); the 3- and 2-bit levels are means of sibling pairs (codes 2q and
+2q + 1), so the codes stay nested: dropping a code's last bit lands on its parent level. A
+nonlinear type's sub-blocks never exceed 4 bits, so every table fits one 16-entry byte shuffle.
+
 Two variants share that coding: ``_k`` with 256-weight blocks (8 sub-blocks, paired with Q8_K
 activations: the fast path) and ``_s`` with 64-weight blocks (2 sub-blocks, paired with Q8_0), for
 rows that are a multiple of 64 but not of 256. A type's name gives its average code bits per weight
@@ -36,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the nonlinear grid
 SUB_BLOCK = 32
 MIN_BITS, MAX_BITS = 2, 8
 AMPLITUDE_MAX = 127  # m is 7 bits; the top bit of a scale byte flags an upgraded sub-block
@@ -47,20 +55,35 @@ HEADER_BYTES = 2  # the fp16 super-scale
 GGUF_VERSION_KEY = "sfmp.format_version"
 
 
+GRID_UNIFORM, GRID_NONLINEAR = "uniform", "nonlinear"
+GRIDS = (GRID_UNIFORM, GRID_NONLINEAR)
+NL_UNIT = 64  # nonlinear levels are in 1/64ths of the amplitude, |L| <= 63: L + 64 fits a signed byte
+NL_MAX_BITS = 4
+NL_LEVELS: dict[int, tuple[int, ...]] = {
+    2: (-44, -11, 11, 44),
+    3: (-55, -32, -17, -5, 5, 17, 32, 55),
+    4: (-63, -48, -37, -28, -21, -14, -8, -2, 2, 8, 14, 21, 28, 37, 48, 63),
+}
+
+
 @dataclass(frozen=True)
 class Variant:
     suffix: str
     block_size: int
     activation: str  # ggml vec_dot_type
     rungs: tuple[tuple[int, int], ...]  # (base bits, upgraded sub-blocks per block), rising rate
+    nonlinear_rungs: tuple[tuple[int, int], ...]  # the rungs whose sub-blocks stay within NL_MAX_BITS
 
 
 # 256-weight blocks: two and six of eight sub-blocks upgraded give 0.5-bit steps, each type with a choice.
 _K_RUNGS = tuple((b, u) for b in range(MIN_BITS, MAX_BITS) for u in (2, 6)) + ((MAX_BITS, 0),)
 # 64-weight blocks: one of two upgraded, or none.
 _S_RUNGS = tuple((b, u) for b in range(MIN_BITS, MAX_BITS) for u in (0, 1)) + ((MAX_BITS, 0),)
-VARIANT_K = Variant("k", 256, "Q8_K", _K_RUNGS)
-VARIANT_S = Variant("s", 64, "Q8_0", _S_RUNGS)
+# Nonlinear: the rungs up to 4-bit sub-blocks, plus a plain 4-bit one for 256-weight blocks.
+_K_NL_RUNGS = tuple(r for r in _K_RUNGS if r[0] < NL_MAX_BITS) + ((NL_MAX_BITS, 0),)
+_S_NL_RUNGS = tuple(r for r in _S_RUNGS if r[0] + (r[1] > 0) <= NL_MAX_BITS)
+VARIANT_K = Variant("k", 256, "Q8_K", _K_RUNGS, _K_NL_RUNGS)
+VARIANT_S = Variant("s", 64, "Q8_0", _S_RUNGS, _S_NL_RUNGS)
 VARIANTS = (VARIANT_K, VARIANT_S)
 
 
@@ -70,6 +93,7 @@ class SfmpType:
     variant: Variant
     base_bits: int
     upgrades: int
+    grid: str = GRID_UNIFORM
 
     @property
     def n_sub(self) -> int:
@@ -86,7 +110,8 @@ class SfmpType:
 
     @property
     def name(self) -> str:
-        return f"sfmp{int(self.average_bits * 100)}_{self.variant.suffix}"
+        tag = "n" if self.grid == GRID_NONLINEAR else ""
+        return f"sfmp{int(self.average_bits * 100)}{tag}_{self.variant.suffix}"
 
     @property
     def block_size(self) -> int:
@@ -114,10 +139,12 @@ class SfmpType:
 
 
 def _family() -> tuple[SfmpType, ...]:
+    """Uniform types first, so that ids of format 2 keep their meaning; then the nonlinear ones."""
     types = []
-    for variant in VARIANTS:
-        for base_bits, upgrades in variant.rungs:
-            types.append(SfmpType(FIRST_TYPE_ID + len(types), variant, base_bits, upgrades))
+    for grid in GRIDS:
+        for variant in VARIANTS:
+            for base_bits, upgrades in (variant.rungs if grid == GRID_UNIFORM else variant.nonlinear_rungs):
+                types.append(SfmpType(FIRST_TYPE_ID + len(types), variant, base_bits, upgrades, grid))
     return tuple(types)
 
 
@@ -136,17 +163,19 @@ def pieces(bits: int) -> tuple[int, ...]:
 
 
 def types_for_row(row_length: int) -> tuple[SfmpType, ...]:
-    """The family members that can hold rows of this length (the 256-weight ones when possible)."""
+    """The family members that can hold rows of this length (the 256-weight ones when possible), by
+    rising rate."""
     for variant in VARIANTS:
         if row_length % variant.block_size == 0:
-            return tuple(t for t in SFMP_TYPES if t.variant == variant)
+            return tuple(sorted((t for t in SFMP_TYPES if t.variant == variant), key=lambda t: t.type_size))
     return ()
 
 
 def fallback(t: SfmpType) -> SfmpType | None:
     """The 64-weight type that stands in for a 256-weight one on rows it cannot hold: the cheapest
-    one at least as precise."""
+    one of its grid at least as precise."""
     if t.variant is VARIANT_S:
         return None
-    return min((s for s in SFMP_TYPES if s.variant is VARIANT_S and s.average_bits >= t.average_bits),
+    return min((s for s in SFMP_TYPES
+                if s.variant is VARIANT_S and s.grid == t.grid and s.average_bits >= t.average_bits),
                key=lambda s: s.average_bits)

@@ -50,7 +50,7 @@ def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header, *body = _table_rows((out / "speed.md").read_text())
-    assert len(body) == 1 and body[0][0] == "Q4_K" and body[0][4] == "sfmp425_k"
+    assert [(row[0], row[4]) for row in body] == [("Q4_K", "sfmp425_k"), ("Q4_K", "sfmp400n_k")]
     for name in ("pp512 t/s", "tg128 t/s", "pp ratio", "tg ratio"):
         values = [float(row[i]) for row in body for i, h in enumerate(header) if h == name]
         assert values and all(math.isfinite(v) and v > 0 for v in values), name
@@ -74,6 +74,9 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     header, *body = _table_rows((out / "quality.md").read_text().split("## SFMP against")[0])
     kld = header.index("mean KLD")
     families = {row[0] for row in body}
-    assert families == {"llama.cpp", "llama.cpp + imatrix", "SFMP weights"}
+    assert families == {"llama.cpp", "llama.cpp + imatrix", "SFMP weights", "SFMP weights uniform grid"}
     assert all(math.isfinite(float(row[kld])) and float(row[kld]) >= 0 for row in body)
+    grid_header, *grid_rows = _table_rows((out / "quality.md").read_text().split("## The nonlinear grid")[1])
+    assert len(grid_rows) == 1 and grid_rows[0][0] == "weights"
+    assert math.isfinite(float(grid_rows[0][grid_header.index("ratio")]))
     assert "peak RSS" in (out / "conversion.md").read_text()

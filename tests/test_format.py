@@ -6,7 +6,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
 
 from sfmp_gguf import codegen, gguf_types
-from sfmp_gguf.format import BY_NAME, SFMP_TYPES, TYPE_COUNT, UPSTREAM_TYPE_COUNT, VARIANT_S, fallback, types_for_row
+from sfmp_gguf.format import (BY_NAME, GRID_NONLINEAR, GRID_UNIFORM, NL_LEVELS, NL_MAX_BITS, NL_UNIT, SFMP_TYPES, TYPE_COUNT,
+                              UPSTREAM_TYPE_COUNT, VARIANT_S, fallback, types_for_row)
 from sfmp_gguf.quant.reference import dequantize_blocks, quantize_blocks
 
 
@@ -27,9 +28,25 @@ def test_every_type_mixes_two_precisions_and_names_its_rate():
     for t in SFMP_TYPES:
         assert t.budget == t.n_sub * t.base_bits + t.upgrades and t.upgrades < t.n_sub
         assert t.type_size == t.extra_offset + 4 * t.upgrades
-        assert t.name == f"sfmp{round(100 * (t.base_bits + t.upgrades / t.n_sub))}_{t.variant.suffix}"
-    # every 256-weight rung below 8 bits lets the quantizer choose which sub-blocks get the extra bit
-    assert all(t.upgrades for t in SFMP_TYPES if t.block_size == 256 and t.base_bits < 8)
+        tag = "n" if t.grid == GRID_NONLINEAR else ""
+        assert t.name == f"sfmp{round(100 * (t.base_bits + t.upgrades / t.n_sub))}{tag}_{t.variant.suffix}"
+    # every uniform 256-weight rung below 8 bits lets the quantizer choose which sub-blocks get the extra bit
+    assert all(t.upgrades for t in SFMP_TYPES if t.block_size == 256 and t.base_bits < 8 and t.grid == GRID_UNIFORM)
+
+
+def test_nonlinear_types_stay_within_their_tables():
+    nonlinear = [t for t in SFMP_TYPES if t.grid == GRID_NONLINEAR]
+    assert {t.variant.suffix for t in nonlinear} == {"k", "s"}
+    for t in nonlinear:
+        assert t.base_bits + (t.upgrades > 0) <= NL_MAX_BITS
+        uniform_twin = BY_NAME.get(t.name.replace("n_", "_"))
+        assert uniform_twin is None or uniform_twin.type_size == t.type_size  # same bytes, other grid
+    for b, levels in NL_LEVELS.items():
+        assert len(levels) == 1 << b and list(levels) == sorted(set(levels))
+        assert all(-NL_UNIT < v < NL_UNIT for v in levels)  # biased by NL_UNIT they fit a signed byte
+        if b > min(NL_LEVELS):  # nested: a parent is the mean of its two children, to rounding
+            parents = (np.array(levels[0::2]) + np.array(levels[1::2])) / 2
+            assert np.all(np.abs(parents - np.array(NL_LEVELS[b - 1])) <= 0.5)
     assert {t.base_bits for t in SFMP_TYPES} | {t.base_bits + 1 for t in SFMP_TYPES if t.upgrades} >= {2, 3, 4, 6, 8}
 
 
@@ -40,6 +57,7 @@ def test_each_256_weight_type_falls_back_to_a_64_weight_type_at_least_as_precise
             assert stand_in is None
         else:
             assert stand_in.variant is VARIANT_S and t.average_bits <= stand_in.average_bits <= t.average_bits + 0.5
+            assert stand_in.grid == t.grid
 
 
 def test_every_row_length_multiple_of_64_gets_a_type():

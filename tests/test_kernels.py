@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sfmp_gguf import kernels
-from sfmp_gguf.format import BY_NAME, MAX_BITS, SFMP_TYPES, UPGRADE_FLAG, SfmpType, pieces
+from sfmp_gguf.format import (BY_NAME, GRID_NONLINEAR, GRIDS, MAX_BITS, NL_LEVELS, NL_UNIT, SFMP_TYPES, UPGRADE_FLAG,
+                              SfmpType, pieces)
 from sfmp_gguf.llama.build import current_build
 from sfmp_gguf.quant import activations
 from sfmp_gguf.quant import elastic
@@ -84,14 +85,34 @@ def test_importance_moves_upgrades_to_important_columns(lib):
 def test_error_falls_as_the_rate_rises(lib):
     x = (np.random.default_rng(5).standard_t(4, size=(4, ROW)) * 0.02).astype(np.float32)
     for variant in ("k", "s"):
-        family = [t for t in SFMP_TYPES if t.variant.suffix == variant]
-        errors = [float(np.mean((lib.dequantize(lib.quantize(x, t), t) - x) ** 2)) for t in family]
-        assert all(a > b for a, b in zip(errors, errors[1:])), errors
+        for grid in GRIDS:
+            family = [t for t in SFMP_TYPES if t.variant.suffix == variant and t.grid == grid]
+            errors = [float(np.mean((lib.dequantize(lib.quantize(x, t), t) - x) ** 2)) for t in family]
+            assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_nonlinear_grid_errs_less_than_uniform_on_heavy_tailed_weights(lib):
+    x = (np.random.default_rng(6).standard_t(4, size=(8, ROW)) * 0.02).astype(np.float32)
+    for t in SFMP_TYPES:
+        twin = BY_NAME.get(t.name.replace("n_", "_"))
+        if t.grid == GRID_NONLINEAR and twin is not None:
+            nl, uni = (float(np.mean((lib.dequantize(lib.quantize(x, u), u) - x) ** 2)) for u in (t, twin))
+            assert nl < 0.85 * uni, (t.name, nl, uni)
+
+
+def _max_drift(fine: SfmpType, coarse: SfmpType) -> float:
+    """How far, in units of its sub-block's amplitude, a nonlinear value can move when low bits of its
+    code are dropped to go from ``fine`` to ``coarse``."""
+    fine_bits = {fine.base_bits, fine.base_bits + (fine.upgrades > 0)}
+    coarse_bits = {coarse.base_bits, coarse.base_bits + (coarse.upgrades > 0)}
+    return max(abs(NL_LEVELS[f][q] - NL_LEVELS[c][q >> (f - c)]) / NL_UNIT
+               for f in fine_bits for c in coarse_bits if c <= f for q in range(1 << f))
 
 
 @pytest.mark.parametrize("src, dst", [("sfmp475_k", "sfmp425_k"), ("sfmp800_k", "sfmp375_k"),
                                       ("sfmp625_k", "sfmp225_k"), ("sfmp450_s", "sfmp400_s"),
-                                      ("sfmp800_s", "sfmp250_s")])
+                                      ("sfmp800_s", "sfmp250_s"), ("sfmp400n_k", "sfmp375n_k"),
+                                      ("sfmp375n_k", "sfmp225n_k"), ("sfmp400n_s", "sfmp250n_s")])
 def test_a_lower_rate_follows_from_a_higher_one_by_dropping_bits(lib, src, dst):
     """Nested codes: the derived tensor decodes inside the coarse cell around each fine value, and
     errs about as little as quantizing the original weights directly."""
@@ -102,12 +123,20 @@ def test_a_lower_rate_follows_from_a_higher_one_by_dropping_bits(lib, src, dst):
     assert lib.validate(derived, d)
     _, m, bits, _ = decode_blocks(derived.reshape(-1, d.type_size), d)
     d16 = derived.reshape(-1, d.type_size)[:, :2].copy().view(np.float16).astype(np.float32)
-    cell = np.repeat((d16 * m / 2.0 ** bits).reshape(derived.shape[0], -1), 32, axis=1)
+    if d.grid == GRID_NONLINEAR:  # nested levels: a parent is the mean of its two children
+        cell = np.repeat((d16 * m * _max_drift(s, d)).reshape(derived.shape[0], -1), 32, axis=1)
+    else:
+        cell = np.repeat((d16 * m / 2.0 ** bits).reshape(derived.shape[0], -1), 32, axis=1)
     assert np.all(np.abs(lib.dequantize(fine, s) - lib.dequantize(derived, d)) <= cell * (1 + 1e-6))
     direct = np.mean((lib.dequantize(lib.quantize(x, d), d) - x) ** 2)
     assert np.mean((lib.dequantize(derived, d) - x) ** 2) <= 1.2 * direct
     with pytest.raises(ValueError, match="cannot be derived"):
         elastic.derive_blocks(derived, d, s)
+
+
+def test_no_derivation_crosses_grids():
+    assert not elastic.can_derive(BY_NAME["sfmp475_k"], BY_NAME["sfmp375n_k"])
+    assert not elastic.can_derive(BY_NAME["sfmp400n_k"], BY_NAME["sfmp375_k"])
 
 
 def test_pieces_cover_every_width():

@@ -17,7 +17,7 @@ from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.evaluate import perplexity
 from sfmp_gguf.format import BY_NAME, FORMAT_VERSION, GGUF_VERSION_KEY, SFMP_TYPES, UPGRADE_FLAG
 
-OVERRIDES = {"ffn_down": "sfmp425_k", "attn_v": "sfmp600_s", "attn_q": "sfmp250_s"}
+OVERRIDES = {"ffn_down": "sfmp425_k", "attn_v": "sfmp600_s", "attn_q": "sfmp250_s", "attn_k": "sfmp350n_s"}
 
 
 @pytest.fixture(scope="module")

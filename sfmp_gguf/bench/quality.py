@@ -25,6 +25,7 @@ from sfmp_gguf.paths import cache_dir
 STOCK = ("Q2_K", "IQ3_S", "Q3_K_M", "IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 SFMP_BPW = (2.75, 3.25, 3.75, 4.25, 4.75, 5.5, 6.5, 8.0)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
+UNIFORM_TWINS = ("fisher",)  # also written on the uniform grid alone: the grid comparison
 CTX, CHUNKS = 512, 40  # 40 chunks score 40 * 255 = 10,200 tokens
 
 
@@ -96,9 +97,12 @@ def stock_scores(teacher_gguf: Path, imatrix: Path, types: tuple[str, ...], base
 
 def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ...], sensitivities: tuple[str, ...],
                 base: Path, text: Path, n_weights: int, ctx: int, chunks: int, threads: int,
-                log=print) -> tuple[list[Score], dict[str, dict[str, float]]]:
-    """Scores, and the converter's phase times per sensitivity (allocation: the mean per size)."""
-    from sfmp_gguf import allocation, pipeline  # the caller has set up the pinned gguf-py
+                uniform_twins: tuple[str, ...] = (), log=print) -> tuple[list[Score], dict[str, dict[str, float]]]:
+    """Scores, and the converter's phase times per sensitivity (allocation: the mean per size). The
+    sensitivities in ``uniform_twins`` are also written with the uniform grid only: the grid comparison
+    at equal size."""
+    from sfmp_gguf import allocation, analysis, pipeline  # the caller has set up the pinned gguf-py
+    from sfmp_gguf.format import GRID_UNIFORM, GRIDS
 
     scores, timings = [], {}
     with tempfile.TemporaryDirectory(prefix="sfmp-bench-") as tmp:
@@ -106,19 +110,22 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
             log(f"SFMP {sensitivity}: analysis")
             prepared = pipeline.prepare(hf_dir, sensitivity, imatrix if sensitivity == "imatrix" else None,
                                         calib if sensitivity == "fisher" else None, threads)
+            families = [(f"SFMP {sensitivity}", GRIDS)]
+            if sensitivity in uniform_twins:
+                families.append((f"SFMP {sensitivity} uniform grid", (GRID_UNIFORM,)))
             for bpw in sizes:
-                log(f"SFMP {sensitivity} {bpw} bpw")
-                out = Path(tmp) / f"sfmp-{sensitivity}-{bpw}.gguf"
-                start = time.monotonic()
-                plan = allocation.allocate(prepared.profiles, bpw)
-                prepared.timer.add("allocation", start)
-                pipeline.write(prepared, plan, out, threads)
-                scores.append(score(out, base, text, f"{bpw:g}", f"SFMP {sensitivity}", n_weights, ctx, chunks,
-                                    threads))
-                out.unlink()
+                for family, grids in families:
+                    log(f"{family} {bpw} bpw")
+                    out = Path(tmp) / f"sfmp-{sensitivity}-{len(grids)}-{bpw}.gguf"
+                    start = time.monotonic()
+                    plan = allocation.allocate([analysis.on_grids(p, grids) for p in prepared.profiles], bpw)
+                    prepared.timer.add("allocation", start)
+                    pipeline.write(prepared, plan, out, threads)
+                    scores.append(score(out, base, text, f"{bpw:g}", family, n_weights, ctx, chunks, threads))
+                    out.unlink()
             phases = dict(prepared.timer.phases)
-            phases["allocation"] /= len(sizes)
-            phases["quantize+write"] /= len(sizes)
+            phases["allocation"] /= len(sizes) * len(families)
+            phases["quantize+write"] /= len(sizes) * len(families)
             timings[sensitivity] = phases
     return scores, timings
 
@@ -159,6 +166,20 @@ def target_table(scores: list[Score]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def grid_table(scores: list[Score]) -> str:
+    """Both grids (the allocator's pick per tensor) against the uniform grid alone, at each target."""
+    lines = ["| sensitivity | target bpw | size both / uniform (MiB) | KLD both grids | KLD uniform grid | ratio |",
+             "|---|---|---|---|---|---|"]
+    for twin in sorted({s.family for s in scores if s.family.endswith(" uniform grid")}):
+        family = twin.removesuffix(" uniform grid")
+        uniform = {s.label: s for s in scores if s.family == twin}
+        for s in sorted((s for s in scores if s.family == family and s.label in uniform), key=lambda s: s.size):
+            u = uniform[s.label]
+            lines.append(f"| {family.removeprefix('SFMP ')} | {s.label} | {s.size / 2**20:.1f} / {u.size / 2**20:.1f} | "
+                         f"{s.kld:.5f} | {u.kld:.5f} | {s.kld / u.kld:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(scores: list[Score], path: Path, title: str) -> None:
     import matplotlib
 
@@ -196,6 +217,8 @@ def render(out_dir: Path) -> list[Score]:
     raw = json.loads((out_dir / "quality.json").read_text())
     scores = [Score(**s) for s in raw["scores"]]
     write_text(out_dir / "quality.md", markdown(scores, raw["title"], raw["setup"]) +
-               "\n## SFMP against llama.cpp's nearest file at the same or larger size\n\n" + target_table(scores))
+               "\n## SFMP against llama.cpp's nearest file at the same or larger size\n\n" + target_table(scores) +
+               "\n## The nonlinear grid: both grids against the uniform grid alone, at equal size\n\n" +
+               grid_table(scores))
     plot(scores, out_dir / "quality.png", raw["title"])
     return scores

@@ -36,14 +36,14 @@ import numpy as np
 
 from sfmp_gguf import gguf_types
 from sfmp_gguf.atomic import save_figure, write_text
-from sfmp_gguf.format import BY_ID, BY_NAME
+from sfmp_gguf.format import BY_ID, BY_NAME, GRID_NONLINEAR, GRID_UNIFORM
 from sfmp_gguf.bench import add_output_args, output_dir
 from sfmp_gguf.paths import cache_dir
 from sfmp_gguf.quant.reference import dequantize_blocks
 
 STOCK_TYPES = ("Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q5_0")
 SFMP_TYPES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
-              "sfmp625_k")
+              "sfmp625_k", "sfmp275n_k", "sfmp325n_k", "sfmp375n_k", "sfmp400n_k")
 SMOKE_TYPES = ("Q4_K", "sfmp425_k")
 SMOKE_TENSORS = ("blk.0.attn_v.weight", "blk.0.ffn_down.weight")
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
@@ -264,6 +264,12 @@ def markdown(results: dict[str, dict[str, ClassStats]], title: str, notes: list[
     return "\n".join(lines) + "\n"
 
 
+def _grid(type_name: str) -> str | None:
+    """An SFMP type's grid; None for a stock type."""
+    t = BY_NAME.get(type_name.lower())
+    return t.grid if t else None
+
+
 def plot(results: dict[str, dict[str, ClassStats]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -273,11 +279,12 @@ def plot(results: dict[str, dict[str, ClassStats]], path: Path, title: str) -> N
     classes = _classes(results)
     fig, axes = plt.subplots(1, len(classes), figsize=(6 * len(classes), 4.5), squeeze=False)
     for ax, cls in zip(axes[0], classes):
-        # stock types are separate designs (markers only); the SFMP rungs form one curve
-        for label, is_sfmp, style, offset, ha in (("stock", False, "o", (5, -10), "left"),
-                                                  ("SFMP", True, "s-", (-5, 5), "right")):
+        # stock types are separate designs (markers only); each SFMP grid's rungs form one curve
+        for label, grid, style, offset, ha in (("stock", None, "o", (5, -10), "left"),
+                                               ("SFMP uniform", GRID_UNIFORM, "s-", (-5, 5), "right"),
+                                               ("SFMP nonlinear", GRID_NONLINEAR, "^-", (-5, -12), "right")):
             pts = sorted((s[cls].bpw, s[cls].rel_error, q) for q, s in results.items()
-                         if (q.lower() in BY_NAME) == is_sfmp and cls in s)
+                         if _grid(q) == grid and cls in s)
             if not pts:
                 continue
             xs, ys, names = zip(*pts)

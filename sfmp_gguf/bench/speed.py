@@ -28,6 +28,9 @@ from sfmp_gguf.paths import cache_dir  # noqa: E402
 STOCK = ("Q4_K", "IQ4_XS", "Q6_K")
 SFMP_CANDIDATES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
                    "sfmp625_k", "sfmp675_k")
+# The nonlinear grid (one table lookup more per code) against the stock types of its rates.
+NL_STOCK = ("Q4_K", "IQ4_XS")
+NL_CANDIDATES = ("sfmp325n_k", "sfmp375n_k", "sfmp400n_k")
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,12 @@ def run(out_dir: Path, smoke: bool, threads: int) -> dict[str, Result]:
 
     model, model_sha, imatrix = teacher().gguf_path, artifact_files(ARTIFACT)[GGUF_NAME], teacher_imatrix()
     stock, candidates = (STOCK[:1], SFMP_CANDIDATES[3:4]) if smoke else (STOCK, SFMP_CANDIDATES)
+    nl_stock, nl_candidates = (NL_STOCK[:1], NL_CANDIDATES[2:]) if smoke else (NL_STOCK, NL_CANDIDATES)
     prompt, gen, reps = (16, 4, 1) if smoke else (512, 128, 3)
     files = {name: quantize_model(model, model_sha, imatrix, name, cache_dir() / "bench", threads)
-             for name in stock + candidates}
+             for name in stock + candidates + nl_candidates}
     sizes = {name: path.stat().st_size for name, path in files.items()}
-    matched = pairs(sizes, stock, candidates)
+    matched = pairs(sizes, stock, candidates) + pairs(sizes, nl_stock, nl_candidates)
     measured = {name: files[name] for pair in matched for name in pair}
     speeds = _bench(measured, prompt, gen, reps, threads)
     results = {name: Result(name, sizes[name], *speeds[name]) for name in measured}

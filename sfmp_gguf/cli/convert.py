@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from sfmp_gguf.errors import InputError
+from sfmp_gguf.format import GRIDS
 
 DEFAULT_BPW = 5.0
+GRID_CHOICES = ("both", *GRIDS)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
 
 
@@ -32,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "fisher: weighted by squared loss gradients on --calib text (SFMP's signal; "
                              "needs a Hugging Face folder). Default: imatrix when --imatrix or --calib is "
                              "given, else weights")
+    parser.add_argument("--grid", choices=GRID_CHOICES, default="both",
+                        help="which SFMP grids the allocator may use: both (default; it picks per tensor), "
+                             "uniform, or nonlinear (up to 4-bit sub-blocks, so at most about 4.3 bpw)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--report", type=Path, help="folder for a per-tensor table and a bpw heatmap")
     args = parser.parse_args(argv)
@@ -56,14 +61,15 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
 
     use_pinned_gguf_py()  # before anything imports gguf: the converter classes need this copy
 
-    from sfmp_gguf import allocation, pipeline, report
+    from sfmp_gguf import allocation, analysis, pipeline, report
     from sfmp_gguf.gguf_io import check_output, remove_stale_partials
 
     check_output(args.output)
     remove_stale_partials(args.output)  # a killed run's leftover goes now, not only once writing starts
     prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads)
     start = time.monotonic()
-    plan = allocation.allocate(prepared.profiles, args.bpw)
+    grids = GRIDS if args.grid == "both" else (args.grid,)
+    plan = allocation.allocate([analysis.on_grids(p, grids) for p in prepared.profiles], args.bpw)
     prepared.timer.add("allocation", start)
     pipeline.write(prepared, plan, args.output, args.threads)
     if args.report:

@@ -1,7 +1,8 @@
 """Elasticity: a lower-rate SFMP tensor derived from a higher-rate one, without the original weights.
 
 Codes are nested (see sfmp_gguf.format), so dropping a code's low bits gives the code at the lower
-precision on the same amplitude: the centre of the coarser cell that holds the finer value.
+precision on the same amplitude: the centre of the coarser cell that holds the finer value (uniform
+grid), or the parent level, the mean of its children (nonlinear grid). Grids do not mix.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sfmp_gguf.quant.reference import choose_upgrades, decode_blocks, encode_blo
 
 def can_derive(src: SfmpType, dst: SfmpType) -> bool:
     """Whether every sub-block of ``src`` holds at least the bits ``dst`` would give it."""
-    if src.variant != dst.variant:
+    if src.variant != dst.variant or src.grid != dst.grid:
         return False
     if dst.base_bits < src.base_bits:
         return True

@@ -13,6 +13,12 @@ Quantizing a block of a type with base precision B and U upgrades:
 3. Upgrade the U sub-blocks whose error drops most from B to B + 1 bits (ties to the lower index).
 4. Store amplitudes as d * m with one fp16 d and 7-bit m, then re-round the codes on that grid.
 
+A nonlinear type (``format.NL_LEVELS``) searches the same amplitude candidates with levels
+L[q] / 64 in place of the mid-rise grid: a weight takes the nearest level (t = x / (A / 64) against
+the midpoints of neighbouring levels, ties upwards, as the uniform grid's floor(x / step + half)
+does), the candidates map the largest |x| to the top level, and the refit is sum(w x u) / sum(w u u)
+with u = L[q] / 64.
+
 Decoding a malformed block stays defined: only the first U flagged sub-blocks count as upgraded.
 """
 
@@ -20,7 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sfmp_gguf.format import AMPLITUDE_MAX, SUB_BLOCK, UPGRADE_FLAG, SfmpType, pieces
+from sfmp_gguf.format import (AMPLITUDE_MAX, GRID_NONLINEAR, NL_LEVELS, NL_MAX_BITS, NL_UNIT, SUB_BLOCK, UPGRADE_FLAG, SfmpType,
+                               pieces)
 
 N_CANDIDATES = 12
 SHRINK_STEP = 0.05
@@ -75,12 +82,77 @@ def _search_amplitudes(x: np.ndarray, w: np.ndarray, bits: tuple[int, ...]) -> t
     return np.where(zero, 0.0, amp), np.where(zero, 0.0, error)
 
 
-def _final_error(x: np.ndarray, w: np.ndarray, amp: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """Weighted error of each sub-block at its stored amplitude (zero amplitude decodes to zeros)."""
+def _nl_levels(bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A nonlinear precision's integer levels and the midpoints between neighbours (exact halves)."""
+    levels = np.asarray(NL_LEVELS[bits], dtype=np.float64)
+    return levels, (levels[:-1] + levels[1:]) / 2.0
+
+
+def _nl_codes(x: np.ndarray, step: np.ndarray, mids: np.ndarray) -> np.ndarray:
+    """Nearest level's index, ties upwards; ``step`` = A / 64 broadcasts against ``x``."""
+    t = x / step
+    return np.sum(t[..., None] >= mids, axis=-1)
+
+
+def _nl_error(x: np.ndarray, w: np.ndarray, q: np.ndarray, step: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    diff = x - levels[q] * step
+    return _seqsum(w * (diff * diff))
+
+
+def _search_amplitudes_nl(x: np.ndarray, w: np.ndarray, bits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """As _search_amplitudes, on the nonlinear levels of each precision."""
+    amps, errs = [], []
+    amax = np.max(np.abs(x), axis=-1)[..., None]                      # (nb, n_sub, 1)
+    xs, ws = x[:, :, None, :], w[:, :, None, :]
+    shrink = 1.0 - SHRINK_STEP * np.arange(N_CANDIDATES, dtype=np.float64)
+    for b in bits:
+        levels, mids = _nl_levels(b)
+        amplitudes = amax / (levels[-1] / NL_UNIT) * shrink           # (nb, n_sub, C)
+        step = (np.where(amplitudes > 0, amplitudes, 1.0) / NL_UNIT)[..., None]
+        q = _nl_codes(xs, step, mids)
+        err = _nl_error(xs, ws, q, step, levels)
+        u = levels[q] / NL_UNIT
+        num = _seqsum((ws * xs) * u)
+        den = _seqsum((ws * u) * u)
+        refit_ok = (den > 0) & (num > 0)
+        refit = np.where(refit_ok, num / np.where(den > 0, den, 1.0), 1.0)
+        rstep = (refit / NL_UNIT)[..., None]
+        rerr = np.where(refit_ok, _nl_error(xs, ws, _nl_codes(xs, rstep, mids), rstep, levels), np.inf)
+        all_amp = np.stack([amplitudes, refit], axis=-1).reshape(*amplitudes.shape[:-1], -1)
+        all_err = np.stack([err, rerr], axis=-1).reshape(*err.shape[:-1], -1)
+        best = np.argmin(all_err, axis=-1)
+        amps.append(np.take_along_axis(all_amp, best[..., None], axis=-1)[..., 0])
+        errs.append(np.take_along_axis(all_err, best[..., None], axis=-1)[..., 0])
+    zero = amax == 0
+    return np.where(zero, 0.0, np.stack(amps, axis=-1)), np.where(zero, 0.0, np.stack(errs, axis=-1))
+
+
+def _nl_final(x: np.ndarray, w: np.ndarray, amp: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and weighted error of each sub-block at its stored amplitude and precision (nonlinear)."""
+    q = np.zeros(x.shape, dtype=np.int64)
+    err = np.zeros(amp.shape)
+    step = (np.where(amp > 0, amp, 1.0) / NL_UNIT)[..., None]
+    for b in np.unique(bits):
+        levels, mids = _nl_levels(int(b))
+        at = bits == b
+        q_b = _nl_codes(x, step, mids)
+        q = np.where(at[..., None], q_b, q)
+        err = np.where(at, _nl_error(x, w, q_b, step, levels), err)
+    zero = amp <= 0
+    q = np.where(zero[..., None], (1 << (bits - 1))[..., None], q)
+    return q, np.where(zero, _seqsum(w * (x * x)), err)
+
+
+def _uniform_final(x: np.ndarray, w: np.ndarray, amp: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and weighted error of each sub-block at its stored amplitude and precision (zero
+    amplitude decodes to zeros)."""
+    half = 2.0 ** (bits - 1)
     step = (np.where(amp > 0, amp, 1.0) / half)[..., None]
     h = half[..., None]
-    err = _error(x, w, _codes(x, step, h), step, h)
-    return np.where(amp > 0, err, _seqsum(w * (x * x)))
+    q = _codes(x, step, h)
+    err = np.where(amp > 0, _error(x, w, q, step, h), _seqsum(w * (x * x)))
+    q = np.where((amp > 0)[..., None], q.astype(np.int64), (1 << (bits - 1))[..., None])
+    return q, err
 
 
 def choose_upgrades(gain: np.ndarray, upgrades: int) -> np.ndarray:
@@ -147,36 +219,35 @@ def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) ->
     w = qwb * np.sqrt(sigma2 + xb * xb)
     xs, ws = xb.reshape(nb, t.n_sub, SUB_BLOCK), w.reshape(nb, t.n_sub, SUB_BLOCK)
     B = t.base_bits
+    nonlinear = t.grid == GRID_NONLINEAR
+    search = _search_amplitudes_nl if nonlinear else _search_amplitudes
+    final = _nl_final if nonlinear else _uniform_final
     if t.upgrades:
-        amps, errors = _search_amplitudes(xs, ws, (B, B + 1))
+        amps, errors = search(xs, ws, (B, B + 1))
         upgraded = choose_upgrades(errors[..., 0] - errors[..., 1], t.upgrades)
         chosen = np.where(upgraded, amps[..., 1], amps[..., 0])
     else:
-        amps, _ = _search_amplitudes(xs, ws, (B,))
+        amps, _ = search(xs, ws, (B,))
         upgraded = np.zeros((nb, t.n_sub), dtype=bool)
         chosen = amps[..., 0]
     bits = B + upgraded.astype(np.int64)
 
     d16 = _fp16(np.max(chosen, axis=-1) / AMPLITUDE_MAX)
     d = d16.astype(np.float64)[:, None]
-    half = 2.0 ** (bits - 1)
     # m rounds down or up, whichever errs less: rounding to nearest could clip the largest weights,
     # which costs more than the quantization noise itself at high precision.
     floor_m = np.floor(np.divide(chosen, d, out=np.zeros_like(chosen), where=d > 0))
     best_m, best_err = None, None
     for m in (np.clip(floor_m, 0, AMPLITUDE_MAX), np.clip(floor_m + 1.0, 0, AMPLITUDE_MAX)):
         m = np.where(d > 0, m, 0.0)
-        err = _final_error(xs, ws, d * m, half)
+        _, err = final(xs, ws, d * m, bits)
         if best_m is None:
             best_m, best_err = m, err
         else:
             better = err < best_err
             best_m, best_err = np.where(better, m, best_m), np.where(better, err, best_err)
     m = best_m.astype(np.int64)
-    amp = d * m
-    step = np.where(amp > 0, amp, 1.0) / half
-    q = _codes(xs, step[..., None], half[..., None]).astype(np.int64)
-    q = np.where((amp > 0)[..., None], q, (half.astype(np.int64))[..., None])
+    q, _ = final(xs, ws, d * m, bits)
 
     return encode_blocks(d16, m, upgraded, q, t).reshape(rows, -1)
 
@@ -211,11 +282,23 @@ def decode_blocks(blocks: np.ndarray, t: SfmpType) -> tuple[np.ndarray, np.ndarr
     return d, sc & AMPLITUDE_MAX, t.base_bits + upgraded.astype(np.int64), q
 
 
+def levels(q: np.ndarray, bits: np.ndarray, t: SfmpType) -> tuple[np.ndarray, np.ndarray]:
+    """Integer levels of codes (nb, n_sub, 32) at precisions (nb, n_sub), and each sub-block's unit
+    exponent: a weight decodes to d * m * level / 2^unit."""
+    if t.grid == GRID_NONLINEAR:
+        table = np.zeros((NL_MAX_BITS + 1, 1 << NL_MAX_BITS), dtype=np.int64)
+        for b, lv in NL_LEVELS.items():
+            table[b, :len(lv)] = lv
+        return table[bits[..., None], q], np.full(bits.shape, NL_UNIT.bit_length() - 1)
+    return 2 * q + 1 - (1 << bits)[..., None], bits
+
+
 def dequantize_blocks(data: np.ndarray, t: SfmpType) -> np.ndarray:
     """uint8 rows of SFMP blocks -> float32 rows."""
     data = np.ascontiguousarray(data, dtype=np.uint8)
     rows = data.shape[0]
     d, m, bits, q = decode_blocks(data.reshape(-1, t.type_size), t)
-    scale = (d.astype(np.float32)[:, None] * m.astype(np.float32)) / (2.0 ** bits).astype(np.float32)
-    out = scale[..., None] * (2 * q + 1 - (1 << bits)[..., None]).astype(np.float32)
+    level, unit = levels(q, bits, t)
+    scale = (d.astype(np.float32)[:, None] * m.astype(np.float32)) / (2.0 ** unit).astype(np.float32)
+    out = scale[..., None] * level.astype(np.float32)
     return out.astype(np.float32).reshape(rows, -1)

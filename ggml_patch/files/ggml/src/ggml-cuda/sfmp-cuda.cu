@@ -6,16 +6,19 @@
 #include "mmvq.cuh"
 
 struct sfmp_cuda_layout {
-    int block_size, n_sub, base_bits, upgrades, type_size;
+    int block_size, n_sub, base_bits, upgrades, type_size, grid;
 };
+
+// The nonlinear grid's levels by precision, in 1/64ths of the amplitude.
+static __constant__ int8_t sfmp_cuda_nl_levels[5][16] = {{0}, {0}, SFMP_NL_LEVELS_2, SFMP_NL_LEVELS_3, SFMP_NL_LEVELS_4};
 
 static __host__ __device__ sfmp_cuda_layout sfmp_cuda_get_layout(int type) {
     switch (type) {
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
-        case id: return {bs, nsub, (budget) / (nsub), (budget) % (nsub), tsize};
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) \
+        case id: return {bs, nsub, (budget) / (nsub), (budget) % (nsub), tsize, grid};
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
-        default: return {0, 0, 0, 0, 0};
+        default: return {0, 0, 0, 0, 0, 0};
     }
 }
 
@@ -30,7 +33,8 @@ static __device__ void sfmp_decode_sub_block(const uint8_t * block, const sfmp_c
     const bool upgraded = (block[2 + j] >> 7) && rank < L.upgrades;
     const int bits = L.base_bits + (upgraded ? 1 : 0);
     const float d = __half2float(*(const half *) block);
-    const float scale = (d * (float) (block[2 + j] & 127)) / (float) (1 << bits);
+    const bool nonlinear = L.grid == SFMP_GRID_NONLINEAR;
+    const float scale = (d * (float) (block[2 + j] & 127)) / (float) (nonlinear ? SFMP_NL_UNIT : 1 << bits);
     const uint8_t * base = block + 2 + L.n_sub;
     const uint8_t * extra = base + L.block_size * L.base_bits / 8 + 4 * rank;
     for (int t = 0; t < 32; ++t) {
@@ -51,7 +55,7 @@ static __device__ void sfmp_decode_sub_block(const uint8_t * block, const sfmp_c
         if (upgraded) {
             q = 2 * q + ((extra[t % 4] >> (t / 4)) & 1);
         }
-        out[t] = scale * (float) (2 * q + 1 - (1 << bits));
+        out[t] = scale * (float) (nonlinear ? sfmp_cuda_nl_levels[bits][q] : 2 * q + 1 - (1 << bits));
     }
 }
 
@@ -80,7 +84,7 @@ void sfmp_dequantize_row_cuda(const void * vx, dst_t * y, const int64_t k, cudaS
         (const uint8_t *) vx, y, L, n_sub_total);
 }
 
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                                      \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                                      \
     template void sfmp_dequantize_row_cuda<id, float>(const void *, float *, const int64_t, cudaStream_t);       \
     template void sfmp_dequantize_row_cuda<id, half>(const void *, half *, const int64_t, cudaStream_t);         \
     template void sfmp_dequantize_row_cuda<id, nv_bfloat16>(const void *, nv_bfloat16 *, const int64_t, cudaStream_t);

@@ -10,10 +10,15 @@
 #define SFMP_FP16_MAX 65504.0f
 
 static const sfmp_layout SFMP_LAYOUTS[] = {
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) SFMP_LAYOUT(bs, nsub, budget, tsize),
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) SFMP_LAYOUT(bs, nsub, budget, tsize, grid),
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
 };
+
+const int8_t sfmp_nl_levels[SFMP_NL_MAX_BITS + 1][16] = {{0}, {0}, SFMP_NL_LEVELS_2, SFMP_NL_LEVELS_3, SFMP_NL_LEVELS_4};
+
+const uint8_t sfmp_nl_biased[SFMP_NL_MAX_BITS + 1][16] = {{0}, {0}, SFMP_NL_BIASED_2, SFMP_NL_BIASED_3, SFMP_NL_BIASED_4};
+const uint8_t sfmp_nl_spread[SFMP_NL_MAX_BITS][16] = {{0}, {0}, SFMP_NL_SPREAD_2, SFMP_NL_SPREAD_3};
 
 int32_t sfmp_format_version(void) {
     return SFMP_FORMAT_VERSION;
@@ -215,6 +220,90 @@ static double final_error(const double * x, const double * w, double amp, double
     return err;
 }
 
+// ---- the nonlinear grid: the same search over levels L[q] / 64 (reference.py::_search_amplitudes_nl)
+
+// Nearest level, ties upwards: t against the midpoints of neighbouring levels (exact halves).
+static int nl_code(double x, double step, int bits) {
+    const int8_t * L = sfmp_nl_levels[bits];
+    const double t = x / step;
+    int q = 0;
+    for (int k = 0; k + 1 < (1 << bits); ++k) {
+        q += t >= ((double) L[k] + (double) L[k + 1]) / 2.0;
+    }
+    return q;
+}
+
+static double nl_error(const double * x, const double * w, double step, int bits) {
+    double err = 0.0;
+    for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+        const double diff = x[i] - (double) sfmp_nl_levels[bits][nl_code(x[i], step, bits)] * step;
+        err += w[i] * (diff * diff);
+    }
+    return err;
+}
+
+static void fit_sub_block_nl(const double * x, const double * w, int bits, double * amp_out, double * err_out) {
+    double amax = 0.0;
+    for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+        amax = fmax(amax, fabs(x[i]));
+    }
+    *amp_out = 0.0;
+    *err_out = 0.0;
+    if (amax == 0.0) {
+        return;
+    }
+    const double top = (double) sfmp_nl_levels[bits][(1 << bits) - 1] / SFMP_NL_UNIT;
+    const double a0 = amax / top;
+    double best_err = INFINITY;
+    for (int k = 0; k < SFMP_N_CANDIDATES; ++k) {
+        const double amp = a0 * (1.0 - SFMP_SHRINK_STEP * (double) k);
+        const double step = amp / SFMP_NL_UNIT;
+        const double err = nl_error(x, w, step, bits);
+        if (err < best_err) {
+            best_err = err;
+            *amp_out = amp;
+        }
+        double num = 0.0, den = 0.0;
+        for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+            const double u = (double) sfmp_nl_levels[bits][nl_code(x[i], step, bits)] / SFMP_NL_UNIT;
+            num += (w[i] * x[i]) * u;
+            den += (w[i] * u) * u;
+        }
+        if (den > 0.0 && num > 0.0) {
+            const double refit = num / den;
+            const double rerr = nl_error(x, w, refit / SFMP_NL_UNIT, bits);
+            if (rerr < best_err) {
+                best_err = rerr;
+                *amp_out = refit;
+            }
+        }
+    }
+    *err_out = best_err;
+}
+
+// The grid's search, final error and code at a stored amplitude; zero amplitude decodes to zeros.
+static void fit(const sfmp_layout * L, const double * x, const double * w, int bits, double * amp, double * err) {
+    (L->grid == SFMP_GRID_NONLINEAR ? fit_sub_block_nl : fit_sub_block)(x, w, bits, amp, err);
+}
+
+static double stored_error(const sfmp_layout * L, const double * x, const double * w, double amp, int bits) {
+    if (L->grid == SFMP_GRID_NONLINEAR && amp > 0.0) {
+        return nl_error(x, w, amp / SFMP_NL_UNIT, bits);
+    }
+    return final_error(x, w, amp, (double) (1 << (bits - 1)));
+}
+
+static int stored_code(const sfmp_layout * L, double x, double amp, int bits) {
+    if (!(amp > 0.0)) {
+        return 1 << (bits - 1);
+    }
+    if (L->grid == SFMP_GRID_NONLINEAR) {
+        return nl_code(x, amp / SFMP_NL_UNIT, bits);
+    }
+    const double half = (double) (1 << (bits - 1));
+    return (int) quantize_code(x, amp / half, half);
+}
+
 #define SFMP_MAX_SUB 8
 
 static void quantize_block(const sfmp_layout * L, const float * xf, const float * qw, uint8_t * out) {
@@ -234,7 +323,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     double amp[SFMP_MAX_SUB][2], err[SFMP_MAX_SUB][2];
     for (int j = 0; j < L->n_sub; ++j) {
         for (int k = 0; k < (L->upgrades ? 2 : 1); ++k) {
-            fit_sub_block(x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, B + k, &amp[j][k], &err[j][k]);
+            fit(L, x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, B + k, &amp[j][k], &err[j][k]);
         }
     }
     // Upgrade the sub-blocks whose error drops most; ties go to the lower index.
@@ -268,7 +357,6 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     for (int j = 0; j < L->n_sub; ++j) {
         const int up = upgraded >> j & 1;
         const double chosen = amp[j][up];
-        const double half = (double) (1 << (B + up - 1));
         const double * xj = x + SFMP_SUB_BLOCK * j;
         const double * wj = w + SFMP_SUB_BLOCK * j;
         // m rounds down or up, whichever errs less: rounding to nearest could clip the largest
@@ -281,7 +369,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
             if (!(d > 0.0)) {
                 cand = 0.0;
             }
-            const double cand_err = final_error(xj, wj, d * cand, half);
+            const double cand_err = stored_error(L, xj, wj, d * cand, B + up);
             if (k == 0 || cand_err < best_err) {
                 best_err = cand_err;
                 m = cand;
@@ -289,7 +377,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
         }
         const double a = d * m;
         for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            const int q = a > 0.0 ? (int) quantize_code(xj[i], a / half, half) : (int) half;
+            const int q = stored_code(L, xj[i], a, B + up);
             base[SFMP_SUB_BLOCK * j + i] = up ? q >> 1 : q;
             if (up) {
                 extra[n_extra * SFMP_SUB_BLOCK + i] = q & 1;
@@ -333,10 +421,11 @@ void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k) {
         for (int j = 0; j < L->n_sub; ++j) {
             int q[SFMP_SUB_BLOCK];
             const int bits = sub_block_codes(L, block, upgraded, j, q);
-            const float scale = (d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX)) / (float) (1 << bits);
+            const int unit = L->grid == SFMP_GRID_NONLINEAR ? SFMP_NL_UNIT : 1 << bits;
+            const float scale = (d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX)) / (float) unit;
             float * y = dst + SFMP_SUB_BLOCK * j;
             for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
-                y[t] = scale * (float) (2 * q[t] + 1 - (1 << bits));
+                y[t] = scale * (float) sfmp_level(L, bits, q[t]);
             }
         }
     }
@@ -365,28 +454,29 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
 
 // ---- dot products -----------------------------------------------------------------------------
 
-// With q the base code and e the extra bit, sub-block j contributes, in units of
+// Uniform grid: with q the base code and e the extra bit, sub-block j contributes, in units of
 // d * y_scale / 2^(B+1):
 //   m * 2 * sum(y * o)                       o = 2q + 1 - 2^B, the signed odd code
 //   + m * sum(y * (2e - 1))                  for an upgraded sub-block: o' = 2o + 2e - 1
-// which every path computes exactly in integers.
+// Nonlinear grid: m * sum(y * L[q]) in units of d * y_scale / 64, q the code at the sub-block's
+// precision. Every path computes these integers exactly.
 static int64_t sub_block_dot(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
                            const int8_t * y) {
     int q[SFMP_SUB_BLOCK];
     const int bits = sub_block_codes(L, block, upgraded, j, q);
     int64_t acc = 0;
     for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
-        acc += (int64_t) (2 * q[t] + 1 - (1 << bits)) * y[t];
+        acc += (int64_t) sfmp_level(L, bits, q[t]) * y[t];
     }
     const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
-    return m * acc * (bits == L->base_bits ? 2 : 1);
+    return m * acc * (L->grid == SFMP_GRID_UNIFORM && bits == L->base_bits ? 2 : 1);
 }
 
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy) {
     const sfmp_layout * L = sfmp_get_layout(type);
     const uint8_t * block = (const uint8_t *) vx;
     const int nb = n / L->block_size;
-    const float unit = 1.0f / (float) (2 << L->base_bits);
+    const float unit = 1.0f / (float) (1 << L->unit_shift);
     float sumf = 0.0f;
     if (L->block_size == 256) {
         const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
@@ -418,7 +508,7 @@ void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const voi
 
 // ---- per-type entry points ----------------------------------------------------------------------
 
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                           \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                           \
     void sfmp_quantize_row_##lname##_ref(const float * x, void * y, int64_t k) {                      \
         sfmp_quantize(id, x, y, 1, k, NULL);                                                          \
     }                                                                                                 \

@@ -19,6 +19,8 @@ extern "C" {
 #define SFMP_MAX_BITS 8
 #define SFMP_AMPLITUDE_MAX 127
 #define SFMP_UPGRADE_FLAG 0x80
+#define SFMP_NL_MAX_BITS 4
+#define SFMP_NL_BIAS SFMP_NL_UNIT  // nonlinear level + bias lies in 1..127: a byte maddubs cannot saturate
 
 // Geometry of one family member (see sfmp_gguf/format.py). budget = n_sub * base_bits + upgrades.
 typedef struct {
@@ -28,10 +30,19 @@ typedef struct {
     int32_t upgrades;      // U: sub-blocks per block at B + 1 bits
     int32_t extra_offset;  // byte offset of the upgrades' extra bits
     int32_t type_size;     // bytes per block
+    int32_t grid;          // SFMP_GRID_UNIFORM or SFMP_GRID_NONLINEAR
+    int32_t unit_shift;    // a block's integer dot product is in units of d_w * d_y / 2^unit_shift
 } sfmp_layout;
 
-#define SFMP_LAYOUT(bs, nsub, budget, tsize) \
-    {(bs), (nsub), (budget) / (nsub), (budget) % (nsub), 2 + (nsub) + (bs) * ((budget) / (nsub)) / 8, (tsize)}
+#define SFMP_LAYOUT(bs, nsub, budget, tsize, grid)                                                      \
+    {(bs), (nsub), (budget) / (nsub), (budget) % (nsub), 2 + (nsub) + (bs) * ((budget) / (nsub)) / 8, (tsize), \
+     (grid), (grid) == SFMP_GRID_NONLINEAR ? 6 : (budget) / (nsub) + 1}
+
+// Nonlinear levels by precision (2..4), in 1/64ths of the amplitude; biased and spread as the
+// SFMP_NL_BIASED_* and SFMP_NL_SPREAD_* lists in ggml-sfmp-types.inc.
+extern const int8_t sfmp_nl_levels[SFMP_NL_MAX_BITS + 1][16];
+extern const uint8_t sfmp_nl_biased[SFMP_NL_MAX_BITS + 1][16];
+extern const uint8_t sfmp_nl_spread[SFMP_NL_MAX_BITS][16];
 
 // Activation blocks the dot products pair with; mirrors of ggml's block_q8_K and block_q8_0.
 typedef struct {
@@ -73,6 +84,12 @@ static inline int sfmp_piece_count(int bits, int w) {
     return w == 4 ? bits / 4 : (w == 2 ? (bits % 4) / 2 : bits % 2);
 }
 
+// The signed integer level of a `bits`-bit code: the odd code 2q + 1 - 2^bits in units of 2^-bits of
+// the amplitude (uniform grid) or L[q] in units of 1/64 (nonlinear grid).
+static inline int sfmp_level(const sfmp_layout * L, int bits, int q) {
+    return L->grid == SFMP_GRID_NONLINEAR ? sfmp_nl_levels[bits][q] : 2 * q + 1 - (1 << bits);
+}
+
 int32_t sfmp_format_version(void);
 // fp16 conversions, round to nearest even; ours so that both builds round identically.
 uint16_t sfmp_fp32_to_fp16(float f);
@@ -101,7 +118,7 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes);
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);
 
 // Per-type entry points with ggml's function-pointer signatures.
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                          \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                          \
     void sfmp_quantize_row_##lname##_ref(const float * x, void * y, int64_t k);                      \
     void sfmp_dequantize_row_##lname(const void * x, float * y, int64_t k);                          \
     size_t sfmp_quantize_##lname(const float * src, void * dst, int64_t nrows, int64_t n_per_row,    \

@@ -2,8 +2,8 @@
 //
 // Every path computes the same exact integers per sub-block (see sub_block_dot in sfmp-quants.c)
 // and then the same float operations in the same order, so all paths return bit-identical results.
-// Each type gets its own copy of the kernel with B (base bits) and U (upgrades) as constants: the
-// loops over pieces and sub-blocks unroll, and no branch depends on the data.
+// Each type gets its own copy of the kernel with B (base bits), U (upgrades) and NL (nonlinear grid)
+// as constants: the loops over pieces and sub-blocks unroll, and no branch depends on the data.
 #include "sfmp-cpu.h"
 
 #include "../../sfmp/sfmp-quants.h"
@@ -44,6 +44,13 @@ SFMP_INLINE uint32_t first_flags(uint32_t flags, int U) {
         flags ^= low;
     }
     return mask;
+}
+
+// The rank among upgraded sub-blocks that locates sub-block j's extra bits; a plain sub-block gets
+// the last slot, inside the block, and masks what it reads.
+SFMP_INLINE int extra_slot(uint32_t mask, int U, int j) {
+    const int rank = sfmp_popcount(mask & ((1u << j) - 1));
+    return rank < U ? rank : U - 1;
 }
 
 #if defined(__AVX2__)
@@ -102,6 +109,21 @@ SFMP_INLINE __m256i base_code(const uint8_t * base, int block_size, int B, int j
     return q;
 }
 
+// Nonlinear grid: sub-block j's levels plus SFMP_NL_BIAS (1..127), by one 16-entry shuffle. An
+// upgraded sub-block's code 2q + e indexes the (B + 1)-bit table, a plain one's 2q the spread B-bit one.
+SFMP_INLINE __m256i nl_levels_avx2(const uint8_t * block, int n, int B, int U, int j, uint32_t mask) {
+    const uint8_t * base = block + 2 + n / 32;
+    __m256i code = base_code(base, n, B, j);
+    const uint8_t * table = sfmp_nl_biased[B];
+    if (U) {
+        const int up = (int) (mask >> j & 1);
+        const __m256i e = extra_bits(base + n * B / 8 + 4 * extra_slot(mask, U, j));
+        code = _mm256_or_si256(_mm256_add_epi8(code, code), _mm256_and_si256(e, _mm256_set1_epi8((char) -up)));
+        table = up ? sfmp_nl_biased[B + 1] : sfmp_nl_spread[B];
+    }
+    return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) table)), code);
+}
+
 SFMP_INLINE int32_t hsum_i32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
@@ -137,13 +159,15 @@ SFMP_INLINE int lowest_bit(uint32_t v) {
 // _k types: sum(y * o) over the block from unsigned codes and Q8_K's block sums:
 // 4*A + 2*(1 - 2^B)*C + 2*E - D with A = sum_j m_j sum(y q), C = sum_j m_j ysum_j,
 // E = sum_up m_j sum(y e), D = sum_up m_j ysum_j (sfmp-quants.c spells out the units).
+// Nonlinear grid: A - 64*C with A = sum_j m_j sum(y (L + 64)).
 // One weight block against `ncols` activation blocks: the decoded codes serve every column.
-SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U,
+SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U, const int NL,
                               const sfmp_block_q8_K * const * ys, const int ncols, int64_t * total) {
     const __m128i sc = _mm_loadl_epi64((const __m128i *) (block + 2));
     const __m128i m16 = _mm_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x7f)));
     const __m256i mm = _mm256_broadcastsi128_si256(m16);
     const uint8_t * base = block + 10;
+    const uint32_t mask = first_flags((uint32_t) _mm_movemask_epi8(sc) & 0xffu, U);
     __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int j = 0; j < 8; ++j) {
         const __m256i mj = _mm256_shuffle_epi8(mm, _mm256_set1_epi16((short) ((2 * j + 1) << 8 | 2 * j)));
@@ -156,7 +180,7 @@ SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U,
                 acc[c] = _mm256_add_epi32(acc[c], _mm256_add_epi32(_mm256_slli_epi32(ph, 4), pl));
             }
         } else {
-            const __m256i q = base_code(base, 256, B, j);
+            const __m256i q = NL ? nl_levels_avx2(block, 256, B, U, j, mask) : base_code(base, 256, B, j);
             for (int c = 0; c < ncols; ++c) {
                 const __m256i yj = _mm256_loadu_si256((const __m256i *) (ys[c]->qs + 32 * j));
                 acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(_mm256_maddubs_epi16(q, yj), mj));
@@ -166,14 +190,16 @@ SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U,
     const __m256i mdup = _mm256_set_m128i(_mm_unpackhi_epi16(m16, m16), _mm_unpacklo_epi16(m16, m16));
     for (int c = 0; c < ncols; ++c) {
         const __m256i bsums = _mm256_loadu_si256((const __m256i *) ys[c]->bsums);
-        total[c] = 4 * (int64_t) hsum_i32(acc[c]) + 2 * (int64_t) (1 - (1 << B)) * hsum_i32(_mm256_madd_epi16(bsums, mdup));
+        const int64_t m_ysum = hsum_i32(_mm256_madd_epi16(bsums, mdup));
+        total[c] = NL ? hsum_i32(acc[c]) - SFMP_NL_BIAS * m_ysum
+                      : 4 * (int64_t) hsum_i32(acc[c]) + 2 * (int64_t) (1 - (1 << B)) * m_ysum;
     }
-    if (U) {
-        uint32_t mask = (uint32_t) _mm_movemask_epi8(sc) & 0xffu;  // the loop takes the first U flags
+    if (U && !NL) {
         __m256i acc_e[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         int64_t d_sum[2] = {0, 0};
-        for (int u = 0; u < U && mask; ++u, mask &= mask - 1) {
-            const int j = lowest_bit(mask);
+        uint32_t left = mask;
+        for (int u = 0; u < U && left; ++u, left &= left - 1) {
+            const int j = lowest_bit(left);
             const int m = block[2 + j] & SFMP_AMPLITUDE_MAX;
             const __m256i e = extra_bits(block + 10 + 32 * B + 4 * u);
             for (int c = 0; c < ncols; ++c) {
@@ -190,10 +216,10 @@ SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U,
 
 // `nr` weight rows (bx bytes apart) against `nr` activation columns (by bytes apart): a 1x1 or
 // 2x2 tile, written as ggml's mul_mat expects: s[r + c * bs].
-SFMP_INLINE void tile_k_avx2(const int B, const int U, const int nr, int n, float * s, size_t bs,
+SFMP_INLINE void tile_k_avx2(const int B, const int U, const int NL, const int nr, int n, float * s, size_t bs,
                              const void * vx, size_t bx, const void * vy, size_t by) {
     const int type_size = 10 + 32 * B + 4 * U;
-    const float unit = 1.0f / (float) (2 << B);
+    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B);
     float sums[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     for (int i = 0; i < n / 256; ++i) {
         const sfmp_block_q8_K * ys[2] = {(const sfmp_block_q8_K *) vy + i,
@@ -201,7 +227,7 @@ SFMP_INLINE void tile_k_avx2(const int B, const int U, const int nr, int n, floa
         for (int r = 0; r < nr; ++r) {
             const uint8_t * block = (const uint8_t *) vx + r * bx + (size_t) i * type_size;
             int64_t total[2];
-            block_k_avx2(block, B, U, ys, nr, total);
+            block_k_avx2(block, B, U, NL, ys, nr, total);
             for (int c = 0; c < nr; ++c) {
                 sums[r][c] += (half_to_float(block) * ys[c]->d) * ((float) total[c] * unit);
             }
@@ -214,12 +240,12 @@ SFMP_INLINE void tile_k_avx2(const int B, const int U, const int nr, int n, floa
     }
 }
 
-SFMP_INLINE void vec_dot_k_avx2(const int B, const int U, int n, float * s, size_t bs, const void * vx,
-                                size_t bx, const void * vy, size_t by, int nrc) {
+SFMP_INLINE void vec_dot_k_avx2(const int B, const int U, const int NL, int n, float * s, size_t bs,
+                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     if (nrc == 2) {
-        tile_k_avx2(B, U, 2, n, s, bs, vx, bx, vy, by);
+        tile_k_avx2(B, U, NL, 2, n, s, bs, vx, bx, vy, by);
     } else {
-        tile_k_avx2(B, U, 1, n, s, bs, vx, bx, vy, by);
+        tile_k_avx2(B, U, NL, 1, n, s, bs, vx, bx, vy, by);
     }
 }
 
@@ -233,19 +259,22 @@ SFMP_INLINE float hsum_f32(__m256 v) {
 // _s types: signed codes, so no activation sums are needed. Per sub-block the exact integer
 // t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)), o = 2q + 1 - 2^B, in units of d * y_d / 2^(B+1),
 // is scaled and summed in float lanes like ggml's Q8_0 kernel: the result differs from the scalar
-// reference only by float rounding. One weight block against `ncols` activation columns.
-SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U,
+// reference only by float rounding. Nonlinear grid: t = sum(y L), in units of d * y_d / 64.
+// One weight block against `ncols` activation columns.
+SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, const int NL,
                               const sfmp_block_q8_0 * const * ys, const int ncols, __m256 * acc) {
     const __m256i one = _mm256_set1_epi8(1);
     const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
     const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + 4 + 8 * B), 1), one)
                          : _mm256_setzero_si256();  // 2e - 1
-    const float d = half_to_float(block) * (1.0f / (float) (2 << B));
+    const float d = half_to_float(block) * (1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B));
     for (int j = 0; j < 2; ++j) {
         const __m256i up = _mm256_set1_epi8((char) -(int) (mask >> j & 1));
         const float dm = d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX);
         __m256i code, hi, lo;
-        if (B == 8) {  // 2 sum(y o) = 4 sum(y q) - 510 sum(y), q = 16 hi + lo taken apart for maddubs
+        if (NL) {
+            code = _mm256_sub_epi8(nl_levels_avx2(block, 64, B, U, j, mask), _mm256_set1_epi8(SFMP_NL_BIAS));
+        } else if (B == 8) {  // 2 sum(y o) = 4 sum(y q) - 510 sum(y), q = 16 hi + lo taken apart for maddubs
             hi = piece_s(block + 4, 4, j);
             lo = piece_s(block + 36, 4, j);
         } else if (B == 7) {  // 2o + (2e - 1) would not fit a byte: o and 2e - 1 go apart
@@ -260,14 +289,14 @@ SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U,
         for (int c = 0; c < ncols; ++c) {
             const __m256i yj = _mm256_loadu_si256((const __m256i *) ys[c][j].qs);
             __m256i t;
-            if (B == 8) {
+            if (B == 8 && !NL) {
                 const __m256i ones16 = _mm256_set1_epi16(1);
                 const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yj), ones16);
                 const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, yj), ones16);
                 const __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(one, yj), ones16);
                 t = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(ph, 6), _mm256_slli_epi32(pl, 2)),
                                      _mm256_mullo_epi32(sum, _mm256_set1_epi32(510)));
-            } else if (B == 7) {
+            } else if (B == 7 && !NL) {
                 t = _mm256_add_epi32(_mm256_slli_epi32(dot_i8(code, yj), 1), dot_i8(lo, yj));
             } else {
                 t = dot_i8(code, yj);
@@ -278,7 +307,7 @@ SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U,
     }
 }
 
-SFMP_INLINE void tile_s_avx2(const int B, const int U, const int nr, int n, float * s, size_t bs,
+SFMP_INLINE void tile_s_avx2(const int B, const int U, const int NL, const int nr, int n, float * s, size_t bs,
                              const void * vx, size_t bx, const void * vy, size_t by) {
     const int type_size = 4 + 8 * B + 4 * U;
     __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
@@ -286,7 +315,7 @@ SFMP_INLINE void tile_s_avx2(const int B, const int U, const int nr, int n, floa
         const sfmp_block_q8_0 * ys[2] = {(const sfmp_block_q8_0 *) vy + 2 * i,
                                          (const sfmp_block_q8_0 *) ((const uint8_t *) vy + by) + 2 * i};
         for (int r = 0; r < nr; ++r) {
-            block_s_avx2((const uint8_t *) vx + r * bx + (size_t) i * type_size, B, U, ys, nr, acc[r]);
+            block_s_avx2((const uint8_t *) vx + r * bx + (size_t) i * type_size, B, U, NL, ys, nr, acc[r]);
         }
     }
     for (int r = 0; r < nr; ++r) {
@@ -296,12 +325,12 @@ SFMP_INLINE void tile_s_avx2(const int B, const int U, const int nr, int n, floa
     }
 }
 
-SFMP_INLINE void vec_dot_s_avx2(const int B, const int U, int n, float * s, size_t bs, const void * vx,
-                                size_t bx, const void * vy, size_t by, int nrc) {
+SFMP_INLINE void vec_dot_s_avx2(const int B, const int U, const int NL, int n, float * s, size_t bs,
+                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     if (nrc == 2) {
-        tile_s_avx2(B, U, 2, n, s, bs, vx, bx, vy, by);
+        tile_s_avx2(B, U, NL, 2, n, s, bs, vx, bx, vy, by);
     } else {
-        tile_s_avx2(B, U, 1, n, s, bs, vx, bx, vy, by);
+        tile_s_avx2(B, U, NL, 1, n, s, bs, vx, bx, vy, by);
     }
 }
 
@@ -388,12 +417,35 @@ SFMP_INLINE v32_neon add2_neon(v32_neon a, v32_neon b) {
     return r;
 }
 
+// Nonlinear grid: sum(y L) over sub-block j by one 16-entry table lookup (see nl_levels_avx2).
+SFMP_INLINE int32_t nl_dot_neon(const uint8_t * base, int n, int B, int U, int j, uint32_t mask, const int8_t * y) {
+    const v32_neon q = base_code_neon(base, n, B, j);
+    uint8x16_t lo = vreinterpretq_u8_s8(q.lo), hi = vreinterpretq_u8_s8(q.hi);
+    const uint8_t * table = sfmp_nl_biased[B];
+    if (U) {
+        const int up = (int) (mask >> j & 1);
+        const v32_neon e = extra_bits_neon(base + n * B / 8 + 4 * extra_slot(mask, U, j));
+        const uint8x16_t keep = vdupq_n_u8((uint8_t) -up);
+        lo = vorrq_u8(vaddq_u8(lo, lo), vandq_u8(vreinterpretq_u8_s8(e.lo), keep));
+        hi = vorrq_u8(vaddq_u8(hi, hi), vandq_u8(vreinterpretq_u8_s8(e.hi), keep));
+        table = up ? sfmp_nl_biased[B + 1] : sfmp_nl_spread[B];
+    }
+    const uint8x16_t t = vld1q_u8(table);
+    const int8x16_t bias = vdupq_n_s8(SFMP_NL_BIAS);
+    const v32_neon levels = {vsubq_s8(vreinterpretq_s8_u8(vqtbl1q_u8(t, lo)), bias),
+                             vsubq_s8(vreinterpretq_s8_u8(vqtbl1q_u8(t, hi)), bias)};
+    return dot_neon(levels, y);
+}
+
 // t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)) for sub-block j, o = 2q + 1 - 2^B: the exact
-// integer of sub_block_dot in sfmp-quants.c, without m.
-SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int U, int j, uint32_t mask,
+// integer of sub_block_dot in sfmp-quants.c, without m. Nonlinear grid: sum(y L).
+SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int U, int NL, int j, uint32_t mask,
                                        const int8_t * y) {
     const int n_sub = n / 32;
     const uint8_t * base = block + 2 + n_sub;
+    if (NL) {
+        return nl_dot_neon(base, n, B, U, j, mask, y);
+    }
     if (B == 8) {  // o = 2 (q - 128) + 1
         const v32_neon hi = piece_neon(base, n, 4, j), lo = piece_neon(base + n / 2, n, 4, j);
         const int8x16_t flip = vdupq_n_s8(-128);
@@ -417,13 +469,13 @@ SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int 
     return dot_neon(add2_neon(add2_neon(o, o), pm), y);
 }
 
-SFMP_INLINE void vec_dot_k_neon(const int B, const int U, int n, float * s, size_t bs, const void * vx,
-                                size_t bx, const void * vy, size_t by, int nrc) {
+SFMP_INLINE void vec_dot_k_neon(const int B, const int U, const int NL, int n, float * s, size_t bs,
+                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void) bs; (void) bx; (void) by; (void) nrc;  // SFMP_CPU_NROWS is 1 here
     const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
     const uint8_t * block = (const uint8_t *) vx;
     const int type_size = 10 + 32 * B + 4 * U;
-    const float unit = 1.0f / (float) (2 << B);
+    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B);
     float sumf = 0.0f;
     for (int i = 0; i < n / 256; ++i, block += type_size) {
         uint32_t flags = 0;
@@ -434,27 +486,27 @@ SFMP_INLINE void vec_dot_k_neon(const int B, const int U, int n, float * s, size
         int64_t total = 0;
         for (int j = 0; j < 8; ++j) {
             total += (int64_t) (block[2 + j] & SFMP_AMPLITUDE_MAX) *
-                     sub_block_dot_neon(block, 256, B, U, j, mask, y[i].qs + 32 * j);
+                     sub_block_dot_neon(block, 256, B, U, NL, j, mask, y[i].qs + 32 * j);
         }
         sumf += (sfmp_block_d(block) * y[i].d) * ((float) total * unit);
     }
     *s = sumf;
 }
 
-SFMP_INLINE void vec_dot_s_neon(const int B, const int U, int n, float * s, size_t bs, const void * vx,
-                                size_t bx, const void * vy, size_t by, int nrc) {
+SFMP_INLINE void vec_dot_s_neon(const int B, const int U, const int NL, int n, float * s, size_t bs,
+                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
     (void) bs; (void) bx; (void) by; (void) nrc;
     const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
     const uint8_t * block = (const uint8_t *) vx;
     const int type_size = 4 + 8 * B + 4 * U;
-    const float unit = 1.0f / (float) (2 << B);
+    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B);
     float sumf = 0.0f;
     for (int i = 0; i < n / 64; ++i, block += type_size) {
         const sfmp_block_q8_0 * yb = y + 2 * i;
         const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
         const float d = sfmp_block_d(block);
-        const int64_t a0 = (int64_t) (block[2] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, 0, mask, yb[0].qs);
-        const int64_t a1 = (int64_t) (block[3] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, 1, mask, yb[1].qs);
+        const int64_t a0 = (int64_t) (block[2] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, NL, 0, mask, yb[0].qs);
+        const int64_t a1 = (int64_t) (block[3] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, NL, 1, mask, yb[1].qs);
         sumf += (d * sfmp_fp16_to_fp32(yb[0].d)) * ((float) a0 * unit) + (d * sfmp_fp16_to_fp32(yb[1].d)) * ((float) a1 * unit);
     }
     *s = sumf;
@@ -467,17 +519,19 @@ SFMP_INLINE void vec_dot_s_neon(const int B, const int U, int n, float * s, size
 
 // One specialised kernel per type, with ggml's vec_dot signature.
 #if defined(SFMP_VEC_DOT_K)
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                              \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                              \
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,               \
                                   const void * vy, size_t by, int nrc) {                                  \
         if ((bs) == 256) {                                                                                \
-            SFMP_VEC_DOT_K((budget) / (nsub), (budget) % (nsub), n, s, bs_, vx, bx, vy, by, nrc);         \
+            SFMP_VEC_DOT_K((budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, n, s, bs_, \
+                           vx, bx, vy, by, nrc);                                                          \
         } else {                                                                                          \
-            SFMP_VEC_DOT_S((budget) / (nsub), (budget) % (nsub), n, s, bs_, vx, bx, vy, by, nrc);         \
+            SFMP_VEC_DOT_S((budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, n, s, bs_, \
+                           vx, bx, vy, by, nrc);                                                          \
         }                                                                                                 \
     }
 #else
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                              \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                              \
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,               \
                                   const void * vy, size_t by, int nrc) {                                  \
         (void) bs_; (void) bx; (void) by; (void) nrc;                                                     \
@@ -490,7 +544,7 @@ SFMP_INLINE void vec_dot_s_neon(const int B, const int U, int n, float * s, size
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
                            const void * vy, size_t by, int nrc) {
     switch (type) {
-#define SFMP_TYPE(id, lname, uname, bs_, nsub, budget, tsize) \
+#define SFMP_TYPE(id, lname, uname, bs_, nsub, budget, tsize, grid) \
         case id: sfmp_cpu_vec_dot_##lname(n, s, bs, vx, bx, vy, by, nrc); break;
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE

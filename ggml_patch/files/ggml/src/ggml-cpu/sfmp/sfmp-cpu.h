@@ -28,7 +28,7 @@ void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * 
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
                            const void * vy, size_t by, int nrc);
 
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                 \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                 \
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,  \
                                   const void * vy, size_t by, int nrc);
 #include "ggml-sfmp-types.inc"

@@ -2,7 +2,9 @@
 //
 // Per sub-block and row the kernel computes the scalar reference's exact integer
 //   a = m * (K1 * sum(c y) + (K0 + [U > 0 and not upgraded]) * sum(y))
-// (c the W-bit code; U = 0: K1 = 4, K0 = 2 (1 - 2^B); U > 0: K1 = 2, K0 = 1 - 2^(B+1)), then the
+// (c the W-bit code; U = 0: K1 = 4, K0 = 2 (1 - 2^B); U > 0: K1 = 2, K0 = 1 - 2^(B+1)). On the
+// nonlinear grid c is the code's biased level L + 64, looked up per row from the B-bit table (spread,
+// for a plain sub-block's widened code) or the (B + 1)-bit one, and a = m * (sum(c y) - 64 sum(y)). Then the
 // reference's float operations in the reference's order, one row per lane. The reference's
 // (d_w * d_y) * (a * 2^-(B+1)) is computed as (d_w * (d_y * 2^-(B+1))) * a: scaling by a power of two
 // is exact, so both round alike (unless a product falls below float's normal range). The results
@@ -166,8 +168,8 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
 void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts) {
     const sfmp_layout * L = sfmp_get_layout(type);
     const int B = L->base_bits;
-    const int32_t k0 = L->upgrades ? 1 - (2 << B) : 2 * (1 - (1 << B));
-    const float unit = 1.0f / (float) (2 << B);
+    const int32_t k0 = L->grid == SFMP_GRID_NONLINEAR ? -SFMP_NL_BIAS : L->upgrades ? 1 - (2 << B) : 2 * (1 - (1 << B));
+    const float unit = 1.0f / (float) (1 << L->unit_shift);
     for (int64_t s = 0; s < n / SFMP_SUB_BLOCK; ++s) {
         const int8_t * q;
         float d;
@@ -242,19 +244,38 @@ SFMP_X8_INLINE __m256i broadcast4(const int8_t * y) {
     return _mm256_set1_epi32(y4);
 }
 
-// Per lane (row) and column: sum(c y) over one sub-block. With VNNI, whole codes go to dpbusd.
+// A nonlinear sub-block's two 16-entry tables and, per row, which of them it uses.
+typedef struct {
+    __m256i plain, up;
+    x8i up_rows;  // all ones in the lanes of upgraded rows
+} x8_tables;
+
+SFMP_X8_INLINE x8_tables x8_tables_make(const uint8_t * plain, const uint8_t * up, x8i up_rows) {
+    x8_tables t = {_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) plain)),
+                   _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) up)), up_rows};
+    return t;
+}
+
+// Codes to biased levels; U = 0 types have one table.
+SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U) {
+    const __m256i plain = _mm256_shuffle_epi8(t->plain, code);
+    return U ? _mm256_blendv_epi8(plain, _mm256_shuffle_epi8(t->up, code), t->up_rows) : plain;
+}
+
+// Per lane (row) and column: sum(c y) over one sub-block; with `tables`, c is the code's biased
+// level (below 128). With VNNI, whole codes go to dpbusd.
 // Otherwise codes of W <= 7 bits feed maddubs whole; its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1))
 // are widened every `run` groups, before they could overflow. 8-bit codes would saturate maddubs,
 // so they go as two nibbles.
-SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * const * y, const int ncols,
-                             x8i * s) {
+SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, const x8_tables * tables,
+                             const int8_t * const * y, const int ncols, x8i * s) {
 #if defined(SFMP_X8_VNNI)
     for (int c = 0; c < ncols; ++c) {
         s[c] = _mm256_setzero_si256();
     }
     SFMP_X8_UNROLL
     for (int g = 0; g < 8; ++g) {
-        const __m256i code = group_codes(codes, W, g);
+        const __m256i code = tables ? lookup(group_codes(codes, W, g), tables, U) : group_codes(codes, W, g);
         for (int c = 0; c < ncols; ++c) {
 #if defined(__AVXVNNI__)
             s[c] = _mm256_dpbusd_avx_epi32(s[c], code, broadcast4(y[c] + 4 * g));
@@ -286,14 +307,14 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * 
         }
         return;
     }
-    const int run = 32768 / (256 * ((1 << W) - 1));
+    const int run = 32768 / (256 * (tables ? 127 : (1 << W) - 1));
     for (int c = 0; c < ncols; ++c) {
         acc[c] = _mm256_setzero_si256();
         s[c] = _mm256_setzero_si256();
     }
     SFMP_X8_UNROLL
     for (int g = 0; g < 8; ++g) {
-        const __m256i code = group_codes(codes, W, g);
+        const __m256i code = tables ? lookup(group_codes(codes, W, g), tables, U) : group_codes(codes, W, g);
         for (int c = 0; c < ncols; ++c) {
             acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(code, broadcast4(y[c] + 4 * g)));
         }
@@ -379,6 +400,26 @@ SFMP_X8_INLINE int8x16_t broadcast4(const int8_t * y) {
     return vreinterpretq_s8_s32(vdupq_n_s32(y4));
 }
 
+// As the AVX2 x8_tables.
+typedef struct {
+    uint8x16_t plain, up;
+    x8i up_rows;
+} x8_tables;
+
+SFMP_X8_INLINE x8_tables x8_tables_make(const uint8_t * plain, const uint8_t * up, x8i up_rows) {
+    x8_tables t = {vld1q_u8(plain), vld1q_u8(up), up_rows};
+    return t;
+}
+
+SFMP_X8_INLINE x8_codes lookup(x8_codes code, const x8_tables * t, const int U) {
+    x8_codes v = {vqtbl1q_u8(t->plain, code.lo), vqtbl1q_u8(t->plain, code.hi)};
+    if (U) {
+        v.lo = vbslq_u8(vreinterpretq_u8_s32(t->up_rows.lo), vqtbl1q_u8(t->up, code.lo), v.lo);
+        v.hi = vbslq_u8(vreinterpretq_u8_s32(t->up_rows.hi), vqtbl1q_u8(t->up, code.hi), v.hi);
+    }
+    return v;
+}
+
 // Adds sum(code * y) over each row's 4 bytes of c (4 rows) to acc; codes below 128 are exact as int8.
 SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y) {
 #if defined(__ARM_FEATURE_DOTPROD)
@@ -391,9 +432,10 @@ SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y) {
 #endif
 }
 
-// Per lane (row) and column: sum(c y) over one sub-block. 8-bit codes go as two nibbles.
-SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * const * y, const int ncols,
-                             x8i * s) {
+// Per lane (row) and column: sum(c y) over one sub-block, c a code or, with `tables`, its biased
+// level. 8-bit codes go as two nibbles.
+SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, const x8_tables * tables,
+                             const int8_t * const * y, const int ncols, x8i * s) {
     for (int c = 0; c < ncols; ++c) {
         s[c] = x8i_zero();
     }
@@ -405,7 +447,8 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * 
         }
         SFMP_X8_UNROLL
         for (int g = 0; g < 8; ++g) {
-            const x8_codes code = W == 8 ? group_codes(codes + 128 * half, 4, g) : group_codes(codes, W, g);
+            const x8_codes code = W == 8 ? group_codes(codes + 128 * half, 4, g)
+                                  : tables ? lookup(group_codes(codes, W, g), tables, U) : group_codes(codes, W, g);
             for (int c = 0; c < ncols; ++c) {
                 const int8x16_t yb = broadcast4(y[c] + 4 * g);
                 acc[c].lo = dot4_rows(acc[c].lo, code.lo, yb);
@@ -423,18 +466,24 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int8_t * 
 // ---- shared by both ISAs -----------------------------------------------------------------------
 
 // The exact integers a of sub-block j for the 8 rows of one x8 block, one vector per column.
-SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int n_sub, const int j,
-                                 const int8_t * const * y, const sfmp_x8_act * const * act, const int ncols,
-                                 x8i * a) {
+SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int NL, const int n_sub,
+                                 const int j, const int8_t * const * y, const sfmp_x8_act * const * act,
+                                 const int ncols, x8i * a) {
     const int W = code_width(B, U);
-    x8i s[SFMP_X8_MAX_COLUMNS];
-    code_dot(xb + codes_at(n_sub, W, j), W, y, ncols, s);
     const x8i m = x8i_load_u8(xb + amplitudes_at(j));
     const x8i amp = x8i_and(m, x8i_set1(SFMP_AMPLITUDE_MAX));
     const x8i plain = x8i_less(m, x8i_set1(SFMP_UPGRADE_FLAG));
+    x8i s[SFMP_X8_MAX_COLUMNS];
+    if (NL) {
+        const x8_tables tables = x8_tables_make(U ? sfmp_nl_spread[B] : sfmp_nl_biased[B], sfmp_nl_biased[B + (U > 0)],
+                                                x8i_less(x8i_set1(SFMP_AMPLITUDE_MAX), m));
+        code_dot(xb + codes_at(n_sub, W, j), W, U, &tables, y, ncols, s);
+    } else {
+        code_dot(xb + codes_at(n_sub, W, j), W, U, NULL, y, ncols, s);
+    }
     for (int c = 0; c < ncols; ++c) {
-        x8i t = x8i_add(x8i_shl(s[c], U ? 1 : 2), x8i_set1(act[c]->offset));
-        if (U) {
+        x8i t = x8i_add(NL ? s[c] : x8i_shl(s[c], U ? 1 : 2), x8i_set1(act[c]->offset));
+        if (U && !NL) {
             t = x8i_add(t, x8i_and(plain, x8i_set1(act[c]->sum)));
         }
         a[c] = x8i_mul(amp, t);
@@ -449,7 +498,7 @@ typedef struct {
 } columns_x8;
 
 // _k types: the block's integer over 8 sub-blocks fits int32 (at most 8 * 127 * 2 * 32 * 255 * 128).
-SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
+SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(8, code_width(B, U));
     x8f sum[SFMP_X8_MAX_COLUMNS];
@@ -469,7 +518,7 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const ui
                 y[c] = ((const sfmp_block_q8_K *) cols->y[c])[i].qs + SFMP_SUB_BLOCK * j;
                 act[c] = cols->acts[c] + 8 * i + j;
             }
-            sub_block_x8(x8, B, U, 8, j, y, act, ncols, a);
+            sub_block_x8(x8, B, U, NL, 8, j, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
                 acc[c] = x8i_add(acc[c], a[c]);
             }
@@ -485,7 +534,7 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int64_t nb, const ui
     }
 }
 
-SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
+SFMP_X8_INLINE void group_s(const int B, const int U, const int NL, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(2, code_width(B, U));
     x8f sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
@@ -502,7 +551,7 @@ SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const ui
                 y[c] = ((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].qs;
                 act[c] = cols->acts[c] + 2 * i + j;
             }
-            sub_block_x8(x8, B, U, 2, j, y, act, ncols, a);
+            sub_block_x8(x8, B, U, NL, 2, j, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
                 const x8f v = x8f_mul(x8f_mul(d, x8f_set1(act[c]->scale)), x8f_from_x8i(a[c]));
                 block_sum[c] = j ? x8f_add(block_sum[c], v) : v;
@@ -517,21 +566,21 @@ SFMP_X8_INLINE void group_s(const int B, const int U, const int64_t nb, const ui
     }
 }
 
-SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, const int64_t nb, const uint8_t * x8,
-                             const columns_x8 * cols, const int ncols, const int64_t g) {
+SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, const int NL, const int64_t nb,
+                             const uint8_t * x8, const columns_x8 * cols, const int ncols, const int64_t g) {
     if (block_size == 256) {
-        group_k(B, U, nb, x8, cols, ncols, g);
+        group_k(B, U, NL, nb, x8, cols, ncols, g);
     } else {
-        group_s(B, U, nb, x8, cols, ncols, g);
+        group_s(B, U, NL, nb, x8, cols, ncols, g);
     }
 }
 
 // One specialised kernel per type: B, U, the block size and the column count are constants, so
 // every loop unrolls. Each row group's weights serve all columns while they are in cache.
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize)                                               \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                               \
     static void mul_mat_##lname(int64_t n, const uint8_t * x8, int64_t g0, int64_t g1, int ncols,           \
                                 const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) { \
-        const int B = (budget) / (nsub), U = (budget) % (nsub);                                            \
+        const int B = (budget) / (nsub), U = (budget) % (nsub), NL = (grid) == SFMP_GRID_NONLINEAR;        \
         const int64_t nb = n / (bs);                                                                       \
         const size_t gsz = (size_t) nb * block_size_x8((nsub), code_width(B, U));                          \
         for (int64_t g = g0; g < g1; ++g) {                                                                \
@@ -544,10 +593,10 @@ SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, con
                     cols.dst[c] = dst[c0 + c];                                                             \
                 }                                                                                          \
                 switch (nc) {                                                                              \
-                    case 4: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 4, g); break;                    \
-                    case 3: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 3, g); break;                    \
-                    case 2: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 2, g); break;                    \
-                    default: group_x8((bs), B, U, nb, x8 + g * gsz, &cols, 1, g); break;                   \
+                    case 4: group_x8((bs), B, U, NL, nb, x8 + g * gsz, &cols, 4, g); break;                \
+                    case 3: group_x8((bs), B, U, NL, nb, x8 + g * gsz, &cols, 3, g); break;                \
+                    case 2: group_x8((bs), B, U, NL, nb, x8 + g * gsz, &cols, 2, g); break;                \
+                    default: group_x8((bs), B, U, NL, nb, x8 + g * gsz, &cols, 1, g); break;               \
                 }                                                                                          \
             }                                                                                              \
         }                                                                                                  \
@@ -558,7 +607,7 @@ SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, con
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
     switch (type) {
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize) \
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) \
         case id: mul_mat_##lname(n, (const uint8_t *) x8, group_begin, group_end, ncols, vy, acts, dst); break;
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
