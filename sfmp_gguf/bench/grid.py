@@ -192,7 +192,8 @@ def experiment() -> None:
 
     # sanity: the uniform search here equals reference._search_amplitudes
     x, w = data["attn_q"]["test"]
-    _, ref_err = reference._search_amplitudes(x[:512, None, :], w[:512, None, :], BITS)
+    _, ref_err = reference._search_amplitudes(x[:512, None, :], w[:512, None, :],
+                                              tuple(reference.GridLevels(False, b) for b in BITS))
     for b in BITS:
         mine = search(x[:512], w[:512], uniform_levels(b), REF_SHRINK)
         assert np.allclose(mine, ref_err[:, 0, b - 2], rtol=1e-9, atol=0), b

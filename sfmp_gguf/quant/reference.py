@@ -13,16 +13,16 @@ Quantizing a block of a type with base precision B and U upgrades:
 3. Upgrade the U sub-blocks whose error drops most from B to B + 1 bits (ties to the lower index).
 4. Store amplitudes as d * m with one fp16 d and 7-bit m, then re-round the codes on that grid.
 
-A nonlinear type (``format.NL_LEVELS``) searches the same amplitude candidates with levels
-L[q] / 64 in place of the mid-rise grid: a weight takes the nearest level (t = x / (A / 64) against
-the midpoints of neighbouring levels, ties upwards, as the uniform grid's floor(x / step + half)
-does), the candidates map the largest |x| to the top level, and the refit is sum(w x u) / sum(w u u)
-with u = L[q] / 64.
+A nonlinear type (``format.NL_LEVELS``) runs the same search on its levels L[q] in place of the
+mid-rise grid (``GridLevels``): a weight takes the nearest level, t = x / (A / 64) against the
+midpoints of neighbouring levels, ties upwards as the uniform grid's floor(x / step + half) does.
 
 Decoding a malformed block stays defined: only the first U flagged sub-blocks count as upgraded.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,85 +39,63 @@ def _seqsum(a: np.ndarray) -> np.ndarray:
     return np.cumsum(a, axis=-1)[..., -1]
 
 
-def _codes(x: np.ndarray, step: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """Nearest mid-rise level; ``step`` > 0 broadcasts against ``x``."""
-    q = np.floor(x / step + half)
-    return np.clip(q, 0.0, 2.0 * half - 1.0)
+@dataclass(frozen=True)
+class GridLevels:
+    """One precision of one grid as the quantizer sees it: x ~ values(q) * step, step = amplitude / div.
+    Uniform: values q + 1/2 - 2^(b-1) over div = 2^(b-1); nonlinear: L[q] over div = 64."""
+
+    nonlinear: bool
+    bits: int
+
+    @property
+    def half(self) -> float:
+        return 2.0 ** (self.bits - 1)
+
+    @property
+    def div(self) -> float:
+        return float(NL_UNIT) if self.nonlinear else self.half
+
+    @property
+    def _table(self) -> np.ndarray:
+        return np.asarray(NL_LEVELS[self.bits], dtype=np.float64)
+
+    def codes(self, x: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """Nearest level: floor(x / step + half), clamped; nonlinear: t = x / step against the midpoints
+        of neighbouring levels (exact halves), ties upwards as floor does. ``step`` broadcasts."""
+        if self.nonlinear:
+            table = self._table
+            return np.sum((x / step)[..., None] >= (table[:-1] + table[1:]) / 2.0, axis=-1)
+        return np.clip(np.floor(x / step + self.half), 0.0, 2.0 * self.half - 1.0).astype(np.int64)
+
+    def values(self, q: np.ndarray) -> np.ndarray:
+        return self._table[q] if self.nonlinear else q + 0.5 - self.half
 
 
-def _error(x: np.ndarray, w: np.ndarray, q: np.ndarray, step: np.ndarray, half: np.ndarray) -> np.ndarray:
-    diff = x - (q + 0.5 - half) * step
+def _error(x: np.ndarray, w: np.ndarray, value: np.ndarray, step: np.ndarray) -> np.ndarray:
+    diff = x - value * step
     return _seqsum(w * (diff * diff))
 
 
-def _search_amplitudes(x: np.ndarray, w: np.ndarray, bits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _search_amplitudes(x: np.ndarray, w: np.ndarray, levels: tuple[GridLevels, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Best amplitude and its error per (block, sub-block, precision); x, w: (nb, n_sub, 32) float64."""
-    half = (2.0 ** (np.asarray(bits) - 1))[None, None, :, None]     # (1, 1, P, 1)
-    amax = np.max(np.abs(x), axis=-1)[..., None, None]                # (nb, n_sub, 1, 1)
-    a0 = amax / (1.0 - 0.5 / half)                                    # (nb, n_sub, P, 1)
-    shrink = 1.0 - SHRINK_STEP * np.arange(N_CANDIDATES, dtype=np.float64)
-    amplitudes = a0 * shrink                                          # (nb, n_sub, P, C)
-    xs, ws = x[:, :, None, None, :], w[:, :, None, None, :]
-    h = half[..., None]                                               # (1, 1, P, 1, 1)
-    safe = np.where(amplitudes > 0, amplitudes, 1.0)
-    step = (safe / half)[..., None]
-    q = _codes(xs, step, h)
-    err = _error(xs, ws, q, step, h)
-    # Weighted least-squares refit of the step for the codes each candidate chose.
-    u = q + 0.5 - h
-    num = _seqsum((ws * xs) * u)
-    den = _seqsum((ws * u) * u)
-    refit_ok = (den > 0) & (num > 0)
-    refit = np.where(refit_ok, num / np.where(den > 0, den, 1.0), 1.0) * half
-    rstep = (refit / half)[..., None]
-    rq = _codes(xs, rstep, h)
-    rerr = np.where(refit_ok, _error(xs, ws, rq, rstep, h), np.inf)
-    # Candidate order: A_0, refit(A_0), A_1, refit(A_1), ...; the first minimum wins.
-    all_amp = np.stack([amplitudes, refit], axis=-1).reshape(*amplitudes.shape[:-1], -1)
-    all_err = np.stack([err, rerr], axis=-1).reshape(*err.shape[:-1], -1)
-    best = np.argmin(all_err, axis=-1)
-    amp = np.take_along_axis(all_amp, best[..., None], axis=-1)[..., 0]
-    error = np.take_along_axis(all_err, best[..., None], axis=-1)[..., 0]
-    zero = amax[..., 0] == 0
-    return np.where(zero, 0.0, amp), np.where(zero, 0.0, error)
-
-
-def _nl_levels(bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """A nonlinear precision's integer levels and the midpoints between neighbours (exact halves)."""
-    levels = np.asarray(NL_LEVELS[bits], dtype=np.float64)
-    return levels, (levels[:-1] + levels[1:]) / 2.0
-
-
-def _nl_codes(x: np.ndarray, step: np.ndarray, mids: np.ndarray) -> np.ndarray:
-    """Nearest level's index, ties upwards; ``step`` = A / 64 broadcasts against ``x``."""
-    t = x / step
-    return np.sum(t[..., None] >= mids, axis=-1)
-
-
-def _nl_error(x: np.ndarray, w: np.ndarray, q: np.ndarray, step: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    diff = x - levels[q] * step
-    return _seqsum(w * (diff * diff))
-
-
-def _search_amplitudes_nl(x: np.ndarray, w: np.ndarray, bits: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """As _search_amplitudes, on the nonlinear levels of each precision."""
-    amps, errs = [], []
     amax = np.max(np.abs(x), axis=-1)[..., None]                      # (nb, n_sub, 1)
     xs, ws = x[:, :, None, :], w[:, :, None, :]
     shrink = 1.0 - SHRINK_STEP * np.arange(N_CANDIDATES, dtype=np.float64)
-    for b in bits:
-        levels, mids = _nl_levels(b)
-        amplitudes = amax / (levels[-1] / NL_UNIT) * shrink           # (nb, n_sub, C)
-        step = (np.where(amplitudes > 0, amplitudes, 1.0) / NL_UNIT)[..., None]
-        q = _nl_codes(xs, step, mids)
-        err = _nl_error(xs, ws, q, step, levels)
-        u = levels[q] / NL_UNIT
+    amps, errs = [], []
+    for g in levels:
+        a0 = amax / (g.values(np.int64((1 << g.bits) - 1)) / g.div)   # the largest |x| on the top level
+        amplitudes = a0 * shrink                                      # (nb, n_sub, C)
+        step = (np.where(amplitudes > 0, amplitudes, 1.0) / g.div)[..., None]
+        u = g.values(g.codes(xs, step))
+        err = _error(xs, ws, u, step)
+        # Weighted least-squares refit of the step for the codes each candidate chose.
         num = _seqsum((ws * xs) * u)
         den = _seqsum((ws * u) * u)
         refit_ok = (den > 0) & (num > 0)
-        refit = np.where(refit_ok, num / np.where(den > 0, den, 1.0), 1.0)
-        rstep = (refit / NL_UNIT)[..., None]
-        rerr = np.where(refit_ok, _nl_error(xs, ws, _nl_codes(xs, rstep, mids), rstep, levels), np.inf)
+        refit = np.where(refit_ok, num / np.where(den > 0, den, 1.0), 1.0) * g.div
+        rstep = (refit / g.div)[..., None]
+        rerr = np.where(refit_ok, _error(xs, ws, g.values(g.codes(xs, rstep)), rstep), np.inf)
+        # Candidate order: A_0, refit(A_0), A_1, refit(A_1), ...; the first minimum wins.
         all_amp = np.stack([amplitudes, refit], axis=-1).reshape(*amplitudes.shape[:-1], -1)
         all_err = np.stack([err, rerr], axis=-1).reshape(*err.shape[:-1], -1)
         best = np.argmin(all_err, axis=-1)
@@ -127,32 +105,22 @@ def _search_amplitudes_nl(x: np.ndarray, w: np.ndarray, bits: tuple[int, ...]) -
     return np.where(zero, 0.0, np.stack(amps, axis=-1)), np.where(zero, 0.0, np.stack(errs, axis=-1))
 
 
-def _nl_final(x: np.ndarray, w: np.ndarray, amp: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and weighted error of each sub-block at its stored amplitude and precision (nonlinear)."""
+def _final(x: np.ndarray, w: np.ndarray, amp: np.ndarray, bits: np.ndarray, nonlinear: bool
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and weighted error of each sub-block at its stored amplitude and precision (zero
+    amplitude decodes to zeros)."""
     q = np.zeros(x.shape, dtype=np.int64)
     err = np.zeros(amp.shape)
-    step = (np.where(amp > 0, amp, 1.0) / NL_UNIT)[..., None]
     for b in np.unique(bits):
-        levels, mids = _nl_levels(int(b))
+        g = GridLevels(nonlinear, int(b))
         at = bits == b
-        q_b = _nl_codes(x, step, mids)
+        step = (np.where(amp > 0, amp, 1.0) / g.div)[..., None]
+        q_b = g.codes(x, step)
         q = np.where(at[..., None], q_b, q)
-        err = np.where(at, _nl_error(x, w, q_b, step, levels), err)
+        err = np.where(at, _error(x, w, g.values(q_b), step), err)
     zero = amp <= 0
     q = np.where(zero[..., None], (1 << (bits - 1))[..., None], q)
     return q, np.where(zero, _seqsum(w * (x * x)), err)
-
-
-def _uniform_final(x: np.ndarray, w: np.ndarray, amp: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and weighted error of each sub-block at its stored amplitude and precision (zero
-    amplitude decodes to zeros)."""
-    half = 2.0 ** (bits - 1)
-    step = (np.where(amp > 0, amp, 1.0) / half)[..., None]
-    h = half[..., None]
-    q = _codes(x, step, h)
-    err = np.where(amp > 0, _error(x, w, q, step, h), _seqsum(w * (x * x)))
-    q = np.where((amp > 0)[..., None], q.astype(np.int64), (1 << (bits - 1))[..., None])
-    return q, err
 
 
 def choose_upgrades(gain: np.ndarray, upgrades: int) -> np.ndarray:
@@ -220,14 +188,12 @@ def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) ->
     xs, ws = xb.reshape(nb, t.n_sub, SUB_BLOCK), w.reshape(nb, t.n_sub, SUB_BLOCK)
     B = t.base_bits
     nonlinear = t.grid == GRID_NONLINEAR
-    search = _search_amplitudes_nl if nonlinear else _search_amplitudes
-    final = _nl_final if nonlinear else _uniform_final
     if t.upgrades:
-        amps, errors = search(xs, ws, (B, B + 1))
+        amps, errors = _search_amplitudes(xs, ws, (GridLevels(nonlinear, B), GridLevels(nonlinear, B + 1)))
         upgraded = choose_upgrades(errors[..., 0] - errors[..., 1], t.upgrades)
         chosen = np.where(upgraded, amps[..., 1], amps[..., 0])
     else:
-        amps, _ = search(xs, ws, (B,))
+        amps, _ = _search_amplitudes(xs, ws, (GridLevels(nonlinear, B),))
         upgraded = np.zeros((nb, t.n_sub), dtype=bool)
         chosen = amps[..., 0]
     bits = B + upgraded.astype(np.int64)
@@ -240,14 +206,14 @@ def quantize_blocks(x: np.ndarray, t: SfmpType, qw: np.ndarray | None = None) ->
     best_m, best_err = None, None
     for m in (np.clip(floor_m, 0, AMPLITUDE_MAX), np.clip(floor_m + 1.0, 0, AMPLITUDE_MAX)):
         m = np.where(d > 0, m, 0.0)
-        _, err = final(xs, ws, d * m, bits)
+        _, err = _final(xs, ws, d * m, bits, nonlinear)
         if best_m is None:
             best_m, best_err = m, err
         else:
             better = err < best_err
             best_m, best_err = np.where(better, m, best_m), np.where(better, err, best_err)
     m = best_m.astype(np.int64)
-    q, _ = final(xs, ws, d * m, bits)
+    q, _ = _final(xs, ws, d * m, bits, nonlinear)
 
     return encode_blocks(d16, m, upgraded, q, t).reshape(rows, -1)
 

@@ -146,29 +146,60 @@ static int sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_
 
 // ---- quantization ---------------------------------------------------------------------------
 
-static double quantize_code(double x, double step, double half) {
-    double q = floor(x / step + half);
+// One precision of one grid, as the quantizer sees it: a weight x is coded as value(q) * step, with
+// step = amplitude / div (uniform: values q + 1/2 - 2^(b-1) over div = 2^(b-1); nonlinear: values
+// L[q] over div = 64). reference.py spells out the same operations.
+typedef struct {
+    bool nonlinear;
+    int bits;
+    double half;  // 2^(bits-1)
+    double div;
+} grid_levels;
+
+static grid_levels levels_of(const sfmp_layout * L, int bits) {
+    const double half = (double) (1 << (bits - 1));
+    const grid_levels g = {L->grid == SFMP_GRID_NONLINEAR, bits, half, L->grid == SFMP_GRID_NONLINEAR ? SFMP_NL_UNIT : half};
+    return g;
+}
+
+// Nearest level. Uniform: floor(x / step + half), clamped. Nonlinear: t = x / step against the
+// midpoints of neighbouring levels (exact halves), ties upwards as floor does.
+static int level_code(const grid_levels * g, double x, double step) {
+    if (g->nonlinear) {
+        const int8_t * L = sfmp_nl_levels[g->bits];
+        const double t = x / step;
+        int q = 0;
+        for (int k = 0; k + 1 < (1 << g->bits); ++k) {
+            q += t >= ((double) L[k] + (double) L[k + 1]) / 2.0;
+        }
+        return q;
+    }
+    double q = floor(x / step + g->half);
     if (q < 0.0) {
         q = 0.0;
     }
-    if (q > 2.0 * half - 1.0) {
-        q = 2.0 * half - 1.0;
+    if (q > 2.0 * g->half - 1.0) {
+        q = 2.0 * g->half - 1.0;
     }
-    return q;
+    return (int) q;
 }
 
-static double sub_block_error(const double * x, const double * w, double step, double half) {
+static double level_value(const grid_levels * g, int q) {
+    return g->nonlinear ? (double) sfmp_nl_levels[g->bits][q] : (double) q + 0.5 - g->half;
+}
+
+static double sub_block_error(const grid_levels * g, const double * x, const double * w, double step) {
     double err = 0.0;
     for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-        const double q = quantize_code(x[i], step, half);
-        const double diff = x[i] - (q + 0.5 - half) * step;
+        const double diff = x[i] - level_value(g, level_code(g, x[i], step)) * step;
         err += w[i] * (diff * diff);
     }
     return err;
 }
 
 // Best amplitude for one sub-block at one precision; see reference.py::_search_amplitudes.
-static void fit_sub_block(const double * x, const double * w, int bits, double * amp_out, double * err_out) {
+static void fit_sub_block(const grid_levels * g, const double * x, const double * w, double * amp_out,
+                          double * err_out) {
     double amax = 0.0;
     for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
         amax = fmax(amax, fabs(x[i]));
@@ -178,26 +209,25 @@ static void fit_sub_block(const double * x, const double * w, int bits, double *
         *err_out = 0.0;
         return;
     }
-    const double half = (double) (1 << (bits - 1));
-    const double a0 = amax / (1.0 - 0.5 / half);
+    const double a0 = amax / (level_value(g, (1 << g->bits) - 1) / g->div);  // the largest |x| on the top level
     double best_amp = 0.0, best_err = INFINITY;
     for (int k = 0; k < SFMP_N_CANDIDATES; ++k) {
         const double amp = a0 * (1.0 - SFMP_SHRINK_STEP * (double) k);
-        const double step = amp / half;
-        const double err = sub_block_error(x, w, step, half);
+        const double step = amp / g->div;
+        const double err = sub_block_error(g, x, w, step);
         if (err < best_err) {
             best_err = err;
             best_amp = amp;
         }
         double num = 0.0, den = 0.0;
         for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            const double u = quantize_code(x[i], step, half) + 0.5 - half;
+            const double u = level_value(g, level_code(g, x[i], step));
             num += (w[i] * x[i]) * u;
             den += (w[i] * u) * u;
         }
         if (den > 0.0 && num > 0.0) {
-            const double refit = num / den * half;
-            const double rerr = sub_block_error(x, w, refit / half, half);
+            const double refit = num / den * g->div;
+            const double rerr = sub_block_error(g, x, w, refit / g->div);
             if (rerr < best_err) {
                 best_err = rerr;
                 best_amp = refit;
@@ -209,9 +239,9 @@ static void fit_sub_block(const double * x, const double * w, int bits, double *
 }
 
 // Weighted error of a sub-block at a stored amplitude; zero amplitude decodes to zeros.
-static double final_error(const double * x, const double * w, double amp, double half) {
+static double final_error(const grid_levels * g, const double * x, const double * w, double amp) {
     if (amp > 0.0) {
-        return sub_block_error(x, w, amp / half, half);
+        return sub_block_error(g, x, w, amp / g->div);
     }
     double err = 0.0;
     for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
@@ -220,88 +250,8 @@ static double final_error(const double * x, const double * w, double amp, double
     return err;
 }
 
-// ---- the nonlinear grid: the same search over levels L[q] / 64 (reference.py::_search_amplitudes_nl)
-
-// Nearest level, ties upwards: t against the midpoints of neighbouring levels (exact halves).
-static int nl_code(double x, double step, int bits) {
-    const int8_t * L = sfmp_nl_levels[bits];
-    const double t = x / step;
-    int q = 0;
-    for (int k = 0; k + 1 < (1 << bits); ++k) {
-        q += t >= ((double) L[k] + (double) L[k + 1]) / 2.0;
-    }
-    return q;
-}
-
-static double nl_error(const double * x, const double * w, double step, int bits) {
-    double err = 0.0;
-    for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-        const double diff = x[i] - (double) sfmp_nl_levels[bits][nl_code(x[i], step, bits)] * step;
-        err += w[i] * (diff * diff);
-    }
-    return err;
-}
-
-static void fit_sub_block_nl(const double * x, const double * w, int bits, double * amp_out, double * err_out) {
-    double amax = 0.0;
-    for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-        amax = fmax(amax, fabs(x[i]));
-    }
-    *amp_out = 0.0;
-    *err_out = 0.0;
-    if (amax == 0.0) {
-        return;
-    }
-    const double top = (double) sfmp_nl_levels[bits][(1 << bits) - 1] / SFMP_NL_UNIT;
-    const double a0 = amax / top;
-    double best_err = INFINITY;
-    for (int k = 0; k < SFMP_N_CANDIDATES; ++k) {
-        const double amp = a0 * (1.0 - SFMP_SHRINK_STEP * (double) k);
-        const double step = amp / SFMP_NL_UNIT;
-        const double err = nl_error(x, w, step, bits);
-        if (err < best_err) {
-            best_err = err;
-            *amp_out = amp;
-        }
-        double num = 0.0, den = 0.0;
-        for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            const double u = (double) sfmp_nl_levels[bits][nl_code(x[i], step, bits)] / SFMP_NL_UNIT;
-            num += (w[i] * x[i]) * u;
-            den += (w[i] * u) * u;
-        }
-        if (den > 0.0 && num > 0.0) {
-            const double refit = num / den;
-            const double rerr = nl_error(x, w, refit / SFMP_NL_UNIT, bits);
-            if (rerr < best_err) {
-                best_err = rerr;
-                *amp_out = refit;
-            }
-        }
-    }
-    *err_out = best_err;
-}
-
-// The grid's search, final error and code at a stored amplitude; zero amplitude decodes to zeros.
-static void fit(const sfmp_layout * L, const double * x, const double * w, int bits, double * amp, double * err) {
-    (L->grid == SFMP_GRID_NONLINEAR ? fit_sub_block_nl : fit_sub_block)(x, w, bits, amp, err);
-}
-
-static double stored_error(const sfmp_layout * L, const double * x, const double * w, double amp, int bits) {
-    if (L->grid == SFMP_GRID_NONLINEAR && amp > 0.0) {
-        return nl_error(x, w, amp / SFMP_NL_UNIT, bits);
-    }
-    return final_error(x, w, amp, (double) (1 << (bits - 1)));
-}
-
-static int stored_code(const sfmp_layout * L, double x, double amp, int bits) {
-    if (!(amp > 0.0)) {
-        return 1 << (bits - 1);
-    }
-    if (L->grid == SFMP_GRID_NONLINEAR) {
-        return nl_code(x, amp / SFMP_NL_UNIT, bits);
-    }
-    const double half = (double) (1 << (bits - 1));
-    return (int) quantize_code(x, amp / half, half);
+static int final_code(const grid_levels * g, double x, double amp) {
+    return amp > 0.0 ? level_code(g, x, amp / g->div) : (int) g->half;
 }
 
 #define SFMP_MAX_SUB 8
@@ -323,7 +273,8 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     double amp[SFMP_MAX_SUB][2], err[SFMP_MAX_SUB][2];
     for (int j = 0; j < L->n_sub; ++j) {
         for (int k = 0; k < (L->upgrades ? 2 : 1); ++k) {
-            fit(L, x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, B + k, &amp[j][k], &err[j][k]);
+            const grid_levels g = levels_of(L, B + k);
+            fit_sub_block(&g, x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, &amp[j][k], &err[j][k]);
         }
     }
     // Upgrade the sub-blocks whose error drops most; ties go to the lower index.
@@ -357,6 +308,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     for (int j = 0; j < L->n_sub; ++j) {
         const int up = upgraded >> j & 1;
         const double chosen = amp[j][up];
+        const grid_levels g = levels_of(L, B + up);
         const double * xj = x + SFMP_SUB_BLOCK * j;
         const double * wj = w + SFMP_SUB_BLOCK * j;
         // m rounds down or up, whichever errs less: rounding to nearest could clip the largest
@@ -369,7 +321,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
             if (!(d > 0.0)) {
                 cand = 0.0;
             }
-            const double cand_err = stored_error(L, xj, wj, d * cand, B + up);
+            const double cand_err = final_error(&g, xj, wj, d * cand);
             if (k == 0 || cand_err < best_err) {
                 best_err = cand_err;
                 m = cand;
@@ -377,7 +329,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
         }
         const double a = d * m;
         for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            const int q = stored_code(L, xj[i], a, B + up);
+            const int q = final_code(&g, xj[i], a);
             base[SFMP_SUB_BLOCK * j + i] = up ? q >> 1 : q;
             if (up) {
                 extra[n_extra * SFMP_SUB_BLOCK + i] = q & 1;
