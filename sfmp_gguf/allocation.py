@@ -18,7 +18,7 @@ ever add steps move in whole steps, so no monotone scheme can land between them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,13 +64,27 @@ def bpw_range(profiles: list[TensorProfile]) -> tuple[float, float]:
     return low, high
 
 
-def allocate(profiles: list[TensorProfile], target_bpw: float, tolerance: float = TOLERANCE_BPW) -> Allocation:
-    """The type of every profiled tensor for an average of ``target_bpw`` over them."""
+def near_rate(profile: TensorProfile, target_bpw: float, spread: float) -> TensorProfile:
+    """The profile with only the candidates within ``spread`` bpw of the target (or the nearest one)."""
+    keep = [k for k, t in enumerate(profile.candidates) if abs(t.bpw - target_bpw) <= spread + 1e-9]
+    if not keep:
+        keep = [min(range(len(profile.candidates)), key=lambda k: abs(profile.candidates[k].bpw - target_bpw))]
+    return replace(profile, candidates=tuple(profile.candidates[k] for k in keep), errors=profile.errors[keep])
+
+
+def allocate(profiles: list[TensorProfile], target_bpw: float, tolerance: float = TOLERANCE_BPW,
+             guard: float | None = None) -> Allocation:
+    """The type of every profiled tensor for an average of ``target_bpw`` over them; with ``guard``, no
+    tensor more than that many bpw from the target (units.py: for signals that are not loss-based)."""
     if not profiles:
         raise InputError("the model has no tensor an SFMP type can hold")
     low, high = bpw_range(profiles)
     if not low - 1e-9 <= target_bpw <= high + 1e-9:
         raise InputError(f"--bpw {target_bpw:g}: this model's tensors take {low:.2f} to {high:.2f} bpw")
+    if guard is not None:
+        profiles = [near_rate(p, target_bpw, guard) for p in profiles]
+        low, high = bpw_range(profiles)
+        target_bpw = min(max(target_bpw, low), high)
     n_weights = sum(p.n_weights for p in profiles)
     budget = target_bpw * n_weights
     hulls = [_hull(p) for p in profiles]
@@ -117,9 +131,11 @@ def allocate(profiles: list[TensorProfile], target_bpw: float, tolerance: float 
     return Allocation(types, used / n_weights, threshold, filled)
 
 
-def uniform(profiles: list[TensorProfile], target_bpw: float) -> dict[str, SfmpType]:
+def uniform(profiles: list[TensorProfile], target_bpw: float) -> Allocation:
     """The comparison point: every tensor at the one rung of its family nearest the target."""
-    return {p.name: min(p.candidates, key=lambda t: (abs(t.bpw - target_bpw), t.bpw)) for p in profiles}
+    types = {p.name: min(p.candidates, key=lambda t: (abs(t.bpw - target_bpw), t.bpw)) for p in profiles}
+    bits = sum(p.bits(types[p.name]) for p in profiles)
+    return Allocation(types, bits / sum(p.n_weights for p in profiles), float("inf"), False)
 
 
 def total_error(profiles: list[TensorProfile], types: dict[str, SfmpType]) -> float:

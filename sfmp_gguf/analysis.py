@@ -42,6 +42,7 @@ class TensorProfile:
     candidates: tuple[SfmpType, ...]  # the family members that fit its rows, by rising rate
     errors: np.ndarray  # expected importance-weighted squared error at each candidate
     stats: WeightStats | None = None
+    energy: float = 0.0  # importance-weighted signal, sum h * w^2: the error's scale (see units.py)
 
     @property
     def n_weights(self) -> int:
@@ -96,6 +97,15 @@ def sub_block_errors(w: np.ndarray, importance: np.ndarray | None) -> np.ndarray
     return out
 
 
+def weighted_energy(w: np.ndarray, importance: np.ndarray | None) -> float:
+    """sum h * w^2: for an imatrix, the tensor's mean output energy (its error's scale)."""
+    sq = np.square(w, dtype=np.float64)
+    if importance is None:
+        return float(sq.sum())
+    h = np.asarray(importance, dtype=np.float64)
+    return float(sq.sum(axis=0) @ h) if h.ndim == 1 else float(np.einsum("ij,ij->", sq, h))
+
+
 def weight_stats(w: np.ndarray) -> WeightStats:
     x = np.asarray(w, dtype=np.float32).reshape(-1, SUB_BLOCK)
     rms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64) / SUB_BLOCK)
@@ -120,4 +130,4 @@ def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None = Non
             gain = at_base - err[:, :, COLUMNS.index((t.grid, t.base_bits + 1))]
             total -= np.sort(gain, axis=1)[:, -t.upgrades:].sum()
         errors.append(total)
-    return TensorProfile(name, (rows, n), candidates, np.array(errors), weight_stats(w))
+    return TensorProfile(name, (rows, n), candidates, np.array(errors), weight_stats(w), weighted_energy(w, importance))

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from sfmp_gguf import analysis
+from sfmp_gguf import allocation, analysis, units
 from sfmp_gguf.allocation import Allocation
 from sfmp_gguf.assets.imatrix import load_imatrix
 from sfmp_gguf.errors import InputError
@@ -43,15 +43,17 @@ class Prepared:
     source: ModelSource
     shapes: dict[str, tuple[int, int]]  # the tensors that get an SFMP type
     columns: dict[str, np.ndarray] | None  # per-column importance the quantizer takes
-    profiles: list[analysis.TensorProfile]
+    profiles: list[analysis.TensorProfile]  # errors in loss-like units (units.py)
     timer: Timer
+    sensitivity: str = "weights"
+    fallbacks: dict[str, str] = field(default_factory=dict)  # tensor -> why its signal was replaced
 
     @property
     def n_quantized(self) -> int:
         return sum(p.n_weights for p in self.profiles)
 
 
-def _write_f32(source: ModelSource, path: Path) -> None:
+def write_f32(source: ModelSource, path: Path) -> None:
     by_name = {t.name: t for t in source.tensors}
     write_gguf(path, source.arch, dict(source.metadata), [OutputTensor(t.name, t.shape, None) for t in source.tensors],
                lambda t: by_name[t.name].load())
@@ -66,12 +68,15 @@ def prepare(model: Path, sensitivity: str, imatrix: Path | None, calib: Path | N
 
     start = time.monotonic()
     columns = per_weight = None
+    fallbacks: dict[str, str] = {}
     if sensitivity == "imatrix":
         if imatrix is not None:
             entries, origin = load_imatrix(imatrix), imatrix
         else:
-            entries, origin = imatrix_from_text(source, calib, threads, lambda p: _write_f32(source, p)), calib
+            entries, origin = imatrix_from_text(source, calib, threads, lambda p: write_f32(source, p)), calib
         columns = match_imatrix(origin, entries, shapes)
+        fallbacks = {name: "no imatrix entry, so the median importance of the others stands in"
+                     for name in shapes if name not in entries}
     elif sensitivity == "fisher":
         from sfmp_gguf.fisher import fisher_importance
 
@@ -89,7 +94,16 @@ def prepare(model: Path, sensitivity: str, imatrix: Path | None, calib: Path | N
             h = per_weight[t.name] if per_weight is not None else (None if columns is None else columns[t.name])
             profiles.append(analysis.profile_tensor(t.name, w.reshape(shapes[t.name]), h))
     timer.add("analysis", start)
-    return Prepared(source, shapes, columns, profiles, timer)
+    return Prepared(source, shapes, columns, units.in_loss_units(profiles, sensitivity), timer, sensitivity, fallbacks)
+
+
+def plan(prepared: Prepared, bpw: float, grids: tuple[str, ...]) -> Allocation:
+    """The allocation at ``bpw`` over the types of ``grids``, guarded where the signal is not loss-based."""
+    start = time.monotonic()
+    result = allocation.allocate([analysis.on_grids(p, grids) for p in prepared.profiles], bpw,
+                                 guard=units.guard_bpw(prepared.sensitivity))
+    prepared.timer.add("allocation", start)
+    return result
 
 
 def write(prepared: Prepared, plan: Allocation, out: Path, threads: int) -> None:

@@ -14,10 +14,41 @@ from sfmp_gguf.format import SfmpType
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
 
 
-def markdown(profiles: list[TensorProfile], types: dict[str, SfmpType], title: str) -> str:
-    lines = [f"# {title}", "",
-             "| tensor | shape | type | bpw | upgraded sub-blocks | range / rms | outliers > 3 sigma |",
-             "|---|---|---|---|---|---|---|"]
+LOW_KIND_SHARE = 0.5  # a kind below this share of the mean rate is worth a warning
+
+
+def kind_of(name: str) -> str:
+    m = _LAYER.match(name)
+    return m.group(2) if m else name.removesuffix(".weight")
+
+
+def warnings(profiles: list[TensorProfile], types: dict[str, SfmpType], fallbacks: dict[str, str]) -> list[str]:
+    """What a user should know about an allocation: a whole tensor kind starved of bits, or tensors
+    whose sensitivity signal was missing and replaced."""
+    n = sum(p.n_weights for p in profiles)
+    mean = sum(p.bits(types[p.name]) for p in profiles) / n
+    bits: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for p in profiles:
+        kind = kind_of(p.name)
+        bits[kind] = bits.get(kind, 0.0) + p.bits(types[p.name])
+        weights[kind] = weights.get(kind, 0) + p.n_weights
+    out = [f"{kind} gets {bits[kind] / weights[kind]:.2f} bpw, less than {LOW_KIND_SHARE:.0%} of the mean "
+           f"{mean:.2f} bpw" for kind in sorted(bits) if bits[kind] / weights[kind] < LOW_KIND_SHARE * mean]
+    for reason in sorted(set(fallbacks.values())):
+        names = sorted(name for name, r in fallbacks.items() if r == reason)
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        out.append(f"{names[0]}{more}: {reason}")
+    return out
+
+
+def markdown(profiles: list[TensorProfile], types: dict[str, SfmpType], title: str,
+             notes: list[str] = ()) -> str:
+    lines = [f"# {title}", ""]
+    if notes:
+        lines += ["Warnings:", ""] + [f"- {note}" for note in notes] + [""]
+    lines += ["| tensor | shape | type | bpw | upgraded sub-blocks | range / rms | outliers > 3 sigma |",
+              "|---|---|---|---|---|---|---|"]
     for p in profiles:
         t = types[p.name]
         stats = f"{p.stats.range_to_rms:.2f} | {p.stats.outlier_share:.2%}" if p.stats else "- | -"
@@ -54,9 +85,10 @@ def heatmap(profiles: list[TensorProfile], types: dict[str, SfmpType], path: Pat
     save_figure(fig, path)
 
 
-def write_report(folder: Path, profiles: list[TensorProfile], types: dict[str, SfmpType], title: str) -> list[Path]:
+def write_report(folder: Path, profiles: list[TensorProfile], types: dict[str, SfmpType], title: str,
+                 notes: list[str] = ()) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     table, png = folder / "allocation.md", folder / "allocation.png"
-    write_text(table, markdown(profiles, types, title))
+    write_text(table, markdown(profiles, types, title, notes))
     heatmap(profiles, types, png, title)
     return [table, png]

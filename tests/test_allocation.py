@@ -101,9 +101,8 @@ def _weighted_error(weights, columns, types) -> float:
 
 def test_imatrix_allocation_errs_less_than_uniform_at_the_same_budget(teacher_case):
     weights, columns, profiles = teacher_case
-    uniform = allocation.uniform(profiles, 4.5)
-    n = sum(p.n_weights for p in profiles)
-    uniform_bpw = sum(p.n_weights * uniform[p.name].bpw for p in profiles) / n
+    uniform_plan = allocation.uniform(profiles, 4.5)
+    uniform, uniform_bpw = uniform_plan.types, uniform_plan.bpw
     target = uniform_bpw
     plan = allocation.allocate(profiles, target)
     while plan.bpw > uniform_bpw + 1e-9:  # the nearest prefix may overshoot by part of a step: no more bits

@@ -22,10 +22,17 @@ from tests.convert_helpers import (assert_nothing_written, assert_one_line_error
 RATES = (3.5, 4.5, 6.0)
 
 
+class Converted(dict):
+    """bpw -> output path, with each run's stderr."""
+
+    stderr: dict[float, str]
+
+
 @pytest.fixture(scope="module")
-def teacher_files(build, tmp_path_factory) -> dict[float, Path]:
+def teacher_files(build, tmp_path_factory) -> Converted:
     out = tmp_path_factory.mktemp("teacher")
-    files = {}
+    files = Converted()
+    files.stderr = {}
     for bpw in RATES:
         path = out / f"teacher-{bpw}.gguf"
         result = run_convert(teacher().hf_dir, "-o", path, "--bpw", bpw, "--imatrix", teacher_imatrix(),
@@ -33,6 +40,7 @@ def teacher_files(build, tmp_path_factory) -> dict[float, Path]:
         assert result.returncode == 0, result.stderr[-2000:]
         assert "bpw over the" in result.stdout
         files[bpw] = path
+        files.stderr[bpw] = result.stderr
     return files
 
 
@@ -66,6 +74,13 @@ def test_report_has_a_row_per_tensor_and_a_heatmap(teacher_files):
     assert len(rows) == 30 * 7 + 1  # every block matrix and the (tied) token embedding
     assert all(line.split("|")[3].strip().startswith("sfmp") for line in rows)
     assert (folder / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missing_imatrix_entry_is_a_warning_in_the_summary_and_the_report(teacher_files):
+    # llama-imatrix never sees the token embedding multiplied (it is looked up), so it has no entry
+    warning = "token_embd.weight: no imatrix entry, so the median importance of the others stands in"
+    assert f"- {warning}" in (teacher_files[4.5].parent / "report" / "allocation.md").read_text()
+    assert teacher_files.stderr[4.5].strip().splitlines() == [f"warning: {warning}"]
 
 
 @pytest.fixture(scope="module")

@@ -61,23 +61,21 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
 
     use_pinned_gguf_py()  # before anything imports gguf: the converter classes need this copy
 
-    from sfmp_gguf import allocation, analysis, pipeline, report
+    from sfmp_gguf import pipeline, report
     from sfmp_gguf.gguf_io import check_output, remove_stale_partials
 
     check_output(args.output)
     remove_stale_partials(args.output)  # a killed run's leftover goes now, not only once writing starts
     prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads)
-    start = time.monotonic()
-    grids = GRIDS if args.grid == "both" else (args.grid,)
-    plan = allocation.allocate([analysis.on_grids(p, grids) for p in prepared.profiles], args.bpw)
-    prepared.timer.add("allocation", start)
+    plan = pipeline.plan(prepared, args.bpw, GRIDS if args.grid == "both" else (args.grid,))
     pipeline.write(prepared, plan, args.output, args.threads)
+    notes = report.warnings(prepared.profiles, plan.types, prepared.fallbacks)
     if args.report:
         report.write_report(args.report, prepared.profiles, plan.types,
-                            f"{args.model.name} at {plan.bpw:.3f} bpw ({args.sensitivity})")
+                            f"{args.model.name} at {plan.bpw:.3f} bpw ({args.sensitivity})", notes)
     n_all = sum(t.n_elements for t in prepared.source.tensors)
     size = args.output.stat().st_size
-    return {"size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
+    return {"notes": notes, "size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
             **{f"t_{k}": v for k, v in prepared.timer.phases.items()}}
 
 
@@ -96,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.output}: {result['size'] / 2**20:.1f} MiB, {result['bpw']:.3f} bpw over the "
           f"{result['n_quant'] / 1e6:.1f}M quantized weights ({result['file_bpw']:.3f} bpw whole file), "
           f"{args.sensitivity} sensitivity, in {time.monotonic() - start:.1f} s ({phases})")
+    for note in result["notes"]:
+        print(f"warning: {note}", file=sys.stderr)
     if args.report:
         print(f"report: {args.report / 'allocation.md'}, {args.report / 'allocation.png'}")
     return 0
