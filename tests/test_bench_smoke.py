@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 
 from sfmp_gguf.bench.roundtrip import SMOKE_TYPES
 from sfmp_gguf.paths import REPO_ROOT
@@ -56,6 +57,19 @@ def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
         assert values and all(math.isfinite(v) and v > 0 for v in values), name
 
 
+def test_the_frontier_drops_dominated_files_and_interpolates_log_kld_in_size():
+    from sfmp_gguf.bench.quality import Score, frontier, interpolate
+
+    def at(size: int, kld: float, label: str = "x") -> Score:
+        return Score(label, "llama.cpp", size, 0.0, kld, 1.0, 1.0)
+
+    points = [at(100, 0.4, "a"), at(110, 0.5, "dominated"), at(120, 0.1, "b"), at(140, 0.025, "c")]
+    assert [s.label for s in frontier(points)] == ["a", "b", "c"]
+    assert interpolate(points, 110) == pytest.approx(0.2)  # halfway in size: the geometric mean
+    assert interpolate(points, 140) == pytest.approx(0.025)
+    assert interpolate(points, 99) is None and interpolate(points, 141) is None
+
+
 def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
     from sfmp_gguf.bench.speed import pairs
 
@@ -71,11 +85,15 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md"):
         assert (out / name).is_file(), name
-    header, *body = _table_rows((out / "quality.md").read_text().split("## SFMP against")[0])
+    header, *body = _table_rows((out / "quality.md").read_text().split("## Each SFMP file")[0])
     kld = header.index("mean KLD")
     families = {row[0] for row in body}
-    assert families == {"llama.cpp", "llama.cpp + imatrix", "SFMP weights", "SFMP weights uniform grid"}
+    assert families == {"llama.cpp", "llama.cpp + imatrix", "SFMP weights", "SFMP weights uniform grid",
+                        "SFMP uniform, no imatrix"}
     assert all(math.isfinite(float(row[kld])) and float(row[kld]) >= 0 for row in body)
+    versus_header, *versus_rows = _table_rows(
+        (out / "quality.md").read_text().split("## Each SFMP file")[1].split("## The nonlinear grid")[0])
+    assert [row[0] for row in versus_rows] == ["SFMP weights 4.5", "SFMP weights uniform grid 4.5"]
     grid_header, *grid_rows = _table_rows((out / "quality.md").read_text().split("## The nonlinear grid")[1])
     assert len(grid_rows) == 1 and grid_rows[0][0] == "weights"
     assert math.isfinite(float(grid_rows[0][grid_header.index("ratio")]))

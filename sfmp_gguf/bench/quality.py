@@ -2,19 +2,22 @@
 
 llama.cpp: Q2_K ... Q8_0 (its mixed presets, not --pure), each without and with the teacher's
 imatrix; cached like the round-trip files. SFMP: the converter at eight sizes with each
-sensitivity (weights, imatrix, fisher), each analysed once and written at every size. Every file is
-scored by ``llama-perplexity --kl-divergence`` against the teacher's logits at -c 512 over at least
-10k scored tokens of the evaluation text: mean KLD, PPL ratio and same-top-token share.
+sensitivity (weights, imatrix, fisher), each analysed once and written at every size, and the
+uniform baselines: every tensor at the one rung nearest each size, quantized with the imatrix (the
+baseline of the imatrix and Fisher files) and without (that of the weights-only files). Each SFMP file is compared at its own size with the uniform files and with
+llama.cpp's Pareto frontier, both interpolated (log KLD, linear in size). Every file is
+scored by ``llama-perplexity --kl-divergence`` against the teacher's logits at -c 512 over 3,060
+scored tokens of the evaluation text: mean KLD, PPL ratio and same-top-token share.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,10 +26,15 @@ from sfmp_gguf.bench.roundtrip import BenchError, _sha256, quantize_model
 from sfmp_gguf.paths import cache_dir
 
 STOCK = ("Q2_K", "IQ3_S", "Q3_K_M", "IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
-SFMP_BPW = (2.75, 3.25, 3.75, 4.25, 4.75, 5.5, 6.5, 8.0)
+SFMP_BPW = (3.25, 4.25, 5.5, 6.5, 8.0)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
-UNIFORM_TWINS = ("fisher",)  # also written on the uniform grid alone: the grid comparison
-CTX, CHUNKS = 512, 40  # 40 chunks score 40 * 255 = 10,200 tokens
+UNIFORM_TWINS = ()  # sensitivities also written on the uniform grid alone (the grid comparison of format 3)
+# Every tensor the same rung: the baseline each sensitivity must beat, and the llama.cpp family it
+# answers to, each with the same information (no imatrix for weights-only).
+UNIFORM = {"weights": "SFMP uniform, no imatrix", "imatrix": "SFMP uniform"}
+RIVAL = {"weights": "llama.cpp", "imatrix": "llama.cpp + imatrix"}
+WITH_IMATRIX = "imatrix"  # the answer for any other sensitivity (Fisher)
+CTX, CHUNKS = 512, 12  # 12 chunks score 12 * 255 = 3,060 tokens
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,18 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
     """Scores, and the converter's phase times per sensitivity (allocation: the mean per size). The
     sensitivities in ``uniform_twins`` are also written with the uniform grid only: the grid comparison
     at equal size."""
-    from sfmp_gguf import allocation, analysis, pipeline  # the caller has set up the pinned gguf-py
+    from sfmp_gguf import allocation, pipeline  # the caller has set up the pinned gguf-py
     from sfmp_gguf.format import GRID_UNIFORM, GRIDS
 
     scores, timings = [], {}
     with tempfile.TemporaryDirectory(prefix="sfmp-bench-") as tmp:
+        def scored(prepared: pipeline.Prepared, plan: allocation.Allocation, label: str, family: str) -> None:
+            log(f"{family} {label} bpw")
+            out = Path(tmp) / "sfmp.gguf"
+            pipeline.write(prepared, plan, out, threads)
+            scores.append(score(out, base, text, label, family, n_weights, ctx, chunks, threads))
+            out.unlink()
+
         for sensitivity in sensitivities:
             log(f"SFMP {sensitivity}: analysis")
             prepared = pipeline.prepare(hf_dir, sensitivity, imatrix if sensitivity == "imatrix" else None,
@@ -115,14 +130,10 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
                 families.append((f"SFMP {sensitivity} uniform grid", (GRID_UNIFORM,)))
             for bpw in sizes:
                 for family, grids in families:
-                    log(f"{family} {bpw} bpw")
-                    out = Path(tmp) / f"sfmp-{sensitivity}-{len(grids)}-{bpw}.gguf"
-                    start = time.monotonic()
-                    plan = allocation.allocate([analysis.on_grids(p, grids) for p in prepared.profiles], bpw)
-                    prepared.timer.add("allocation", start)
-                    pipeline.write(prepared, plan, out, threads)
-                    scores.append(score(out, base, text, f"{bpw:g}", family, n_weights, ctx, chunks, threads))
-                    out.unlink()
+                    scored(prepared, pipeline.plan(prepared, bpw, grids), f"{bpw:g}", family)
+            if sensitivity in UNIFORM:  # the same quantizer weights as this sensitivity's files
+                for bpw in sizes:
+                    scored(prepared, allocation.uniform(prepared.profiles, bpw), f"{bpw:g}", UNIFORM[sensitivity])
             phases = dict(prepared.timer.phases)
             phases["allocation"] /= len(sizes) * len(families)
             phases["quantize+write"] /= len(sizes) * len(families)
@@ -140,29 +151,68 @@ def markdown(scores: list[Score], title: str, setup: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versus_stock(scores: list[Score]) -> list[tuple[Score, Score | None, float | None]]:
-    """Each SFMP file against llama.cpp's nearest file at the same or larger size: the smallest such
-    file, and of the types at that size (with or without imatrix) the one with the lowest KLD."""
-    stock = [s for s in scores if s.family.startswith("llama.cpp")]
+def frontier(points: list[Score]) -> list[Score]:
+    """The Pareto frontier: by rising size, each file with a lower KLD than every smaller one."""
+    kept: list[Score] = []
+    for s in sorted(points, key=lambda s: (s.size, s.kld)):
+        if not kept or s.kld < kept[-1].kld:
+            kept.append(s)
+    return kept
+
+
+def interpolate(points: list[Score], size: int) -> float | None:
+    """The frontier's KLD at ``size`` (log KLD linear in size); None outside its range."""
+    edge = frontier(points)
+    if not edge or not edge[0].size <= size <= edge[-1].size:
+        return None
+    for a, b in zip(edge, edge[1:]):
+        if a.size <= size <= b.size:
+            t = (size - a.size) / (b.size - a.size)
+            return math.exp((1 - t) * math.log(a.kld) + t * math.log(b.kld))
+    return edge[0].kld
+
+
+def answers_to(family: str) -> str:
+    """The sensitivity whose baselines an SFMP family is held to."""
+    sensitivity = family.removeprefix("SFMP ").split(" ")[0]
+    return sensitivity if sensitivity in RIVAL else WITH_IMATRIX
+
+
+@dataclass(frozen=True)
+class Versus:
+    sfmp: Score
+    uniform: float | None  # the uniform SFMP files' KLD at this size (the same quantizer weights)
+    rival: str  # the llama.cpp family it answers to
+    frontier: float | None  # that family's frontier KLD at this size
+
+    def ratio(self, other: float | None) -> float | None:
+        return None if other is None else self.sfmp.kld / other
+
+
+def versus(scores: list[Score]) -> list[Versus]:
+    """Each SFMP file against the uniform SFMP files and against llama.cpp's frontier, at its size."""
     rows = []
-    for s in sorted((s for s in scores if s.family.startswith("SFMP")), key=lambda s: (s.family, s.size)):
-        larger = [r for r in stock if r.size >= s.size]
-        if not larger:
-            rows.append((s, None, None))
-            continue
-        nearest = min(r.size for r in larger)
-        best = min((r for r in larger if r.size <= nearest * 1.01), key=lambda r: r.kld)
-        rows.append((s, best, s.kld / best.kld))
+    for s in sorted((s for s in scores if s.family.startswith("SFMP") and s.family not in UNIFORM.values()),
+                    key=lambda s: (s.family, s.size)):
+        sensitivity = answers_to(s.family)
+        rival = RIVAL[sensitivity]
+        rows.append(Versus(s, interpolate([r for r in scores if r.family == UNIFORM[sensitivity]], s.size), rival,
+                           interpolate([r for r in scores if r.family == rival], s.size)))
     return rows
 
 
+def _cell(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def target_table(scores: list[Score]) -> str:
-    lines = ["| SFMP file | size (MiB) | KLD | nearest llama.cpp at >= size (best of its size) | its KLD | "
-             "KLD ratio (target <= 0.5) |", "|---|---|---|---|---|---|"]
-    for s, best, ratio in versus_stock(scores):
-        rival = f"{best.label} ({best.family}, {best.size / 2**20:.1f} MiB) | {best.kld:.5f}" if best else "none | -"
-        lines.append(f"| {s.family} {s.label} | {s.size / 2**20:.1f} | {s.kld:.5f} | {rival} | "
-                     f"{'-' if ratio is None else f'{ratio:.2f}'} |")
+    lines = ["| SFMP file | size (MiB) | KLD | uniform SFMP at this size | ratio (target <= 1) | "
+             "llama.cpp frontier at this size | ratio (target <= 0.5) |", "|---|---|---|---|---|---|---|"]
+    for v in versus(scores):
+        s = v.sfmp
+        lines.append(f"| {s.family} {s.label} | {s.size / 2**20:.1f} | {s.kld:.5f} | {_cell(v.uniform, '.5f')} | "
+                     f"{_cell(v.ratio(v.uniform), '.2f')} | {_cell(v.frontier, '.5f')} ({v.rival}) | "
+                     f"{_cell(v.ratio(v.frontier), '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,8 +267,12 @@ def render(out_dir: Path) -> list[Score]:
     raw = json.loads((out_dir / "quality.json").read_text())
     scores = [Score(**s) for s in raw["scores"]]
     write_text(out_dir / "quality.md", markdown(scores, raw["title"], raw["setup"]) +
-               "\n## SFMP against llama.cpp's nearest file at the same or larger size\n\n" + target_table(scores) +
-               "\n## The nonlinear grid: both grids against the uniform grid alone, at equal size\n\n" +
-               grid_table(scores))
+               "\n## Each SFMP file against the uniform SFMP files and llama.cpp's frontier at its size\n\n"
+               "Both interpolated (log KLD linear in size) between the files on either side; '-' outside their "
+               "range. Weights-only answers to the uniform files and llama.cpp without an imatrix, the others to "
+               "both with it.\n\n" +
+               target_table(scores) +
+               ("\n## The nonlinear grid: both grids against the uniform grid alone, at equal size\n\n" +
+                grid_table(scores) if any(s.family.endswith(" uniform grid") for s in scores) else ""))
     plot(scores, out_dir / "quality.png", raw["title"])
     return scores
