@@ -19,6 +19,7 @@ ever add steps move in whole steps, so no monotone scheme can land between them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
@@ -136,6 +137,17 @@ def uniform(profiles: list[TensorProfile], target_bpw: float) -> Allocation:
     types = {p.name: min(p.candidates, key=lambda t: (abs(t.bpw - target_bpw), t.bpw)) for p in profiles}
     bits = sum(p.bits(types[p.name]) for p in profiles)
     return Allocation(types, bits / sum(p.n_weights for p in profiles), float("inf"), False)
+
+
+def no_larger(plan_at: Callable[[float], Allocation], limit: float) -> Allocation:
+    """The plan for ``limit`` bpw, its target lowered until it takes no more bits than that: the
+    nearest prefix may overshoot by part of a step, and an equal-size comparison must not."""
+    target = limit
+    plan = plan_at(target)
+    while plan.bpw > limit + 1e-9:
+        target -= 0.002
+        plan = plan_at(target)
+    return plan
 
 
 def total_error(profiles: list[TensorProfile], types: dict[str, SfmpType]) -> float:

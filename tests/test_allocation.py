@@ -103,11 +103,7 @@ def test_imatrix_allocation_errs_less_than_uniform_at_the_same_budget(teacher_ca
     weights, columns, profiles = teacher_case
     uniform_plan = allocation.uniform(profiles, 4.5)
     uniform, uniform_bpw = uniform_plan.types, uniform_plan.bpw
-    target = uniform_bpw
-    plan = allocation.allocate(profiles, target)
-    while plan.bpw > uniform_bpw + 1e-9:  # the nearest prefix may overshoot by part of a step: no more bits
-        target -= 0.002
-        plan = allocation.allocate(profiles, target)
+    plan = allocation.no_larger(lambda bpw: allocation.allocate(profiles, bpw), uniform_bpw)
     assert uniform_bpw - plan.bpw < 0.02
     predicted = allocation.total_error(profiles, plan.types), allocation.total_error(profiles, uniform)
     measured = _weighted_error(weights, columns, plan.types), _weighted_error(weights, columns, uniform)

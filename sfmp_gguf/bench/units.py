@@ -20,6 +20,7 @@ Each with or without the guard (no tensor more than ``units.GUARD_BPW`` from the
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sfmp_gguf.bench import add_output_args, cpu_name, output_dir
+from sfmp_gguf.allocation import no_larger
 from sfmp_gguf.model_source import use_pinned_gguf_py
 
 UNITS = {
@@ -43,7 +45,7 @@ DEMO_RUNS = (("imatrix", "raw", False), ("imatrix", "relative", False), ("imatri
 VARIANT_RUNS = (("imatrix", "raw", False), ("imatrix", CHOSEN, True), ("weights", "raw", False),
                 ("weights", CHOSEN, True))
 DEMO_SIZES = (4.25,)  # the chosen unit at every bench size: bench.quality
-VARIANT_SIZES = (4.25, 5.5)
+VARIANT_SIZES = (4.25,)
 CTX, CHUNKS = 512, 12
 IMATRIX_CHUNKS = 32
 
@@ -103,11 +105,7 @@ def measure(name: str, hf_dir: Path, f32: Path, imatrix: Path, runs, sizes, chun
             for signal, unit, guarded in runs:
                 scaled = [replace(p, errors=p.errors * UNITS[unit](p)) for p in raw[signal]]
                 guard = units.GUARD_BPW if guarded else None
-                target = uniform.bpw
-                plan = allocation.allocate(scaled, target, guard=guard)
-                while plan.bpw > uniform.bpw + 1e-9:  # never more bits than the uniform file
-                    target -= 0.002
-                    plan = allocation.allocate(scaled, target, guard=guard)
+                plan = no_larger(lambda bpw: allocation.allocate(scaled, bpw, guard=guard), uniform.bpw)
                 same = "weights" if signal == "weights" else "imatrix"
                 row = Row(name, bpw, signal, unit, guard, plan.bpw, kld(prepared[signal], plan), uniform_kld[same])
                 log(f"{name} {bpw} {signal} {unit} guard {guard}: {row.bpw:.3f} bpw, KLD {row.kld:.5f}, "
@@ -115,6 +113,46 @@ def measure(name: str, hf_dir: Path, f32: Path, imatrix: Path, runs, sizes, chun
                 rows.append(row)
                 done(row)
     return rows
+
+
+def against_uniform(sizes: tuple[float, ...], sensitivities: tuple[str, ...], chunks: int,
+                    threads: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """sensitivity -> target -> (the product's KLD, the uniform file's KLD with the same quantizer
+    weights), on the demo teacher, each file no larger than the uniform one."""
+    from gguf import GGUFReader
+
+    from sfmp_gguf import allocation, pipeline
+    from sfmp_gguf.assets.austen import austen_texts
+    from sfmp_gguf.assets.imatrix import teacher_imatrix
+    from sfmp_gguf.assets.teacher import teacher
+    from sfmp_gguf.bench import quality
+    from sfmp_gguf.format import GRIDS
+
+    model, texts = teacher(), austen_texts()
+    n_weights = sum(t.n_elements for t in GGUFReader(model.gguf_path).tensors)
+    base = quality.teacher_logits(model.gguf_path, texts.eval_text, CTX, chunks, threads)
+    results: dict[str, dict[str, tuple[float, float]]] = {}
+    uniform_kld: dict[tuple[bool, float], float] = {}
+    with tempfile.TemporaryDirectory(prefix="sfmp-units-") as tmp:
+        out = Path(tmp) / "sfmp.gguf"
+
+        def kld(prepared: pipeline.Prepared, plan: allocation.Allocation) -> float:
+            pipeline.write(prepared, plan, out, threads)
+            return quality.score(out, base, texts.eval_text, "", "", n_weights, CTX, chunks, threads).kld
+
+        for sensitivity in sensitivities:
+            prepared = pipeline.prepare(model.hf_dir, sensitivity,
+                                        teacher_imatrix() if sensitivity == "imatrix" else None,
+                                        texts.calib_text if sensitivity == "fisher" else None, threads)
+            results[sensitivity] = {}
+            for bpw in sizes:
+                uniform = allocation.uniform(prepared.profiles, bpw)
+                key = (prepared.columns is None, bpw)
+                if key not in uniform_kld:
+                    uniform_kld[key] = kld(prepared, uniform)
+                plan = no_larger(lambda bpw: pipeline.plan(prepared, bpw, GRIDS), uniform.bpw)
+                results[sensitivity][f"{bpw:g}"] = (kld(prepared, plan), uniform_kld[key])
+    return results
 
 
 def _eval_text() -> Path:
@@ -143,9 +181,16 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_output_args(parser, "the demo model only, one size, two runs, two chunks; needs --out")
+    parser.add_argument("--against-uniform", type=float, nargs="+", metavar="BPW",
+                        help="only print, as JSON, each sensitivity's KLD and the uniform file's at these sizes")
+    parser.add_argument("--chunks", type=int, default=CHUNKS)
     args = parser.parse_args(argv)
-    out_dir = output_dir(parser, args)
     use_pinned_gguf_py()
+    if args.against_uniform:
+        print(json.dumps(against_uniform(tuple(args.against_uniform), ("weights", "imatrix", "fisher"),
+                                         args.chunks, args.threads)))
+        return 0
+    out_dir = output_dir(parser, args)
     from sfmp_gguf import pipeline
     from sfmp_gguf.assets.austen import austen_texts
     from sfmp_gguf.assets.gemma_variant import gemma_variant
@@ -158,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(message, flush=True)
 
     model, texts = teacher(), austen_texts()
-    sizes, chunks = ((4.5,), 2) if args.smoke else (DEMO_SIZES, CHUNKS)
+    sizes, chunks = ((4.5,), 2) if args.smoke else (DEMO_SIZES, args.chunks)
     demo_runs = (("imatrix", "raw", False), ("imatrix", CHOSEN, True)) if args.smoke else DEMO_RUNS
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
