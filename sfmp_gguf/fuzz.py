@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def fuzz_base() -> Path:
     """The fuzz base: a slice of the demo teacher (its tokenizer, and the first 64 of its 576 hidden
-    dimensions of two layers' weights), converted at 4.5 bpw so several SFMP types appear; cached.
+    dimensions of two layers' weights), converted at 5.0 bpw, where both grids and both super-block sizes appear; cached.
     Small, so that a sanitizer build loads it thousands of times in minutes."""
     from sfmp_gguf.assets.cache import ensure_artifact
     from sfmp_gguf.assets.teacher import teacher
@@ -197,14 +197,14 @@ def fuzz_base() -> Path:
     def make(tmp: Path) -> None:
         small = tmp / "hf"
         slice_teacher(teacher().hf_dir, small)
-        subprocess.run([sys.executable, str(CONVERTER), str(small), "-o", str(tmp / "fuzz-base.gguf"), "--bpw", "4.5"],
+        subprocess.run([sys.executable, str(CONVERTER), str(small), "-o", str(tmp / "fuzz-base.gguf"), "--bpw", "5.0"],
                        check=True, capture_output=True)
         for p in small.iterdir():
             p.unlink()
         small.rmdir()
 
     folder = ensure_artifact("fuzz-base", {"layers": SLICE_LAYERS, "hidden": SLICE_HIDDEN, "ffn": SLICE_FFN,
-                                           "bpw": 4.5, "version": "fuzz-base-v2"}, make)
+                                           "bpw": 5.0, "version": "fuzz-base-v3"}, make)
     return folder / "fuzz-base.gguf"
 
 
