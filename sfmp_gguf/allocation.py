@@ -25,7 +25,7 @@ import numpy as np
 
 from sfmp_gguf.analysis import TensorProfile
 from sfmp_gguf.errors import InputError
-from sfmp_gguf.format import SfmpType
+from sfmp_gguf.format import SfmpType, types_for_row
 
 TOLERANCE_BPW = 0.02
 
@@ -65,6 +65,21 @@ def bpw_range(profiles: list[TensorProfile]) -> tuple[float, float]:
     return low, high
 
 
+def check_rate(profiles: list[TensorProfile], target_bpw: float) -> None:
+    """InputError unless the profiled tensors can average ``target_bpw``."""
+    if not profiles:
+        raise InputError("the model has no tensor an SFMP type can hold")
+    low, high = bpw_range(profiles)
+    if not low - 1e-9 <= target_bpw <= high + 1e-9:
+        raise InputError(f"--bpw {target_bpw:g}: this model's tensors take {low:.2f} to {high:.2f} bpw")
+
+
+def bare_profiles(shapes: dict[str, tuple[int, int]], grids: tuple[str, ...]) -> list[TensorProfile]:
+    """Profiles with their candidates and no errors: enough for check_rate before any analysis."""
+    return [TensorProfile(name, shape, tuple(t for t in types_for_row(shape[1]) if t.grid in grids), np.zeros(0))
+            for name, shape in shapes.items()]
+
+
 def near_rate(profile: TensorProfile, target_bpw: float, spread: float) -> TensorProfile:
     """The profile with only the candidates within ``spread`` bpw of the target (or the nearest one)."""
     keep = [k for k, t in enumerate(profile.candidates) if abs(t.bpw - target_bpw) <= spread + 1e-9]
@@ -77,11 +92,7 @@ def allocate(profiles: list[TensorProfile], target_bpw: float, tolerance: float 
              guard: float | None = None) -> Allocation:
     """The type of every profiled tensor for an average of ``target_bpw`` over them; with ``guard``, no
     tensor more than that many bpw from the target (units.py: for signals that are not loss-based)."""
-    if not profiles:
-        raise InputError("the model has no tensor an SFMP type can hold")
-    low, high = bpw_range(profiles)
-    if not low - 1e-9 <= target_bpw <= high + 1e-9:
-        raise InputError(f"--bpw {target_bpw:g}: this model's tensors take {low:.2f} to {high:.2f} bpw")
+    check_rate(profiles, target_bpw)
     if guard is not None:
         profiles = [near_rate(p, target_bpw, guard) for p in profiles]
         low, high = bpw_range(profiles)

@@ -2,58 +2,176 @@
 text, accumulated per weight with torch.
 
 The diagonal Fisher F_i = E[g_i^2] weights each weight's squared error by how much it moves the
-loss, across tensors as well as within them (an imatrix only sees a layer's own input). It needs the
-Hugging Face folder (the model runs in transformers, on the CPU, in float32) and memory for one
-float32 copy of the weights plus their gradients.
+loss, across tensors as well as within them (an imatrix only sees a layer's own input).
+
+``streamed_fisher`` holds one decoder block at a time. It runs the model's own forward (transformers'
+classes, so every family it provides works) with each decoder block replaced by a stand-in: one
+pass records what the model hands each block (masks, rotary tables) and the embedding output;
+then each block in turn, loaded alone from the checkpoint, maps the saved inputs of every window
+to the next block's inputs. Backward runs in reverse from the loss: the output head (in row
+chunks) gives the gradient at the last block's output, and each block, reloaded, recomputes its
+forward from its saved input and passes the gradient down. The embedding, in row chunks too,
+comes last. Hidden states, gradients and the per-weight sums live in files in a scratch folder,
+never memory-mapped, so the resident memory is about one block's weights, gradients and sums.
+
+``whole_model_fisher`` runs the whole model at once; it is the specification the streamed one is
+tested against, and the benchmark's comparison.
 """
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from sfmp_gguf.errors import InputError
+from sfmp_gguf.errors import InputError, is_full_disk
 from sfmp_gguf.model_source import ModelSource
 
 CTX = 512
 SAMPLES = 16
+CHUNK_BYTES = 256 << 20  # rows of the embedding and the output head read at once
 
 
-def _calibration(source: ModelSource, text: Path, samples: int, ctx: int, threads: int):
-    """The model in float32 eval mode, its token ids and the evenly spaced window starts."""
-    if source.hf_dir is None or source.to_gguf is None:
-        raise InputError(f"{source.path}: this sensitivity needs a Hugging Face folder (it runs the model in torch)")
+def read_text(text: Path) -> str:
     try:
-        words = text.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{text}: cannot read calibration text ({err})") from None
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+        return text.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{text}: calibration text is not UTF-8 (byte {err.start})") from None
+    except OSError as err:
+        raise InputError(f"{text}: cannot read calibration text ({err.strerror or err})") from None
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(source.hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(source.hf_dir, dtype=torch.float32)
-    model.eval()
-    ids = tokenizer(words, return_tensors="pt").input_ids[0]
+
+def calibration_windows(hf_dir: Path, text: Path, samples: int, ctx: int) -> list[Any]:
+    """Evenly spaced windows of ``ctx`` token ids (torch, shape (1, ctx)) over the whole text."""
+    from transformers import AutoTokenizer
+
+    words = read_text(text)
+    ids = AutoTokenizer.from_pretrained(hf_dir)(words, return_tensors="pt", verbose=False).input_ids[0]
     n_windows = len(ids) // ctx
     if n_windows < 1:
         raise InputError(f"{text}: calibration text too short ({len(ids)} tokens, need {ctx})")
-    # evenly spaced windows, so a short budget still sees the whole text
     starts = np.linspace(0, (n_windows - 1) * ctx, min(samples, n_windows)).astype(int)
-    return model, ids, starts
+    return [ids[s:s + ctx][None] for s in starts]
 
 
-def _to_gguf(source: ModelSource, per_param: dict, shapes: dict[str, tuple[int, int]], what: str) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for name, total in per_param.items():
+def _require_hf(source: ModelSource) -> Path:
+    if source.hf_dir is None or source.to_gguf is None:
+        raise InputError(f"{source.path}: Fisher needs a Hugging Face folder or a GGUF that transformers can "
+                         f"load; use --imatrix FILE or --calib TEXT with --sensitivity imatrix")
+    return source.hf_dir
+
+
+def unavailable(source: ModelSource) -> str | None:
+    """Why Fisher cannot run on ``source`` here, or None when it can."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as err:
+        return f"torch cannot run here ({err})"
+    if source.hf_dir is None:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+        if source.arch not in GGUF_SUPPORTED_ARCHITECTURES:
+            return f"transformers cannot load a {source.arch} GGUF"
+    return None
+
+
+def hf_view(source: ModelSource, folder: Path) -> ModelSource:
+    """A GGUF input as a Hugging Face folder under ``folder``: transformers' config and tokenizer
+    read from the GGUF, and each tensor in its own safetensors file under transformers' name (read,
+    renamed and un-permuted one at a time, in the GGUF's float type). ``to_gguf`` maps a per-weight
+    array back: the renaming is inverted, and the un-permutation by running it on indices."""
+    hf_dir = folder / "hf"
+    hf_dir.mkdir()
+    with disk_errors(folder):
+        return _hf_view(source, hf_dir)
+
+
+def _hf_view(source: ModelSource, hf_dir: Path) -> ModelSource:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                          get_gguf_hf_weights_map, load_gguf_checkpoint)
+
+    try:
+        config = AutoConfig.from_pretrained(source.path.parent, gguf_file=source.path.name)
+        AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name).save_pretrained(hf_dir)
+        parsed = load_gguf_checkpoint(source.path)
+    except (ValueError, KeyError, NotImplementedError, OSError) as err:
+        raise InputError(f"{source.path}: transformers cannot load this GGUF ({str(err).splitlines()[0]}); "
+                         f"use --imatrix FILE") from None
+    config.save_pretrained(hf_dir)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    processor = TENSOR_PROCESSORS.get(source.arch, TensorProcessor)(config=parsed["config"])
+    hf_name_of = get_gguf_hf_weights_map(skeleton, processor)
+    shapes = {name: tuple(p.shape) for name, p in skeleton.state_dict().items()}
+    gguf_of: dict[str, tuple[str, tuple[int, ...]]] = {}
+    weight_map = {}
+    for k, tensor in enumerate(source.tensors):
+        kept = processor.process(weights=tensor.load(), name=tensor.name, tensor_key_mapping=hf_name_of,
+                                 parsed_parameters=parsed)
+        name = hf_name_of.get(kept.name)
+        if name is None or kept.weights is None:
+            continue
+        if name not in shapes or tuple(kept.weights.shape) != shapes[name]:
+            raise InputError(f"{source.path}: tensor {tensor.name} is {tensor.shape}, which the config does not fit")
+        file = f"{k:05d}.safetensors"
+        save_file({name: torch.from_numpy(np.array(kept.weights))}, str(hf_dir / file))
+        weight_map[name] = file
+        gguf_of[name] = (tensor.name, tensor.shape)
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    def to_gguf(name: str, data: Any) -> list[tuple[str, np.ndarray]]:
+        if name not in gguf_of:
+            return []
+        gguf_name, shape = gguf_of[name]
+        order = processor.process(weights=np.arange(int(np.prod(shape))).reshape(shape), name=gguf_name,
+                                  tensor_key_mapping=hf_name_of, parsed_parameters=parsed).weights
+        values = np.empty(int(np.prod(shape)), dtype=np.float32)
+        values[order.ravel()] = np.asarray(data, dtype=np.float32).ravel()
+        return [(gguf_name, values.reshape(shape))]
+
+    return replace(source, hf_dir=hf_dir, to_gguf=to_gguf)
+
+
+def _whole_model(hf_dir: Path, threads: int):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    model.eval()
+    return model
+
+
+def _to_gguf(source: ModelSource, per_param: Iterable[tuple[str, Any]], shapes: dict[str, tuple[int, int]],
+             what: str, keep: Callable[[str, np.ndarray], None]) -> None:
+    """Every HF tensor through the converter's renaming; ``keep`` gets each GGUF tensor in ``shapes``."""
+    found = set()
+    for name, total in per_param:
         for gguf_name, values in source.to_gguf(name, total):
             if gguf_name in shapes and values.shape == shapes[gguf_name]:
-                out[gguf_name] = values
-    missing = sorted(set(shapes) - set(out))
+                keep(gguf_name, values)
+                found.add(gguf_name)
+    missing = sorted(set(shapes) - found)
     if missing:
         raise InputError(f"{source.hf_dir}: no {what} for {missing[0]} (and {len(missing) - 1} more)")
+
+
+def _in_memory(source, per_param, shapes, what) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    _to_gguf(source, per_param, shapes, what, out.__setitem__)
     return out
 
 
@@ -66,7 +184,9 @@ def output_gradient_energy(source: ModelSource, text: Path, shapes: dict[str, tu
     so memory is one float32 model plus one window's activations."""
     import torch
 
-    model, ids, starts = _calibration(source, text, samples, ctx, threads)
+    hf_dir = _require_hf(source)
+    windows = calibration_windows(hf_dir, text, samples, ctx)
+    model = _whole_model(hf_dir, threads)
     for p in model.parameters():
         p.requires_grad_(False)
     weights = {name: p for name, p in model.named_parameters() if p.ndim == 2}
@@ -81,33 +201,485 @@ def output_gradient_energy(source: ModelSource, text: Path, shapes: dict[str, tu
             hooks.append(module.register_full_backward_hook(keep))
     embed = model.get_input_embeddings()
     n_tokens = 0
-    for start in progress(starts):
-        window = ids[start:start + ctx][None]
+    for window in progress(windows):
         hidden = embed(window).detach().requires_grad_(True)
         model(inputs_embeds=hidden, labels=window).loss.backward()
         n_tokens += window.numel()
     for hook in hooks:
         hook.remove()
-    per_param = {name: (total / n_tokens)[:, None].expand(weights[name].shape).contiguous()
-                 for name, total in sums.items()}
+    per_param = ((name, (total / n_tokens)[:, None].expand(weights[name].shape).contiguous())
+                 for name, total in sums.items())
     return {name: values[:, 0].copy() for name, values in
-            _to_gguf(source, per_param, shapes, "output gradient").items()}
+            _in_memory(source, per_param, shapes, "output gradient").items()}
 
 
-def fisher_importance(source: ModelSource, text: Path, shapes: dict[str, tuple[int, int]], threads: int,
-                      samples: int = SAMPLES, ctx: int = CTX, progress=iter) -> dict[str, np.ndarray]:
-    """GGUF tensor name -> per-weight importance (rows, row length) for every tensor in ``shapes``."""
+def whole_model_sums(hf_dir: Path, windows: list[Any], threads: int, progress=iter) -> Iterator[tuple[str, Any]]:
+    """(HF tensor name, per-weight Fisher) of every matrix, the whole model in memory at once."""
     import torch
 
-    model, ids, starts = _calibration(source, text, samples, ctx, threads)
+    model = _whole_model(hf_dir, threads)
     params = {name: p for name, p in model.named_parameters() if p.ndim == 2}
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
-    for start in progress(starts):
-        window = ids[start:start + ctx][None]
+    for window in progress(windows):
         model.zero_grad(set_to_none=True)
         model(window, labels=window).loss.backward()
         for name, p in params.items():
             if p.grad is not None:
                 sums[name] += p.grad.detach() ** 2
-    return _to_gguf(source, {name: (total / len(starts)).detach() for name, total in sums.items()}, shapes,
-                    "Fisher information")
+    return ((name, (total / len(windows)).detach()) for name, total in sums.items())
+
+
+def whole_model_fisher(source: ModelSource, text: Path, shapes: dict[str, tuple[int, int]], threads: int,
+                       samples: int = SAMPLES, ctx: int = CTX, progress=iter) -> dict[str, np.ndarray]:
+    """GGUF tensor name -> per-weight Fisher (rows, row length); the specification of streamed_fisher."""
+    hf_dir = _require_hf(source)
+    windows = calibration_windows(hf_dir, text, samples, ctx)
+    return _in_memory(source, whole_model_sums(hf_dir, windows, threads, progress), shapes, "Fisher information")
+
+
+# ---- streamed ---------------------------------------------------------------------------------------
+
+class Records:
+    """Fixed-size float32 records in one file, read and written with pread/pwrite (no mmap, so they
+    never count towards resident memory)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape = path, shape
+        self.size = int(np.prod(shape)) * 4
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def write(self, index: int, values: np.ndarray, row: int = 0) -> None:
+        data = np.ascontiguousarray(values, dtype=np.float32).tobytes()
+        offset = index * self.size + row * self.size // self.shape[0]
+        if os.pwrite(self.fd, data, offset) != len(data):
+            raise OSError(errno.ENOSPC, "No space left on device (short write)", str(self.path))
+
+    def read(self, index: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+        start, stop = rows or (0, self.shape[0])
+        row_bytes = self.size // self.shape[0]
+        data = os.pread(self.fd, (stop - start) * row_bytes, index * self.size + start * row_bytes)
+        return np.frombuffer(data, dtype=np.float32).reshape((stop - start, *self.shape[1:])).copy()
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)
+
+
+class FisherStore:
+    """Per-weight Fisher of every GGUF tensor, one file each in a scratch folder; read one at a time.
+    Removed by ``close`` (the converter calls it on every exit path)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.names: list[str] = []
+
+    def put(self, name: str, values: np.ndarray) -> None:
+        np.save(self.folder / f"{len(self.names)}.npy", np.ascontiguousarray(values, dtype=np.float32))
+        self.names.append(name)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return np.load(self.folder / f"{self.names.index(name)}.npy")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Checkpoint:
+    """The safetensors tensors of a Hugging Face folder, read one tensor (or row range) at a time."""
+
+    def __init__(self, hf_dir: Path):
+        from safetensors import safe_open
+
+        index = hf_dir / "model.safetensors.index.json"
+        files = sorted({hf_dir / f for f in json.loads(index.read_text())["weight_map"].values()}) \
+            if index.is_file() else sorted(hf_dir.glob("*.safetensors"))
+        self.hf_dir = hf_dir
+        self.handles = {}
+        for path in files:
+            handle = safe_open(str(path), framework="pt")
+            for key in handle.keys():
+                self.handles[key] = handle
+
+    def check(self, key: str, shape: tuple[int, ...]):
+        handle = self.handles.get(key)
+        if handle is None:
+            raise InputError(f"{self.hf_dir}: no tensor {key}, which its config.json implies")
+        part = handle.get_slice(key)
+        if tuple(part.get_shape()) != tuple(shape):
+            raise InputError(f"{self.hf_dir}: tensor {key} is {tuple(part.get_shape())}, "
+                             f"but its config.json implies {tuple(shape)}")
+        return part
+
+    def get(self, key: str, shape: tuple[int, ...], rows: tuple[int, int] | None = None):
+        import torch
+
+        part = self.check(key, shape)
+        value = part[rows[0]:rows[1]] if rows else part[:]
+        return value.to(torch.float32)
+
+
+class _Stop(Exception):
+    """Ends the model's forward once the stand-in for block 0 has what it needs."""
+
+
+def _stand_in_class():
+    import torch
+
+    class StandIn(torch.nn.Module):
+        """Takes the place of decoder block ``index`` in the model's forward; ``run`` decides what it does."""
+
+        def __init__(self, index: int, block: Any, run: Callable):
+            super().__init__()
+            self.index = index
+            object.__setattr__(self, "block", block)  # not a submodule: its meta weights stay out of sight
+            object.__setattr__(self, "run", run)
+
+        def __getattr__(self, name: str):  # attributes the model's loop reads from its blocks
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.__dict__["block"], name)
+
+        def forward(self, hidden_states, *args, **kwargs):
+            return self.run(self.index, hidden_states, args, kwargs)
+
+    return StandIn
+
+
+def _skeleton(hf_dir: Path, threads: int):
+    """The model on the meta device (no memory) with its small modules (norms, rotary tables) loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    try:
+        config = AutoConfig.from_pretrained(hf_dir)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (ValueError, KeyError) as err:
+        raise InputError(f"{hf_dir}: transformers has no causal-LM blocks for this model "
+                         f"({str(err).splitlines()[0]})") from None
+    model.eval()
+    return model
+
+
+def _find_blocks(model) -> tuple[Any, str]:
+    import torch
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise InputError(f"{type(model).__name__}: no list of decoder blocks that the streamed Fisher can run")
+    prefix = next(name for name, m in model.named_modules() if m is layers)
+    return layers, prefix + "."
+
+
+class _Streamed:
+    def __init__(self, hf_dir: Path, windows: list[Any], scratch: Path, threads: int, progress: Callable):
+        import torch
+
+        self.torch = torch
+        self.windows = windows
+        self.scratch = scratch
+        self.progress = progress
+        self.ckpt = _Checkpoint(hf_dir)
+        self.model = _skeleton(hf_dir, threads)
+        self.layers, self.prefix = _find_blocks(self.model)
+        self.embed = self.model.get_input_embeddings()
+        head = self.model.get_output_embeddings()
+        names = {id(m): n for n, m in self.model.named_modules()}
+        self.embed_key = names[id(self.embed)] + ".weight"
+        self.tied = head.weight is self.embed.weight
+        self.head_key = self.embed_key if self.tied else names[id(head)] + ".weight"
+        if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+            raise InputError(f"{hf_dir}: the output head is not a plain linear map; the streamed Fisher needs one")
+        owner_name, _, attr = names[id(head)].rpartition(".")
+        self.head_owner, self.head_attr = self.model.get_submodule(owner_name), attr
+        self.vocab, self.hidden = head.weight.shape
+        self.vocab_in = self.embed.weight.shape[0]
+        for name, param in self.model.named_parameters():  # every mismatch now, not blocks later
+            self.ckpt.check(name, tuple(param.shape))
+        self._load_small()
+        stand_in = _stand_in_class()
+        self.blocks = list(self.layers)
+        for i, block in enumerate(self.blocks):
+            self.layers[i] = stand_in(i, block, self._run)
+        self.mode = "capture"
+        self.kwargs: dict[int, dict] = {}
+        self.grabbed = None
+        self.inject = None
+
+    # -- loading --
+    def _load_small(self) -> None:
+        """Load every weight outside the blocks, the embedding and the head; build meta buffers."""
+        torch = self.torch
+        skip = (self.prefix, self.embed_key, self.head_key)
+        for name, param in list(self.model.named_parameters()):
+            if name.startswith(self.prefix) or name in skip:
+                continue
+            owner_name, _, attr = name.rpartition(".")
+            owner = self.model.get_submodule(owner_name)
+            setattr(owner, attr, torch.nn.Parameter(self.ckpt.get(name, param.shape), requires_grad=False))
+        for name, module in self.model.named_modules():
+            if name.startswith(self.prefix):
+                continue
+            if any(b.is_meta for b in module.buffers(recurse=False)):
+                module.to_empty(device="cpu", recurse=False)
+                self.model._init_weights(module)
+
+    def _load_block(self, i: int):
+        block = self.blocks[i]
+        block.to_empty(device="cpu")
+        for name, _ in block.named_buffers():  # computed, not stored (before the weights: init overwrites them)
+            self.model._init_weights(block.get_submodule(name.rpartition(".")[0]))
+        for name, param in block.named_parameters():
+            param.data.copy_(self.ckpt.get(f"{self.prefix}{i}.{name}", param.shape))
+        return block
+
+    def _free_block(self, i: int) -> None:
+        self.blocks[i].to(device="meta")
+
+    # -- the stand-ins' behaviour --
+    def _run(self, index: int, hidden, args, kwargs):
+        if self.mode == "capture":
+            if index == 0:
+                self.grabbed = hidden
+            self.kwargs.setdefault(index, dict(kwargs))
+            return hidden
+        if self.mode == "grab":
+            self.grabbed = hidden
+            raise _Stop
+        if self.mode == "head" and index == len(self.blocks) - 1:
+            return self.inject
+        return hidden
+
+    def _forward(self, **kwargs):
+        try:
+            return self.model(**kwargs, use_cache=False)  # a cache would keep every window's keys
+        except _Stop:
+            return None
+
+    def _embedded(self, window, rows_of: dict[int, int], table, requires_grad: bool):
+        """The embedding module's output for ``window``, with its weight swapped for the table of the
+        window's rows (a lookup only ever reads those)."""
+        torch = self.torch
+        ids = window[0].tolist()
+        sub_ids = torch.tensor([[rows_of[t] for t in ids]])
+        weight = torch.nn.Parameter(table, requires_grad=requires_grad)
+        pad = self.embed.padding_idx
+        self.embed.weight = weight
+        self.embed.padding_idx = rows_of.get(pad) if pad is not None else None
+        try:
+            return self.embed(sub_ids), weight
+        finally:
+            self.embed.padding_idx = pad
+
+    def _rows(self, key: str, n_rows: int, wanted: np.ndarray):
+        """Rows ``wanted`` (sorted) of a (n_rows, hidden) checkpoint tensor, read in chunks."""
+        torch = self.torch
+        step = max(1, CHUNK_BYTES // (self.hidden * 4))
+        parts = []
+        for a in range(0, n_rows, step):
+            b = min(a + step, n_rows)
+            inside = wanted[(wanted >= a) & (wanted < b)]
+            if inside.size:
+                parts.append(self.ckpt.get(key, (n_rows, self.hidden), (a, b))[torch.from_numpy(inside - a)])
+        return torch.cat(parts)
+
+    # -- the passes --
+    def run(self) -> dict[str, Records]:
+        torch = self.torch
+        n_w, ctx, n_blocks = len(self.windows), self.windows[0].shape[1], len(self.blocks)
+        hidden = lambda i: Records(self.scratch / f"hidden-{i}.f32", (ctx, self.hidden))  # noqa: E731
+        sums: dict[str, Records] = {}
+
+        tokens = np.unique(np.concatenate([w[0].numpy() for w in self.windows]))
+        self.token_rows = {int(t): k for k, t in enumerate(tokens)}
+        self.token_table = self._rows(self.embed_key, self.vocab_in, tokens)
+        states = [hidden(0)]
+        head_stub = _HeadStub(self)
+        setattr(self.head_owner, self.head_attr, head_stub)
+        steps = self.progress(range(2 * n_blocks + 2))
+        step = iter(steps)
+        with torch.no_grad():
+            for w, window in enumerate(self.windows):
+                self.mode = "capture"
+                embedded, _ = self._embedded(window, self.token_rows, self.token_table, False)
+                head_stub.mode = "skip"
+                self._forward(inputs_embeds=embedded)
+                states[0].write(w, self.grabbed[0])
+            next(step, None)
+            for i in range(n_blocks):
+                block = self._load_block(i)
+                states.append(hidden(i + 1))
+                for w in range(n_w):
+                    out = block(torch.from_numpy(states[i].read(w))[None], **self.kwargs[i])
+                    states[i + 1].write(w, (out[0] if isinstance(out, tuple) else out)[0])
+                self._free_block(i)
+                next(step, None)
+
+        grads = Records(self.scratch / "grad-top.f32", (ctx, self.hidden))
+        head_sums = sums.setdefault(self.head_key, Records(self.scratch / "sum-head.f32", (self.vocab, self.hidden)))
+        os.ftruncate(head_sums.fd, head_sums.size)
+        self.cross = Records(self.scratch / "head-at-window-rows.f32", (ctx, self.hidden)) if self.tied else None
+        for w, window in enumerate(self.windows):
+            self.inject = torch.from_numpy(states[n_blocks].read(w))[None].requires_grad_(True)
+            self.mode = "head"
+            head_stub.mode = "logits"
+            out = self._forward(inputs_embeds=torch.zeros(1, ctx, self.hidden), labels=window)
+            out.loss.backward()
+            head_stub.backward(w, window, head_sums)
+            grads.write(w, self.inject.grad[0])
+        states.pop().close()
+        next(step, None)
+
+        for i in reversed(range(n_blocks)):
+            block = self._load_block(i)
+            params = {name: p for name, p in block.named_parameters() if p.ndim == 2}
+            block_sums = {name: torch.zeros_like(p) for name, p in params.items()}
+            below = Records(self.scratch / f"grad-{i}.f32", (ctx, self.hidden))
+            for w in range(n_w):
+                x = torch.from_numpy(states[i].read(w))[None].requires_grad_(True)
+                block.zero_grad(set_to_none=True)
+                out = block(x, **self.kwargs[i])
+                torch.autograd.backward(out[0] if isinstance(out, tuple) else out,
+                                        torch.from_numpy(grads.read(w))[None])
+                for name, p in params.items():
+                    block_sums[name] += p.grad ** 2
+                below.write(w, x.grad[0])
+            for name, total in block_sums.items():
+                key = f"{self.prefix}{i}.{name}"
+                sums[key] = Records(self.scratch / f"sum-{len(sums)}.f32", tuple(total.shape))
+                sums[key].write(0, total.numpy())
+            grads.close()
+            grads = below
+            if i > 0:
+                states.pop().close()
+            self._free_block(i)
+            next(step, None)
+
+        self._embedding_pass(states[0], grads, sums)
+        states[0].close()
+        grads.close()
+        if self.cross is not None:
+            self.cross.close()
+        next(step, None)
+        return sums
+
+    def _embedding_pass(self, inputs: Records, grads: Records, sums: dict[str, Records]) -> None:
+        torch = self.torch
+        if self.embed_key not in sums:
+            sums[self.embed_key] = Records(self.scratch / "sum-embed.f32", (self.vocab_in, self.hidden))
+            os.ftruncate(sums[self.embed_key].fd, sums[self.embed_key].size)
+        total = torch.zeros_like(self.token_table)
+        for w, window in enumerate(self.windows):
+            self.mode = "grab"
+            embedded, weight = self._embedded(window, self.token_rows, self.token_table, True)
+            self._forward(inputs_embeds=embedded)
+            torch.autograd.backward(self.grabbed, torch.from_numpy(grads.read(w))[None])
+            g = weight.grad
+            if self.cross is not None:  # a tied head's own gradient at this window's rows: (a+b)^2 = a^2 + 2ab + b^2
+                rows = np.unique(window[0].numpy())
+                at = torch.from_numpy(np.array([self.token_rows[int(t)] for t in rows]))
+                head_part = torch.from_numpy(self.cross.read(w, (0, len(rows))))
+                total[at] += 2 * head_part * g[at]
+            total += g ** 2
+        store = sums[self.embed_key]
+        for k, token in enumerate(self.token_rows):
+            store.write(0, store.read(0, (token, token + 1)) + total[k].numpy()[None], row=token)
+
+
+class _HeadStub:
+    """Takes the output head's place: logits from the head's weight in row chunks, no weight kept."""
+
+    def __new__(cls, owner: _Streamed):
+        import torch
+
+        class HeadStub(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                object.__setattr__(self, "owner", owner)
+                self.mode = "skip"
+
+            def forward(self, x):
+                o = self.owner
+                if self.mode == "skip":
+                    return torch.zeros(*x.shape[:-1], 1)
+                self.x = x
+                xd = x.detach()
+                logits = torch.cat([xd @ w.T for _, w in o_chunks(o)], dim=-1)
+                self.logits = logits.requires_grad_(True)
+                return self.logits
+
+            def backward(self, w: int, window, head_sums: Records) -> None:
+                o = self.owner
+                g = self.logits.grad[0]  # (ctx, vocab): dloss/dlogits
+                xd = self.x.detach()[0]
+                dx = torch.zeros_like(xd)
+                for (a, b), weight in o_chunks(o):
+                    dx += g[:, a:b] @ weight
+                    head_sums.write(0, head_sums.read(0, (a, b)) + ((g[:, a:b].T @ xd) ** 2).numpy(), row=a)
+                if o.cross is not None:
+                    rows = np.unique(window[0].numpy())
+                    o.cross.write(w, (g[:, torch.from_numpy(rows)].T @ xd).numpy())
+                torch.autograd.backward(self.x, dx[None])
+
+        return HeadStub()
+
+
+def o_chunks(owner: _Streamed):
+    """(row range, weight rows) of the output head, CHUNK_BYTES at a time; kept when one chunk holds it."""
+    step = max(1, CHUNK_BYTES // (owner.hidden * 4))
+    if step >= owner.vocab:
+        if getattr(owner, "_head_whole", None) is None:
+            owner._head_whole = owner.ckpt.get(owner.head_key, (owner.vocab, owner.hidden))
+        yield (0, owner.vocab), owner._head_whole
+        return
+    for a in range(0, owner.vocab, step):
+        b = min(a + step, owner.vocab)
+        yield (a, b), owner.ckpt.get(owner.head_key, (owner.vocab, owner.hidden), (a, b))
+
+
+def streamed_sums(hf_dir: Path, windows: list[Any], scratch: Path, threads: int,
+                  progress=iter) -> Iterator[tuple[str, Any]]:
+    """(HF tensor name, per-weight Fisher) of every matrix, one decoder block in memory at a time;
+    each tensor is read back from ``scratch`` as it is handed out."""
+    import torch
+
+    sums = _Streamed(hf_dir, windows, scratch, threads, progress).run()
+    for key, records in sums.items():
+        yield key, torch.from_numpy(records.read(0) / len(windows))
+        records.close()
+
+
+def streamed_fisher(source: ModelSource, text: Path, shapes: dict[str, tuple[int, int]], threads: int,
+                    scratch: Path | None = None, samples: int = SAMPLES, ctx: int = CTX,
+                    progress=iter) -> FisherStore:
+    """Per-weight Fisher of every tensor in ``shapes`` (GGUF names) into a FisherStore in a new folder
+    under ``scratch``. The caller closes the store; on an error it is already gone."""
+    hf_dir = _require_hf(source)
+    windows = calibration_windows(hf_dir, text, samples, ctx)
+    folder = Path(tempfile.mkdtemp(prefix=".sfmp-fisher-", dir=scratch))
+    store = FisherStore(folder)
+    try:
+        with disk_errors(folder):
+            _to_gguf(source, streamed_sums(hf_dir, windows, folder, threads, progress), shapes,
+                     "Fisher information", store.put)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+@contextmanager
+def disk_errors(folder: Path) -> Iterator[None]:
+    """A full disk (or file-size limit) while writing temporary files, as a one-line InputError."""
+    try:
+        yield
+    except OSError as err:
+        if is_full_disk(err):
+            raise InputError(f"{folder}: no space left for temporary files ({err.strerror})") from None
+        raise

@@ -7,8 +7,8 @@ left by a killed run is recognisable by that name and removed by the next run fo
 
 from __future__ import annotations
 
-import errno
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from sfmp_gguf import gguf_types
-from sfmp_gguf.errors import InputError
+from sfmp_gguf.errors import InputError, is_full_disk
 from sfmp_gguf.format import FORMAT_VERSION, GGUF_VERSION_KEY, SfmpType
 
 PARTIAL_MARK = ".sfmp-partial-"
@@ -40,13 +40,21 @@ def partial_path(out: Path) -> Path:
     return out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
 
 
+def scratch_path(out: Path) -> Path:
+    """The folder for temporary work (Fisher's stores) next to ``out``; removed like a partial file."""
+    return out.parent / f".{out.name}{PARTIAL_MARK}scratch-{os.getpid()}"
+
+
 def remove_stale_partials(out: Path) -> list[Path]:
     """Delete partial files of ``out`` left by runs that are no longer alive; returns them."""
     removed = []
     for path in out.parent.glob(f".{out.name}{PARTIAL_MARK}*"):
         pid = path.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed.append(path)
     return removed
 
@@ -104,7 +112,7 @@ def write_gguf(out: Path, arch: str, metadata: dict[str, Any], tensors: list[Out
         writer = None
         os.replace(partial, out)
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        if is_full_disk(err):
             raise InputError(f"{out}: no space left to write the output ({err.strerror})") from None
         raise InputError(f"{out}: cannot write: {err.strerror or err}") from None
     finally:

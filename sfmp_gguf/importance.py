@@ -18,6 +18,7 @@ from sfmp_gguf.assets.imatrix import load_imatrix, run_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.model_source import ModelSource
 
+BUILTIN_TEXT = Path(__file__).parent / "data" / "calibration.txt"  # its source: data/SOURCE.md
 CALIB_CTX = 512
 CALIB_CHUNKS = 64
 

@@ -103,7 +103,11 @@ def _check_hf_folder(model_dir: Path) -> dict[str, Any]:
 def _open_hf(model_dir: Path) -> ModelSource:
     _check_hf_folder(model_dir)
     import gguf
-    import torch
+    try:
+        import torch
+    except ImportError as err:
+        raise InputError(f"{model_dir}: reading a Hugging Face folder needs torch ({err}); "
+                         f"convert it to an F16 GGUF elsewhere, or install torch") from None
     from conversion import ModelBase, ModelType, get_model_architecture, get_model_class
 
     logging.getLogger().setLevel(logging.ERROR)  # the converter logs every tensor and its guesses

@@ -6,6 +6,8 @@ it at many sizes. Call ``model_source.use_pinned_gguf_py()`` before importing th
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from sfmp_gguf.allocation import Allocation
 from sfmp_gguf.assets.imatrix import load_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.gguf_io import OutputTensor, write_gguf
-from sfmp_gguf.importance import imatrix_from_text, match_imatrix
+from sfmp_gguf.importance import BUILTIN_TEXT, imatrix_from_text, match_imatrix
 from sfmp_gguf.model_source import ModelSource, open_model
 from sfmp_gguf.quantize import quantize_tensor
 
@@ -47,6 +49,7 @@ class Prepared:
     timer: Timer
     sensitivity: str = "weights"
     fallbacks: dict[str, str] = field(default_factory=dict)  # tensor -> why its signal was replaced
+    why: str = ""  # how the sensitivity was chosen, for the summary line
 
     @property
     def n_quantized(self) -> int:
@@ -59,13 +62,53 @@ def write_f32(source: ModelSource, path: Path) -> None:
                lambda t: by_name[t.name].load())
 
 
-def prepare(model: Path, sensitivity: str, imatrix: Path | None, calib: Path | None, threads: int) -> Prepared:
+def choose_sensitivity(source: ModelSource, sensitivity: str | None, imatrix: Path | None,
+                       calib: Path | None) -> tuple[str, str]:
+    """The sensitivity to use and why. With none asked for: Fisher where it can run, else an imatrix
+    from the same text."""
+    from sfmp_gguf import fisher
+
+    text = f"on {calib.name}" if calib else "on the built-in text"
+    if sensitivity == "fisher":
+        reason = fisher.unavailable(source)
+        if reason is not None:
+            raise InputError(f"{source.path}: Fisher cannot run: {reason}; use --imatrix FILE")
+        return "fisher", text
+    if sensitivity is not None:
+        return sensitivity, {"imatrix": f"from {imatrix.name}" if imatrix else text, "weights": "as asked"}[sensitivity]
+    if imatrix is not None:
+        return "imatrix", f"from {imatrix.name}"
+    reason = fisher.unavailable(source)
+    if reason is None:
+        return "fisher", f"the default, {text}"
+    return "imatrix", f"{text}, because {reason} for Fisher"
+
+
+def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: Path | None, threads: int,
+            scratch: Path | None = None, rate: tuple[float, tuple[str, ...]] | None = None) -> Prepared:
+    """Load, importance and analysis. ``sensitivity`` None picks the best that can run here;
+    ``calib`` None means the built-in text. Temporary work goes in ``scratch`` (a new folder, or
+    one in the system's temporary folder), removed before returning, on success or not. ``rate``
+    (bpw, grids), when given, is checked before the slow phases."""
     timer = Timer()
     start = time.monotonic()
     source = open_model(model)
     shapes = {t.name: (t.shape[0], t.shape[1]) for t in source.tensors if analysis.quantizable(t.name, t.shape)}
+    if rate is not None:
+        allocation.check_rate(allocation.bare_profiles(shapes, rate[1]), rate[0])
+    sensitivity, why = choose_sensitivity(source, sensitivity, imatrix, calib)
+    text = calib or BUILTIN_TEXT
     timer.add("load", start)
+    work = scratch or Path(tempfile.mkdtemp(prefix="sfmp-scratch-"))
+    work.mkdir(exist_ok=True)
+    try:
+        return _prepare(source, shapes, sensitivity, why, imatrix, text, threads, work, timer)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def _prepare(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivity: str, why: str,
+             imatrix: Path | None, text: Path, threads: int, work: Path, timer: Timer) -> Prepared:
     start = time.monotonic()
     columns = per_weight = None
     fallbacks: dict[str, str] = {}
@@ -73,28 +116,43 @@ def prepare(model: Path, sensitivity: str, imatrix: Path | None, calib: Path | N
         if imatrix is not None:
             entries, origin = load_imatrix(imatrix), imatrix
         else:
-            entries, origin = imatrix_from_text(source, calib, threads, lambda p: write_f32(source, p)), calib
+            entries, origin = imatrix_from_text(source, text, threads, lambda p: write_f32(source, p)), text
         columns = match_imatrix(origin, entries, shapes)
         fallbacks = {name: "no imatrix entry, so the median importance of the others stands in"
                      for name in shapes if name not in entries}
     elif sensitivity == "fisher":
-        from sfmp_gguf.fisher import fisher_importance
+        from sfmp_gguf import fisher
 
-        per_weight = fisher_importance(source, calib, shapes, threads, progress=progress("fisher", "window"))
-        columns = {name: f.mean(axis=0) for name, f in per_weight.items()}  # the quantizer's per-column weights
+        view = source if source.hf_dir is not None else fisher.hf_view(source, work)
+        per_weight = fisher.streamed_fisher(view, text, shapes, threads, scratch=work,
+                                            progress=progress("fisher", "pass"))
     timer.add("importance", start)
+    return analysed(source, shapes, sensitivity, columns, per_weight, timer, fallbacks, why)
 
+
+def analysed(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivity: str,
+             columns: dict[str, np.ndarray] | None, per_weight, timer: Timer,
+             fallbacks: dict[str, str] | None = None, why: str = "") -> Prepared:
+    """The analysis phase: each tensor read once and profiled with its per-weight importance (a
+    mapping read one tensor at a time, such as a FisherStore; its column means become ``columns``),
+    else its per-column importance, else none."""
     start = time.monotonic()
+    columns = {} if per_weight is not None else columns
     profiles = []
     for t in progress("analysis", "tensor")(source.tensors):
         w = t.load()
         if not np.isfinite(w).all():
-            raise InputError(f"{model}: tensor {t.name} holds NaN or Inf values")
+            raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values")
         if t.name in shapes:
-            h = per_weight[t.name] if per_weight is not None else (None if columns is None else columns[t.name])
+            if per_weight is not None:
+                h = per_weight[t.name]
+                columns[t.name] = h.mean(axis=0)  # the quantizer's per-column weights
+            else:
+                h = None if columns is None else columns[t.name]
             profiles.append(analysis.profile_tensor(t.name, w.reshape(shapes[t.name]), h))
     timer.add("analysis", start)
-    return Prepared(source, shapes, columns, units.in_loss_units(profiles, sensitivity), timer, sensitivity, fallbacks)
+    return Prepared(source, shapes, columns, units.in_loss_units(profiles, sensitivity), timer, sensitivity,
+                    fallbacks or {}, why)
 
 
 def plan(prepared: Prepared, bpw: float, grids: tuple[str, ...]) -> Allocation:

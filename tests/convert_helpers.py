@@ -19,13 +19,14 @@ from sfmp_gguf.format import BY_ID
 from sfmp_gguf.paths import CONVERTER
 
 
-def run_convert(*args: object, limit_bytes: int | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_convert(*args: object, limit_bytes: int | None = None, prefix: tuple[str, ...] = (),
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     def limit_file_size() -> None:  # a write that fails part way, like a full disk
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
     return subprocess.run([*prefix, sys.executable, str(CONVERTER), *map(str, args)], capture_output=True, text=True,
-                          timeout=900, preexec_fn=limit_file_size if limit_bytes else None)
+                          timeout=900, preexec_fn=limit_file_size if limit_bytes else None, env=env)
 
 
 def quantized_bpw(path: Path) -> tuple[float, dict[str, int]]:
@@ -42,8 +43,10 @@ def quantized_bpw(path: Path) -> tuple[float, dict[str, int]]:
     return bits / weights, types
 
 
-def make_tiny_model(folder: Path, seed: int = 0, arch: str = "LlamaForCausalLM", nan_in: str | None = None) -> Path:
-    """A 2-layer llama with the teacher's tokenizer and random weights (rows of 64 and 128)."""
+def make_tiny_model(folder: Path, seed: int = 0, arch: str = "LlamaForCausalLM", nan_in: str | None = None,
+                    config_changes: dict | None = None) -> Path:
+    """A 2-layer llama with the teacher's tokenizer and random weights (rows of 64 and 128);
+    ``config_changes`` are written into config.json after the weights are made."""
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True)
@@ -66,6 +69,8 @@ def make_tiny_model(folder: Path, seed: int = 0, arch: str = "LlamaForCausalLM",
     if nan_in:
         tensors[nan_in][0, 3] = np.nan
     save_file(tensors, str(folder / "model.safetensors"))
+    if config_changes:
+        (folder / "config.json").write_text(json.dumps({**config, **config_changes}))
     return folder
 
 

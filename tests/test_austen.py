@@ -276,6 +276,15 @@ def test_eval_and_calib_split(texts: austen.AustenTexts) -> None:
     assert long_lines and not long_lines & set(calib.splitlines())
 
 
+def test_the_built_in_calibration_text_is_persuasion_as_its_source_note_says(texts: austen.AustenTexts) -> None:
+    from sfmp_gguf.importance import BUILTIN_TEXT
+
+    assert BUILTIN_TEXT.read_bytes() == texts.novel("persuasion").read_bytes()
+    assert "Persuasion" in (BUILTIN_TEXT.parent / "SOURCE.md").read_text()
+    eval_lines = {line for line in texts.eval_text.read_text(encoding="utf-8").splitlines() if len(line) >= 40}
+    assert not eval_lines & set(BUILTIN_TEXT.read_text(encoding="utf-8").splitlines())
+
+
 def test_rebuild_is_byte_identical(texts: austen.AustenTexts) -> None:
     before = artifact_files(austen.ARTIFACT)
     assert before["eval.txt"] == sha256_file(texts.eval_text)

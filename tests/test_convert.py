@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,17 @@ def bad_inputs(tiny: Path, tmp: Path) -> list[tuple[str, list[object], tuple[str
     wrong_names = legacy_imatrix(tmp / "names.dat", {"other.model.weight": np.ones(64)})
     wrong_sizes = legacy_imatrix(tmp / "sizes.dat", {"blk.0.attn_q.weight": np.ones(576)})
     out = tmp / "out" / "model.gguf"
+    short_text = tmp / "short.txt"
+    short_text.write_text("Too short for one window.", encoding="utf-8")
+    latin1_text = tmp / "latin1.txt"
+    latin1_text.write_bytes("Caf\u00e9 au lait, ".encode("latin-1") * 2000)
+    no_block = make_tiny_model(tmp / "no-block", config_changes={"model_type": "sfmp_unknown"})
+    misfit = make_tiny_model(tmp / "misfit", config_changes={"intermediate_size": 96})
     return [
+        ("calibration text shorter than a window", [tiny, "-o", out, "--calib", short_text], ("short.txt", "too short")),
+        ("calibration text not UTF-8", [tiny, "-o", out, "--calib", latin1_text], ("latin1.txt", "not UTF-8")),
+        ("no transformers block", [no_block, "-o", out], ("no-block", "transformers")),
+        ("tensors that do not fit the config", [misfit, "-o", out], ("misfit", "mlp.gate_proj.weight", "(96, 64)")),
         ("missing folder", [tmp / "nope", "-o", out], ("nope", "no such file or folder")),
         ("no safetensors", [no_tensors, "-o", out], ("no-safetensors", "no .safetensors")),
         ("unreadable config", [broken_config, "-o", out], ("config.json", "unreadable config")),
@@ -134,6 +146,64 @@ def test_a_full_disk_gives_a_one_line_error_and_leaves_no_file(build, tiny, tmp_
     result = run_convert(tiny, "-o", tmp_path / "model.gguf", limit_bytes=200_000)
     assert_one_line_error(result, "model.gguf", "no space")
     assert_nothing_written(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny, tmp_path_factory) -> Path:
+    """The tiny model as an F32 GGUF, made by the pinned llama.cpp's own converter script."""
+    from sfmp_gguf.llama.source import llama_tree
+
+    out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf"
+    subprocess.run([sys.executable, str(llama_tree() / "convert_hf_to_gguf.py"), str(tiny), "--outtype", "f32",
+                    "--outfile", str(out)], check=True, capture_output=True)
+    return out
+
+
+def without_torch(tmp: Path) -> dict[str, str]:
+    """An environment in which ``import torch`` fails, as on a machine without it."""
+    fake = tmp / "no-torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named torch (hidden by the test)')\n")
+    return {**os.environ, "PYTHONPATH": str(fake.parent)}
+
+
+def test_the_default_is_fisher_on_the_built_in_text(build, tiny, tiny_gguf, tmp_path):
+    for model in (tiny, tiny_gguf):
+        out = tmp_path / f"{model.name}.gguf"
+        result = run_convert(model, "-o", out, "--bpw", 4.0)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "fisher sensitivity (the default, on the built-in text)" in result.stdout
+        assert "peak RSS" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{m.name}.gguf" for m in (tiny, tiny_gguf))
+
+
+def test_without_torch_the_default_is_an_imatrix_from_the_same_text(build, tiny, tiny_gguf, tmp_path):
+    env = without_torch(tmp_path)
+    out = tmp_path / "out" / "model.gguf"
+    out.parent.mkdir()
+    result = run_convert(tiny_gguf, "-o", out, "--bpw", 4.0, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "imatrix sensitivity (on the built-in text, because torch cannot run here" in result.stdout
+    assert abs(quantized_bpw(out)[0] - 4.0) <= 0.02
+    assert_one_line_error(run_convert(tiny, "-o", out, env=env), str(tiny), "needs torch")
+    assert_one_line_error(run_convert(tiny_gguf, "-o", out, "--sensitivity", "fisher", env=env),
+                          "tiny-f32.gguf", "--imatrix")
+
+
+def test_fisher_on_a_gguf_transformers_cannot_load_says_to_use_an_imatrix(build, tmp_path):
+    import gguf
+
+    model = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(model, "sfmp-odd")
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((64, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    (tmp_path / "out").mkdir()
+    result = run_convert(model, "-o", tmp_path / "out" / "model.gguf", "--sensitivity", "fisher")
+    assert_one_line_error(result, "odd.gguf", "transformers cannot load a sfmp-odd GGUF", "--imatrix")
+    assert_nothing_written(tmp_path / "out")
 
 
 def test_fisher_sensitivity_runs_the_model_on_calibration_text(build, tiny, tmp_path):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from sfmp_gguf.errors import InputError
@@ -28,12 +30,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bpw", type=float, default=DEFAULT_BPW,
                         help=f"average bits per weight over the quantized tensors (default {DEFAULT_BPW})")
     parser.add_argument("--imatrix", type=Path, help="llama.cpp importance matrix (GGUF or legacy .dat)")
-    parser.add_argument("--calib", type=Path, help="calibration text: compute an importance matrix from it")
+    parser.add_argument("--calib", type=Path,
+                        help="calibration text (UTF-8) for Fisher or an imatrix (default: a built-in public-domain "
+                             "text, sfmp_gguf/data/calibration.txt)")
     parser.add_argument("--sensitivity", choices=SENSITIVITIES,
-                        help="weights: from the weights alone; imatrix: weighted by the input columns' mean x^2; "
-                             "fisher: weighted by squared loss gradients on --calib text (SFMP's signal; "
-                             "needs a Hugging Face folder). Default: imatrix when --imatrix or --calib is "
-                             "given, else weights")
+                        help="fisher: squared loss gradients on the calibration text, one decoder block in memory "
+                             "at a time (SFMP's signal; needs torch, and a Hugging Face folder or a GGUF that "
+                             "transformers loads); imatrix: the input columns' mean x^2, from --imatrix or from "
+                             "llama-imatrix on the text; weights: the weights alone. Default: imatrix when "
+                             "--imatrix is given, else fisher where it can run, else imatrix from the text")
     parser.add_argument("--grid", choices=GRID_CHOICES, default="both",
                         help="which SFMP grids the allocator may use: both (default; it picks per tensor), "
                              "uniform, or nonlinear (up to 4-bit sub-blocks, so at most about 4.3 bpw)")
@@ -42,12 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.imatrix and args.calib:
         parser.error("--imatrix and --calib are alternatives")
-    if args.sensitivity is None:
-        args.sensitivity = "imatrix" if (args.imatrix or args.calib) else "weights"
-    if args.sensitivity == "imatrix" and not (args.imatrix or args.calib):
-        parser.error("--sensitivity imatrix needs --imatrix FILE or --calib TEXT")
-    if args.sensitivity == "fisher" and not args.calib:
-        parser.error("--sensitivity fisher needs --calib TEXT")
+    if args.imatrix and args.sensitivity in ("fisher", "weights"):
+        parser.error(f"--imatrix and --sensitivity {args.sensitivity} are alternatives")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     if args.output is None:
@@ -62,25 +63,32 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
     use_pinned_gguf_py()  # before anything imports gguf: the converter classes need this copy
 
     from sfmp_gguf import pipeline, report
-    from sfmp_gguf.gguf_io import check_output, remove_stale_partials
+    from sfmp_gguf.gguf_io import check_output, remove_stale_partials, scratch_path
 
     check_output(args.output)
     remove_stale_partials(args.output)  # a killed run's leftover goes now, not only once writing starts
-    prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads)
-    plan = pipeline.plan(prepared, args.bpw, GRIDS if args.grid == "both" else (args.grid,))
+    grids = GRIDS if args.grid == "both" else (args.grid,)
+    prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads,
+                                scratch=scratch_path(args.output), rate=(args.bpw, grids))
+    plan = pipeline.plan(prepared, args.bpw, grids)
     pipeline.write(prepared, plan, args.output, args.threads)
     notes = report.warnings(prepared.profiles, plan.types, prepared.fallbacks)
     if args.report:
         report.write_report(args.report, prepared.profiles, plan.types,
-                            f"{args.model.name} at {plan.bpw:.3f} bpw ({args.sensitivity})", notes)
+                            f"{args.model.name} at {plan.bpw:.3f} bpw ({prepared.sensitivity})", notes)
     n_all = sum(t.n_elements for t in prepared.source.tensors)
     size = args.output.stat().st_size
-    return {"notes": notes, "size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {"notes": notes, "sensitivity": f"{prepared.sensitivity} sensitivity ({prepared.why})", "peak": peak,
+            "size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
             **{f"t_{k}": v for k, v in prepared.timer.phases.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # transformers' notices about checkpoints and deprecations would break the one-line errors
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.simplefilter("ignore", FutureWarning)
     start = time.monotonic()
     try:
         result = convert(args)
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     phases = ", ".join(f"{k[2:]} {v:.1f} s" for k, v in result.items() if k.startswith("t_"))
     print(f"wrote {args.output}: {result['size'] / 2**20:.1f} MiB, {result['bpw']:.3f} bpw over the "
           f"{result['n_quant'] / 1e6:.1f}M quantized weights ({result['file_bpw']:.3f} bpw whole file), "
-          f"{args.sensitivity} sensitivity, in {time.monotonic() - start:.1f} s ({phases})")
+          f"{result['sensitivity']}, in {time.monotonic() - start:.1f} s ({phases}), "
+          f"peak RSS {result['peak'] / 2**30:.2f} GiB")
     for note in result["notes"]:
         print(f"warning: {note}", file=sys.stderr)
     if args.report:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sfmp_gguf.assets.imatrix import teacher_imatrix
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.llama.build import current_build
 from sfmp_gguf.paths import CONVERTER, REPO_ROOT
@@ -23,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    # The same command a user runs; its own process, since it loads the pinned converter's gguf-py.
+    # The same command a user runs, with the defaults (Fisher on the built-in text); its own process,
+    # since it loads the pinned converter's gguf-py.
     status = subprocess.run([sys.executable, str(CONVERTER), str(teacher().hf_dir),
-                             "-o", str(args.output), "--imatrix", str(teacher_imatrix()), "--report",
-                             str(args.output.parent / "report")]).returncode
+                             "-o", str(args.output), "--report", str(args.output.parent / "report")]).returncode
     if status != 0:
         return status
     cli = current_build().tool("llama-cli")
