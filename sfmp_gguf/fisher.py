@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
@@ -37,7 +38,7 @@ from sfmp_gguf.model_source import ModelSource
 
 CTX = 512
 SAMPLES = 16
-CHUNK_BYTES = 256 << 20  # rows of the embedding and the output head read at once
+CHUNK_BYTES = 32 << 20  # rows of the embedding and the output head read at once
 
 
 def read_text(text: Path) -> str:
@@ -288,37 +289,64 @@ class FisherStore:
 
 
 class _Checkpoint:
-    """The safetensors tensors of a Hugging Face folder, read one tensor (or row range) at a time."""
+    """The safetensors tensors of a Hugging Face folder, read one tensor (or row range) at a time with
+    plain file reads: safetensors' own reader maps the files, and every page it touches would then
+    count towards resident memory until the end, the whole model by the last block."""
+
+    DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
     def __init__(self, hf_dir: Path):
-        from safetensors import safe_open
-
         index = hf_dir / "model.safetensors.index.json"
         files = sorted({hf_dir / f for f in json.loads(index.read_text())["weight_map"].values()}) \
             if index.is_file() else sorted(hf_dir.glob("*.safetensors"))
         self.hf_dir = hf_dir
-        self.handles = {}
+        self.entries: dict[str, tuple[Path, str, tuple[int, ...], int]] = {}
         for path in files:
-            handle = safe_open(str(path), framework="pt")
-            for key in handle.keys():
-                self.handles[key] = handle
+            try:
+                with open(path, "rb") as f:
+                    size = struct.unpack("<Q", f.read(8))[0]
+                    header = json.loads(f.read(size))
+                for key, info in header.items():
+                    if key != "__metadata__":
+                        self.entries[key] = (path, info["dtype"], tuple(info["shape"]), 8 + size + info["data_offsets"][0])
+            except (OSError, ValueError, KeyError, struct.error) as err:
+                raise InputError(f"{path}: not a readable safetensors file ({err})") from None
 
-    def check(self, key: str, shape: tuple[int, ...]):
-        handle = self.handles.get(key)
-        if handle is None:
+    def check(self, key: str, shape: tuple[int, ...]) -> tuple[Path, str, tuple[int, ...], int]:
+        entry = self.entries.get(key)
+        if entry is None:
             raise InputError(f"{self.hf_dir}: no tensor {key}, which its config.json implies")
-        part = handle.get_slice(key)
-        if tuple(part.get_shape()) != tuple(shape):
-            raise InputError(f"{self.hf_dir}: tensor {key} is {tuple(part.get_shape())}, "
-                             f"but its config.json implies {tuple(shape)}")
-        return part
+        if entry[2] != tuple(shape):
+            raise InputError(f"{self.hf_dir}: tensor {key} is {entry[2]}, but its config.json implies {tuple(shape)}")
+        if entry[1] not in self.DTYPES:
+            raise InputError(f"{entry[0]}: tensor {key} is {entry[1]}; Fisher reads F32, F16 and BF16")
+        return entry
 
     def get(self, key: str, shape: tuple[int, ...], rows: tuple[int, int] | None = None):
         import torch
 
-        part = self.check(key, shape)
-        value = part[rows[0]:rows[1]] if rows else part[:]
-        return value.to(torch.float32)
+        path, dtype, full, start = self.check(key, shape)
+        torch_dtype = getattr(torch, self.DTYPES[dtype])
+        row_bytes = int(np.prod(full[1:], dtype=np.int64)) * torch.empty(0, dtype=torch_dtype).element_size()
+        first, stop = rows or (0, full[0])
+        with open(path, "rb") as f:
+            f.seek(start + first * row_bytes)
+            data = bytearray(f.read((stop - first) * row_bytes))
+        if len(data) != (stop - first) * row_bytes:
+            raise InputError(f"{path}: tensor {key} is cut short")
+        return torch.frombuffer(data, dtype=torch_dtype).reshape(stop - first, *full[1:]).to(torch.float32)
+
+
+def _trim_heap() -> None:
+    """Give freed memory back to the system: a block's weights, gradients and sums are freed as a
+    whole, but glibc keeps the pages for reuse, so each block would otherwise add to the peak."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 class _Stop(Exception):
@@ -440,7 +468,9 @@ class _Streamed:
         return block
 
     def _free_block(self, i: int) -> None:
+        self.blocks[i].zero_grad(set_to_none=True)
         self.blocks[i].to(device="meta")
+        _trim_heap()
 
     # -- the stand-ins' behaviour --
     def _run(self, index: int, hidden, args, kwargs):
@@ -529,11 +559,11 @@ class _Streamed:
             self.inject = torch.from_numpy(states[n_blocks].read(w))[None].requires_grad_(True)
             self.mode = "head"
             head_stub.mode = "logits"
-            out = self._forward(inputs_embeds=torch.zeros(1, ctx, self.hidden), labels=window)
-            out.loss.backward()
+            self._forward(inputs_embeds=torch.zeros(1, ctx, self.hidden), labels=window).loss.backward()
             head_stub.backward(w, window, head_sums)
             grads.write(w, self.inject.grad[0])
         states.pop().close()
+        _trim_heap()
         next(step, None)
 
         for i in reversed(range(n_blocks)):
@@ -610,13 +640,16 @@ class _HeadStub:
                     return torch.zeros(*x.shape[:-1], 1)
                 self.x = x
                 xd = x.detach()
-                logits = torch.cat([xd @ w.T for _, w in o_chunks(o)], dim=-1)
+                logits = torch.empty(*x.shape[:-1], o.vocab)
+                for (a, b), weight in o_chunks(o):
+                    logits[..., a:b] = xd @ weight.T
                 self.logits = logits.requires_grad_(True)
                 return self.logits
 
             def backward(self, w: int, window, head_sums: Records) -> None:
                 o = self.owner
                 g = self.logits.grad[0]  # (ctx, vocab): dloss/dlogits
+                self.logits = None  # only its gradient is needed from here on
                 xd = self.x.detach()[0]
                 dx = torch.zeros_like(xd)
                 for (a, b), weight in o_chunks(o):

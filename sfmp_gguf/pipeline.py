@@ -125,7 +125,7 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivit
 
         view = source if source.hf_dir is not None else fisher.hf_view(source, work)
         per_weight = fisher.streamed_fisher(view, text, shapes, threads, scratch=work,
-                                            progress=progress("fisher", "pass"))
+                                            progress=progress("fisher", "block"))
     timer.add("importance", start)
     return analysed(source, shapes, sensitivity, columns, per_weight, timer, fallbacks, why)
 

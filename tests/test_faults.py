@@ -113,10 +113,12 @@ def test_sigkill_never_leaves_a_partial_file_at_the_final_path(build, tiny, refe
         killed.add(proc.pid)
         # The final path holds nothing or the complete file, never part of one.
         assert not out.exists() or out.read_bytes() == reference
-        # Every leftover is recognisably a killed run's partial file. A run killed before its
-        # start-up clean-up has not yet removed an earlier run's leftover, so that one may be there too.
+        # Every leftover is recognisably a killed run's partial file or scratch folder (Fisher's
+        # stores). A run killed before its start-up clean-up has not yet removed an earlier run's
+        # leftovers, so those may be there too.
         leftovers = [p.name for p in tmp_path.iterdir() if p != out]
-        assert all(name in {f".{out.name}{PARTIAL_MARK}{pid}" for pid in killed} for name in leftovers), leftovers
+        recognisable = {f".{out.name}{PARTIAL_MARK}{kind}{pid}" for pid in killed for kind in ("", "scratch-")}
+        assert all(name in recognisable for name in leftovers), leftovers
         out.unlink(missing_ok=True)
     result = run_convert(tiny, "-o", out, "--bpw", 4.0)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -176,6 +176,9 @@ def teacher_comparison(samples: int, threads: int, log) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sfmp_gguf.model_source import use_pinned_gguf_py
+
+    use_pinned_gguf_py()  # before anything imports gguf: the teacher's converter classes need this copy
     from sfmp_gguf.assets.synthetic import SIZES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -192,9 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.model, args.samples, args.threads)))
         return 0
 
-    from sfmp_gguf.model_source import use_pinned_gguf_py
-
-    use_pinned_gguf_py()
     from tqdm import tqdm
 
     def log(message: str) -> None:
