@@ -258,8 +258,10 @@ class Records:
     def read(self, index: int, rows: tuple[int, int] | None = None) -> np.ndarray:
         start, stop = rows or (0, self.shape[0])
         row_bytes = self.size // self.shape[0]
-        data = os.pread(self.fd, (stop - start) * row_bytes, index * self.size + start * row_bytes)
-        return np.frombuffer(data, dtype=np.float32).reshape((stop - start, *self.shape[1:])).copy()
+        out = np.empty((stop - start, *self.shape[1:]), dtype=np.float32)  # read straight into it: no copy
+        if os.preadv(self.fd, [memoryview(out).cast("B")], index * self.size + start * row_bytes) != out.nbytes:
+            raise OSError(errno.EIO, "short read", str(self.path))
+        return out
 
     def close(self) -> None:
         os.close(self.fd)
@@ -684,7 +686,9 @@ def streamed_sums(hf_dir: Path, windows: list[Any], scratch: Path, threads: int,
 
     sums = _Streamed(hf_dir, windows, scratch, threads, progress).run()
     for key, records in sums.items():
-        yield key, torch.from_numpy(records.read(0) / len(windows))
+        values = records.read(0)
+        values /= len(windows)
+        yield key, torch.from_numpy(values)
         records.close()
 
 

@@ -197,7 +197,8 @@ def fuzz_base() -> Path:
     def make(tmp: Path) -> None:
         small = tmp / "hf"
         slice_teacher(teacher().hf_dir, small)
-        subprocess.run([sys.executable, str(CONVERTER), str(small), "-o", str(tmp / "fuzz-base.gguf"), "--bpw", "5.0"],
+        subprocess.run([sys.executable, str(CONVERTER), str(small), "-o", str(tmp / "fuzz-base.gguf"), "--bpw", "5.0",
+                        "--sensitivity", "weights"],
                        check=True, capture_output=True)
         for p in small.iterdir():
             p.unlink()
