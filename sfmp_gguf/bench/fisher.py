@@ -166,10 +166,9 @@ def teacher_comparison(samples: int, threads: int, log) -> str:
             kld = {}
             for mode, prepared in preps.items():
                 log(f"teacher: {mode} at {bpw} bpw")
-                out = Path(tmp) / f"{mode}.gguf"
-                pipeline.write(prepared, pipeline.plan(prepared, bpw, GRIDS), out, threads)
-                kld[mode] = quality.score(out, base, eval_text, f"{bpw:g}", mode, n_weights, quality.CTX,
-                                          quality.CHUNKS, threads).kld
+                kld[mode] = quality.write_and_score(prepared, pipeline.plan(prepared, bpw, GRIDS),
+                                                    Path(tmp) / f"{mode}.gguf", base, eval_text, n_weights,
+                                                    quality.CTX, quality.CHUNKS, threads).kld
             lines.append(f"| {bpw:g} | {kld['whole']:.5f} | {kld['streamed']:.5f} | "
                          f"{kld['streamed'] / kld['whole']:.4f} |")
     return "\n".join(lines)

@@ -88,6 +88,15 @@ def score(model: Path, base: Path, text: Path, label: str, family: str, n_weight
                  grab(r"Mean\s+PPL\(Q\)/PPL\(base\)\s*:\s*([-\d.e]+)"), grab(r"Same top p:\s*([-\d.e]+)") / 100)
 
 
+def write_and_score(prepared, plan, out: Path, base: Path, text: Path, n_weights: int, ctx: int, chunks: int,
+                    threads: int, label: str = "", family: str = "") -> Score:
+    """Write ``prepared`` at ``plan`` to ``out`` and score it against the teacher's logits."""
+    from sfmp_gguf import pipeline  # the caller has set up the pinned gguf-py
+
+    pipeline.write(prepared, plan, out, threads)
+    return score(out, base, text, label, family, n_weights, ctx, chunks, threads)
+
+
 def stock_scores(teacher_gguf: Path, imatrix: Path, types: tuple[str, ...], base: Path, text: Path, n_weights: int,
                  ctx: int, chunks: int, threads: int, log=print) -> list[Score]:
     folder = cache_dir() / "bench"
@@ -117,8 +126,8 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
         def scored(prepared: pipeline.Prepared, plan: allocation.Allocation, label: str, family: str) -> None:
             log(f"{family} {label} bpw")
             out = Path(tmp) / "sfmp.gguf"
-            pipeline.write(prepared, plan, out, threads)
-            scores.append(score(out, base, text, label, family, n_weights, ctx, chunks, threads))
+            scores.append(write_and_score(prepared, plan, out, base, text, n_weights, ctx, chunks, threads,
+                                          label, family))
             out.unlink()
 
         for sensitivity in sensitivities:

@@ -95,8 +95,7 @@ def measure(name: str, hf_dir: Path, f32: Path, imatrix: Path, runs, sizes, chun
         out = Path(tmp) / "sfmp.gguf"
 
         def kld(prep: pipeline.Prepared, plan: allocation.Allocation) -> float:
-            pipeline.write(prep, plan, out, threads)
-            return quality.score(out, base, eval_text, "", "", n_weights, CTX, chunks, threads).kld
+            return quality.write_and_score(prep, plan, out, base, eval_text, n_weights, CTX, chunks, threads).kld
 
         for bpw in sizes:
             uniform = allocation.uniform(raw["imatrix"], bpw)
@@ -137,8 +136,8 @@ def against_uniform(sizes: tuple[float, ...], sensitivities: tuple[str, ...], ch
         out = Path(tmp) / "sfmp.gguf"
 
         def kld(prepared: pipeline.Prepared, plan: allocation.Allocation) -> float:
-            pipeline.write(prepared, plan, out, threads)
-            return quality.score(out, base, texts.eval_text, "", "", n_weights, CTX, chunks, threads).kld
+            return quality.write_and_score(prepared, plan, out, base, texts.eval_text, n_weights, CTX, chunks,
+                                           threads).kld
 
         for sensitivity in sensitivities:
             prepared = pipeline.prepare(model.hf_dir, sensitivity,
