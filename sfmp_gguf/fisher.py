@@ -21,6 +21,7 @@ tested against, and the benchmark's comparison.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -339,14 +340,24 @@ class _Checkpoint:
         return torch.frombuffer(data, dtype=torch_dtype).reshape(stop - first, *full[1:]).to(torch.float32)
 
 
-def _trim_heap() -> None:
-    """Give freed memory back to the system: a block's weights, gradients and sums are freed as a
-    whole, but glibc keeps the pages for reuse, so each block would otherwise add to the peak."""
+def _hidden_of(out):
+    """A decoder block's output hidden states (older transformers return them in a tuple)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
+    return ctypes.CDLL(name) if name else None
+
+
+def _trim_heap() -> None:
+    """Give freed memory back to the system: a block's weights, gradients and sums are freed as a
+    whole, but glibc keeps the pages for reuse, so each block would otherwise add to the peak."""
+    libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
 
@@ -441,6 +452,7 @@ class _Streamed:
         self.kwargs: dict[int, dict] = {}
         self.grabbed = None
         self.inject = None
+        self._head_whole = None
 
     # -- loading --
     def _load_small(self) -> None:
@@ -494,28 +506,42 @@ class _Streamed:
         except _Stop:
             return None
 
-    def _embedded(self, window, rows_of: dict[int, int], table, requires_grad: bool):
+    def _embedded(self, window, requires_grad: bool):
         """The embedding module's output for ``window``, with its weight swapped for the table of the
-        window's rows (a lookup only ever reads those)."""
+        windows' rows (a lookup only ever reads those)."""
         torch = self.torch
-        ids = window[0].tolist()
-        sub_ids = torch.tensor([[rows_of[t] for t in ids]])
-        weight = torch.nn.Parameter(table, requires_grad=requires_grad)
+        sub_ids = torch.tensor([[self.token_rows[t] for t in window[0].tolist()]])
+        weight = torch.nn.Parameter(self.token_table, requires_grad=requires_grad)
         pad = self.embed.padding_idx
         self.embed.weight = weight
-        self.embed.padding_idx = rows_of.get(pad) if pad is not None else None
+        self.embed.padding_idx = self.token_rows.get(pad) if pad is not None else None
         try:
             return self.embed(sub_ids), weight
         finally:
             self.embed.padding_idx = pad
 
+    def _row_chunks(self, n_rows: int) -> list[tuple[int, int]]:
+        """Row ranges of a (n_rows, hidden) tensor, CHUNK_BYTES of float32 each."""
+        step = max(1, CHUNK_BYTES // (self.hidden * 4))
+        return [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
+
+    def head_chunks(self) -> Iterator[tuple[tuple[int, int], Any]]:
+        """(row range, weight rows) of the output head; kept in memory when one chunk holds it."""
+        shape = (self.vocab, self.hidden)
+        chunks = self._row_chunks(self.vocab)
+        if len(chunks) == 1:
+            if self._head_whole is None:
+                self._head_whole = self.ckpt.get(self.head_key, shape)
+            yield chunks[0], self._head_whole
+            return
+        for rows in chunks:
+            yield rows, self.ckpt.get(self.head_key, shape, rows)
+
     def _rows(self, key: str, n_rows: int, wanted: np.ndarray):
         """Rows ``wanted`` (sorted) of a (n_rows, hidden) checkpoint tensor, read in chunks."""
         torch = self.torch
-        step = max(1, CHUNK_BYTES // (self.hidden * 4))
         parts = []
-        for a in range(0, n_rows, step):
-            b = min(a + step, n_rows)
+        for a, b in self._row_chunks(n_rows):
             inside = wanted[(wanted >= a) & (wanted < b)]
             if inside.size:
                 parts.append(self.ckpt.get(key, (n_rows, self.hidden), (a, b))[torch.from_numpy(inside - a)])
@@ -539,7 +565,7 @@ class _Streamed:
         with torch.no_grad():
             for w, window in enumerate(self.windows):
                 self.mode = "capture"
-                embedded, _ = self._embedded(window, self.token_rows, self.token_table, False)
+                embedded, _ = self._embedded(window, False)
                 head_stub.mode = "skip"
                 self._forward(inputs_embeds=embedded)
                 states[0].write(w, self.grabbed[0])
@@ -549,7 +575,7 @@ class _Streamed:
                 states.append(hidden(i + 1))
                 for w in range(n_w):
                     out = block(torch.from_numpy(states[i].read(w))[None], **self.kwargs[i])
-                    states[i + 1].write(w, (out[0] if isinstance(out, tuple) else out)[0])
+                    states[i + 1].write(w, _hidden_of(out)[0])
                 self._free_block(i)
                 next(step, None)
 
@@ -577,7 +603,7 @@ class _Streamed:
                 x = torch.from_numpy(states[i].read(w))[None].requires_grad_(True)
                 block.zero_grad(set_to_none=True)
                 out = block(x, **self.kwargs[i])
-                torch.autograd.backward(out[0] if isinstance(out, tuple) else out,
+                torch.autograd.backward(_hidden_of(out),
                                         torch.from_numpy(grads.read(w))[None])
                 for name, p in params.items():
                     block_sums[name] += p.grad ** 2
@@ -609,7 +635,7 @@ class _Streamed:
         total = torch.zeros_like(self.token_table)
         for w, window in enumerate(self.windows):
             self.mode = "grab"
-            embedded, weight = self._embedded(window, self.token_rows, self.token_table, True)
+            embedded, weight = self._embedded(window, True)
             self._forward(inputs_embeds=embedded)
             torch.autograd.backward(self.grabbed, torch.from_numpy(grads.read(w))[None])
             g = weight.grad
@@ -643,7 +669,7 @@ class _HeadStub:
                 self.x = x
                 xd = x.detach()
                 logits = torch.empty(*x.shape[:-1], o.vocab)
-                for (a, b), weight in o_chunks(o):
+                for (a, b), weight in o.head_chunks():
                     logits[..., a:b] = xd @ weight.T
                 self.logits = logits.requires_grad_(True)
                 return self.logits
@@ -654,7 +680,7 @@ class _HeadStub:
                 self.logits = None  # only its gradient is needed from here on
                 xd = self.x.detach()[0]
                 dx = torch.zeros_like(xd)
-                for (a, b), weight in o_chunks(o):
+                for (a, b), weight in o.head_chunks():
                     dx += g[:, a:b] @ weight
                     head_sums.write(0, head_sums.read(0, (a, b)) + ((g[:, a:b].T @ xd) ** 2).numpy(), row=a)
                 if o.cross is not None:
@@ -663,19 +689,6 @@ class _HeadStub:
                 torch.autograd.backward(self.x, dx[None])
 
         return HeadStub()
-
-
-def o_chunks(owner: _Streamed):
-    """(row range, weight rows) of the output head, CHUNK_BYTES at a time; kept when one chunk holds it."""
-    step = max(1, CHUNK_BYTES // (owner.hidden * 4))
-    if step >= owner.vocab:
-        if getattr(owner, "_head_whole", None) is None:
-            owner._head_whole = owner.ckpt.get(owner.head_key, (owner.vocab, owner.hidden))
-        yield (0, owner.vocab), owner._head_whole
-        return
-    for a in range(0, owner.vocab, step):
-        b = min(a + step, owner.vocab)
-        yield (a, b), owner.ckpt.get(owner.head_key, (owner.vocab, owner.hidden), (a, b))
 
 
 def streamed_sums(hf_dir: Path, windows: list[Any], scratch: Path, threads: int,

@@ -71,6 +71,16 @@ def test_streamed_fisher_equals_whole_model_fisher(family, tmp_path):
     assert list(scratch.iterdir()) == []  # every scratch file is removed once read
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # an untied and a tied head
+def test_the_head_and_the_embedding_read_in_many_row_chunks_give_the_same_fisher(family, tmp_path, monkeypatch):
+    monkeypatch.setattr(fisher, "CHUNK_BYTES", 1 << 20)  # 49152 rows of 64 floats: 12 chunks
+    hf_dir = tiny_model(tmp_path / family, family, seed=1)
+    windows = fisher.calibration_windows(hf_dir, austen_texts().calib_text, SAMPLES, CTX)
+    whole = {name: t.numpy() for name, t in fisher.whole_model_sums(hf_dir, windows, 2)}
+    streamed = {name: t.numpy().copy() for name, t in fisher.streamed_sums(hf_dir, windows, tmp_path, 2)}
+    assert_same_fisher(streamed, whole)
+
+
 def test_streamed_fisher_equals_whole_model_fisher_on_the_teacher(tmp_path):
     hf_dir = teacher().hf_dir
     windows = fisher.calibration_windows(hf_dir, austen_texts().calib_text, 2, fisher.CTX)
