@@ -103,6 +103,23 @@ def test_sfmp_x8_buffer_mul_mat_agrees_with_the_plain_cpu_path(build, t):
         assert float(max_abs) > 0 and float(max_diff) <= 1e-5 * float(max_abs)
 
 
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+def test_sfmp_x8_buffer_mul_mat_id_agrees_with_the_plain_cpu_path(build, t):
+    """Mixture of experts: MUL_MAT_ID over 8 experts with 2 used per token, the weights in the SFMP_X8
+    buffer against the plain buffer, for one token and 37, with one activation row per token shared
+    by its experts (ffn_up/gate) and one per used expert (ffn_down), on two threads."""
+    n = 512 if t.block_size == 256 else 576
+    for tokens in (1, 37):
+        for act_rows in (1, 2):
+            result = subprocess.run([str(build.tool("sfmp_x8_buffer_check")), str(t.type_id), str(n), "64",
+                                     str(tokens), "2", "8", "2", str(act_rows)],
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            max_diff, max_abs, buffer_name = result.stdout.split()
+            assert buffer_name == "SFMP_X8"
+            assert float(max_abs) > 0 and float(max_diff) <= 1e-5 * float(max_abs), (tokens, act_rows)
+
+
 def test_llama_tools_put_sfmp_weights_in_the_x8_buffer_and_score_like_the_plain_path(build, sfmp_model):
     result = _generate(build, sfmp_model, "-lv", "4")
     assert result.returncode == 0, result.stderr[-3000:]

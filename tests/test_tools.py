@@ -29,7 +29,7 @@ def test_llama_quantize_fns_passes(build):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("op", ["GET_ROWS", "MUL_MAT"])
+@pytest.mark.parametrize("op", ["GET_ROWS", "MUL_MAT", "MUL_MAT_ID"])
 def test_backend_ops_pass_on_cpu_for_sfmp_types(build, op):
     cmd = [str(build.tool("test-backend-ops")), "-b", "CPU", "-o", op, "-p", "sfmp"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

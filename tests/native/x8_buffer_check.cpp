@@ -1,7 +1,10 @@
 // The SFMP_X8 buffer type inside ggml's CPU backend: one MUL_MAT with the weights in the SFMP_X8
 // buffer and the same MUL_MAT with the weights in the plain CPU buffer, on the same random data.
-// Prints "<max |x8 - plain|> <max |plain|> <buffer name>"; tests/test_kernels.py bounds the ratio.
-// Usage: sfmp_x8_buffer_check TYPE_ID N_PER_ROW ROWS COLUMNS THREADS
+// With EXPERTS, USED and ACT_ROWS it is MUL_MAT_ID instead: EXPERTS matrices of ROWS rows, COLUMNS
+// tokens each routed to USED distinct random experts, with ACT_ROWS (1: shared, or USED) activation
+// rows per token. Prints "<max |x8 - plain|> <max |plain|> <buffer name>";
+// tests/test_llama_integration.py bounds the ratio.
+// Usage: sfmp_x8_buffer_check TYPE_ID N_PER_ROW ROWS COLUMNS THREADS [EXPERTS USED ACT_ROWS]
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
@@ -11,19 +14,22 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <numeric>
 #include <random>
 #include <vector>
 
 ggml_backend_buffer_type_t sfmp_x8_buffer_type(void);
 
 int main(int argc, char ** argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s TYPE_ID N_PER_ROW ROWS COLUMNS THREADS\n", argv[0]);
+    if (argc != 6 && argc != 9) {
+        fprintf(stderr, "usage: %s TYPE_ID N_PER_ROW ROWS COLUMNS THREADS [EXPERTS USED ACT_ROWS]\n", argv[0]);
         return 2;
     }
     const auto type = (ggml_type) atoi(argv[1]);
     const int64_t n = atoll(argv[2]), rows = atoll(argv[3]), cols = atoll(argv[4]);
     const int threads = atoi(argv[5]);
+    const bool moe = argc == 9;
+    const int64_t experts = moe ? atoll(argv[6]) : 1, used = moe ? atoll(argv[7]) : 1, act_rows = moe ? atoll(argv[8]) : 1;
     if (!sfmp_x8_buffer_type()) {
         fprintf(stderr, "this build has no SFMP_X8 buffer type\n");
         return 1;
@@ -31,21 +37,29 @@ int main(int argc, char ** argv) {
 
     std::mt19937 rng(42);
     std::student_t_distribution<float> heavy(3.0f);
-    std::vector<float> w(n * rows), x(n * cols);
+    std::vector<float> w(n * rows * experts), x(n * act_rows * cols);
     for (auto & v : w) v = 0.02f * heavy(rng);
     for (auto & v : x) v = heavy(rng);
-    std::vector<uint8_t> q(ggml_row_size(type, n) * rows);
-    ggml_quantize_chunk(type, w.data(), q.data(), 0, rows, n, nullptr);
+    std::vector<uint8_t> q(ggml_row_size(type, n) * rows * experts);
+    ggml_quantize_chunk(type, w.data(), q.data(), 0, rows * experts, n, nullptr);
+    std::vector<int32_t> route(used * cols), order(experts);
+    for (int64_t t = 0; t < cols; ++t) {
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), rng);
+        std::copy_n(order.begin(), used, route.begin() + t * used);
+    }
 
     ggml_init_params params = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
     ggml_context * weights_x8 = ggml_init(params);
     ggml_context * weights_plain = ggml_init(params);
     ggml_context * graph_ctx = ggml_init(params);
-    ggml_tensor * a_x8 = ggml_new_tensor_2d(weights_x8, type, n, rows);
-    ggml_tensor * a_plain = ggml_new_tensor_2d(weights_plain, type, n, rows);
-    ggml_tensor * b = ggml_new_tensor_2d(graph_ctx, GGML_TYPE_F32, n, cols);
-    ggml_tensor * out_x8 = ggml_mul_mat(graph_ctx, a_x8, b);
-    ggml_tensor * out_plain = ggml_mul_mat(graph_ctx, a_plain, b);
+    ggml_tensor * a_x8 = ggml_new_tensor_3d(weights_x8, type, n, rows, experts);
+    ggml_tensor * a_plain = ggml_new_tensor_3d(weights_plain, type, n, rows, experts);
+    ggml_tensor * b = moe ? ggml_new_tensor_3d(graph_ctx, GGML_TYPE_F32, n, act_rows, cols)
+                          : ggml_new_tensor_2d(graph_ctx, GGML_TYPE_F32, n, cols);
+    ggml_tensor * ids = ggml_new_tensor_2d(graph_ctx, GGML_TYPE_I32, used, cols);
+    ggml_tensor * out_x8 = moe ? ggml_mul_mat_id(graph_ctx, a_x8, b, ids) : ggml_mul_mat(graph_ctx, a_x8, b);
+    ggml_tensor * out_plain = moe ? ggml_mul_mat_id(graph_ctx, a_plain, b, ids) : ggml_mul_mat(graph_ctx, a_plain, b);
     ggml_cgraph * graph = ggml_new_graph(graph_ctx);
     ggml_build_forward_expand(graph, out_x8);
     ggml_build_forward_expand(graph, out_plain);
@@ -56,14 +70,20 @@ int main(int argc, char ** argv) {
     ggml_backend_tensor_set(a_x8, q.data(), 0, q.size());
     ggml_backend_tensor_set(a_plain, q.data(), 0, q.size());
     ggml_backend_tensor_set(b, x.data(), 0, x.size() * sizeof(float));
+    ggml_backend_tensor_set(ids, route.data(), 0, route.size() * sizeof(int32_t));
 
     ggml_backend_t backend = ggml_backend_cpu_init();
     ggml_backend_cpu_set_n_threads(backend, threads);
+    // What the model loader asks before it places weights in the buffer.
+    if (!ggml_backend_supports_op(backend, out_x8)) {
+        fprintf(stderr, "the CPU backend refuses %s with the weights in SFMP_X8\n", ggml_op_name(out_x8->op));
+        return 1;
+    }
     if (ggml_backend_graph_compute(backend, graph) != GGML_STATUS_SUCCESS) {
         fprintf(stderr, "graph compute failed\n");
         return 1;
     }
-    std::vector<float> r_x8(rows * cols), r_plain(rows * cols);
+    std::vector<float> r_x8(ggml_nelements(out_x8)), r_plain(ggml_nelements(out_plain));
     ggml_backend_tensor_get(out_x8, r_x8.data(), 0, r_x8.size() * sizeof(float));
     ggml_backend_tensor_get(out_plain, r_plain.data(), 0, r_plain.size() * sizeof(float));
     double max_diff = 0.0, max_abs = 0.0;

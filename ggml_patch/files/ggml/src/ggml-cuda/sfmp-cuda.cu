@@ -143,19 +143,24 @@ SFMP_GET_ROWS(nv_bfloat16)
 
 #define SFMP_MMV_WARPS 4
 
+// Channel blockIdx.y = (i12, i13) of dst. MUL_MAT (ids == nullptr): ncols columns, the weights of
+// channel (i12 / r2, i13 / r3). MUL_MAT_ID: i12 is the expert slot and i13 the token, one column, the
+// weights of expert ids[i12, i13] and activation row (i12 % ne11, i13), as ggml's CPU path.
 static __global__ void k_sfmp_mul_mat_vec(const uint8_t * __restrict__ x, const float * __restrict__ y,
         float * __restrict__ dst, const sfmp_cuda_layout L, const int64_t ne00, const int64_t ne01,
         const int ncols, const size_t nb01, const int64_t stride_col_y, const int64_t stride_col_dst,
         const int64_t ne12, const int64_t r2, const int64_t r3, const size_t nb02, const size_t nb03,
-        const int64_t stride_y2, const int64_t stride_y3, const int64_t stride_dst2, const int64_t stride_dst3) {
+        const int64_t stride_y2, const int64_t stride_y3, const int64_t stride_dst2, const int64_t stride_dst3,
+        const int32_t * __restrict__ ids, const int64_t ids_s0, const int64_t ids_s1, const int64_t ne11) {
     const int64_t row = (int64_t) blockIdx.x * SFMP_MMV_WARPS + threadIdx.y;
     if (row >= ne01) {
         return;
     }
     const int64_t i12 = blockIdx.y % ne12;
     const int64_t i13 = blockIdx.y / ne12;
-    const uint8_t * xrow = x + (i13 / r3) * nb03 + (i12 / r2) * nb02 + row * nb01;
-    const float * ybase = y + i12 * stride_y2 + i13 * stride_y3;
+    const uint8_t * xrow = x + row * nb01 +
+        (ids ? ids[i13 * ids_s1 + i12 * ids_s0] * nb02 : (i13 / r3) * nb03 + (i12 / r2) * nb02);
+    const float * ybase = y + (ids ? (i12 % ne11) * stride_col_y : i12 * stride_y2) + i13 * stride_y3;
     float acc[MMVQ_MAX_BATCH_SIZE] = {0.0f};
     float v[32];
     for (int64_t s = threadIdx.x; s < ne00 / 32; s += WARP_SIZE) {
@@ -190,6 +195,25 @@ void sfmp_cuda_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * 
     k_sfmp_mul_mat_vec<<<blocks, threads, 0, ctx.stream()>>>(
         (const uint8_t *) src0->data, (const float *) src1->data, (float *) dst->data, L, ne00, ne01, (int) ne11,
         nb01, nb11 / sizeof(float), nb1 / sizeof(float), ne12, ne12 / ne02, ne13 / ne03, nb02, nb03,
-        nb12 / sizeof(float), nb13 / sizeof(float), nb2 / sizeof(float), nb3 / sizeof(float));
+        nb12 / sizeof(float), nb13 / sizeof(float), nb2 / sizeof(float), nb3 / sizeof(float), nullptr, 0, 0, 1);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// Expert ids are read on the device, so the stream is not synchronized (CUDA graphs stay usable).
+void sfmp_cuda_mul_mat_vec_id(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
+                              const ggml_tensor * ids, ggml_tensor * dst) {
+    GGML_TENSOR_BINARY_OP_LOCALS
+    GGML_ASSERT(src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32 && ids->type == GGML_TYPE_I32);
+    GGML_ASSERT(nb10 == sizeof(float) && nb0 == sizeof(float) && ids->nb[0] == sizeof(int32_t));
+    const int64_t n_used = ids->ne[0], n_tokens = ids->ne[1];
+    GGML_ASSERT(ne1 == n_used && ne2 == n_tokens && n_used % ne11 == 0);
+    const sfmp_cuda_layout L = sfmp_cuda_get_layout(src0->type);
+    const dim3 blocks((unsigned) ((ne01 + SFMP_MMV_WARPS - 1) / SFMP_MMV_WARPS), (unsigned) (n_used * n_tokens));
+    const dim3 threads(WARP_SIZE, SFMP_MMV_WARPS);
+    k_sfmp_mul_mat_vec<<<blocks, threads, 0, ctx.stream()>>>(
+        (const uint8_t *) src0->data, (const float *) src1->data, (float *) dst->data, L, ne00, ne01, 1,
+        nb01, nb11 / sizeof(float), 0, n_used, 1, 1, nb02, 0,
+        0, nb12 / sizeof(float), nb1 / sizeof(float), nb2 / sizeof(float),
+        (const int32_t *) ids->data, 1, ids->nb[1] / sizeof(int32_t), ne11);
     CUDA_CHECK(cudaGetLastError());
 }

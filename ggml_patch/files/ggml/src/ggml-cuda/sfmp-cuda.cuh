@@ -1,5 +1,5 @@
 // sfmp-gguf: CUDA kernels for the SFMP types: dequantization (also feeding cuBLAS), a mat-vec kernel
-// for small batches, and get_rows. Hooked into convert.cu, getrows.cu and ggml-cuda.cu by the patch.
+// for small batches (MUL_MAT and MUL_MAT_ID), and get_rows. Hooked into convert.cu, getrows.cu and ggml-cuda.cu by the patch.
 #pragma once
 
 #include "common.cuh"
@@ -21,3 +21,8 @@ void sfmp_get_rows_cuda(ggml_type type, const void * src0_d, const int32_t * src
 // dst = src0 * src1 for src1 with at most MMVQ_MAX_BATCH_SIZE columns (F32 src1 and dst).
 void sfmp_cuda_mul_mat_vec(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
                            ggml_tensor * dst);
+
+// MUL_MAT_ID for at most MMVQ_MAX_BATCH_SIZE tokens: dst[:, slot, token] = expert ids[slot, token]
+// times src1 row (slot % ne11, token) (F32 src1 and dst).
+void sfmp_cuda_mul_mat_vec_id(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
+                              const ggml_tensor * ids, ggml_tensor * dst);
