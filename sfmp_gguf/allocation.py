@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from sfmp_gguf.analysis import TensorProfile
+from sfmp_gguf.analysis import TensorProfile, matrix_shape
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.format import SfmpType, types_for_row
 
@@ -74,10 +74,10 @@ def check_rate(profiles: list[TensorProfile], target_bpw: float) -> None:
         raise InputError(f"--bpw {target_bpw:g}: this model's tensors take {low:.2f} to {high:.2f} bpw")
 
 
-def bare_profiles(shapes: dict[str, tuple[int, int]], grids: tuple[str, ...]) -> list[TensorProfile]:
+def bare_profiles(shapes: dict[str, tuple[int, ...]], grids: tuple[str, ...]) -> list[TensorProfile]:
     """Profiles with their candidates and no errors: enough for check_rate before any analysis."""
-    return [TensorProfile(name, shape, tuple(t for t in types_for_row(shape[1]) if t.grid in grids), np.zeros(0))
-            for name, shape in shapes.items()]
+    return [TensorProfile(name, matrix_shape(shape), tuple(t for t in types_for_row(shape[-1]) if t.grid in grids),
+                          np.zeros(0)) for name, shape in shapes.items()]
 
 
 def near_rate(profile: TensorProfile, target_bpw: float, spread: float) -> TensorProfile:

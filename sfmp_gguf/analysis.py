@@ -14,6 +14,11 @@ each type of its family follows from these numbers, and the allocator needs noth
 
 Importance h: 1 (``weights``), the imatrix mean of x^2 of each input column (``imatrix``), or the
 squared gradient of each weight (``fisher``).
+
+A tensor of stacked experts (experts, rows, row length) is one matrix of all its experts' rows: ggml's
+MUL_MAT_ID takes one type per tensor, so the allocator gives it one type, and the analysis and the
+quantizer place that type's upgrades where each expert's own importance is (per-column importance
+then has one row per expert).
 """
 
 from __future__ import annotations
@@ -58,9 +63,33 @@ def on_grids(profile: TensorProfile, grids: tuple[str, ...]) -> TensorProfile:
     return replace(profile, candidates=tuple(profile.candidates[k] for k in keep), errors=profile.errors[keep])
 
 
+# Matrices llama-quantize never quantizes (src/llama-quant.cpp): routers, tiny or positional tables.
+KEPT_AT_F32 = ("_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
+               "per_layer_model_proj", "position_embd", "token_types", "ssm_conv1d", "shortconv.conv.weight",
+               "indexer.k_proj.weight", "indexer.q_proj.weight", "attn_rel_b.weight")
+
+
 def quantizable(name: str, shape: tuple[int, ...]) -> bool:
-    """Matrices whose rows the family can hold; norms, biases and the like stay F32."""
-    return name.endswith(".weight") and len(shape) == 2 and bool(types_for_row(shape[1]))
+    """Matrices and stacked experts whose rows the family can hold; norms, biases, routers and the
+    like stay F32."""
+    return (name.endswith(".weight") and len(shape) in (2, 3) and bool(types_for_row(shape[-1]))
+            and not any(part in name for part in KEPT_AT_F32))
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, row length) of a matrix, or of stacked experts taken as one matrix of all their rows."""
+    return int(np.prod(shape[:-1])), int(shape[-1])
+
+
+def importance_rows(importance: np.ndarray | None, rows: int, start: int, stop: int) -> np.ndarray | None:
+    """Importance of rows [start, stop) of a (rows, n) matrix, from per-column (n,), per-expert
+    per-column (experts, n) or per-weight (rows, n) importance (broadcastable against those rows)."""
+    if importance is None or importance.ndim == 1:
+        return importance
+    if importance.shape[0] == rows:
+        return importance[start:stop]
+    per_expert = rows // importance.shape[0]
+    return importance[np.arange(start, stop) // per_expert]
 
 
 # The (grid, precision) columns of sub_block_errors.
@@ -82,18 +111,22 @@ def _rounded(x: np.ndarray, amax: np.ndarray, grid: str, bits: int) -> np.ndarra
 
 def sub_block_errors(w: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
     """(n_sub_blocks, len(COLUMNS)) importance-weighted squared rounding error of each sub-block."""
-    x_all = np.asarray(w, dtype=np.float32).reshape(-1, SUB_BLOCK)
-    h_all = None if importance is None else \
-        np.broadcast_to(np.asarray(importance, dtype=np.float32), w.shape).reshape(-1, SUB_BLOCK)
-    out = np.empty((x_all.shape[0], len(COLUMNS)))
-    for start in range(0, x_all.shape[0], CHUNK_SUB_BLOCKS):
-        x = x_all[start:start + CHUNK_SUB_BLOCKS]
+    rows, n = w.shape
+    per_row = n // SUB_BLOCK
+    h_all = None if importance is None else np.asarray(importance, dtype=np.float32)
+    out = np.empty((rows * per_row, len(COLUMNS)))
+    step = max(1, CHUNK_SUB_BLOCKS // per_row)
+    for first in range(0, rows, step):
+        last = min(rows, first + step)
+        x = np.asarray(w[first:last], dtype=np.float32).reshape(-1, SUB_BLOCK)
+        h = importance_rows(h_all, rows, first, last)
+        h = None if h is None else np.broadcast_to(h, (last - first, n)).reshape(-1, SUB_BLOCK)
         amax = np.abs(x).max(axis=1, keepdims=True)
         safe = np.where(amax > 0, amax, 1.0)
         for k, (grid, b) in enumerate(COLUMNS):
             diff = x - _rounded(x, safe, grid, b)
-            sq = diff * diff if h_all is None else h_all[start:start + CHUNK_SUB_BLOCKS] * diff * diff
-            out[start:start + x.shape[0], k] = sq.sum(axis=1, dtype=np.float64)
+            sq = diff * diff if h is None else h * diff * diff
+            out[first * per_row:last * per_row, k] = sq.sum(axis=1, dtype=np.float64)
     return out
 
 
@@ -103,7 +136,11 @@ def weighted_energy(w: np.ndarray, importance: np.ndarray | None) -> float:
     if importance is None:
         return float(sq.sum())
     h = np.asarray(importance, dtype=np.float64)
-    return float(sq.sum(axis=0) @ h) if h.ndim == 1 else float(np.einsum("ij,ij->", sq, h))
+    if h.ndim == 1:
+        return float(sq.sum(axis=0) @ h)
+    if h.shape[0] != w.shape[0]:  # per expert: each expert's column sums against its own importance
+        return float(np.einsum("ij,ij->", sq.reshape(h.shape[0], -1, w.shape[1]).sum(axis=1), h))
+    return float(np.einsum("ij,ij->", sq, h))
 
 
 def weight_stats(w: np.ndarray) -> WeightStats:

@@ -20,6 +20,7 @@ tested against, and the benchmark's comparison.
 
 from __future__ import annotations
 
+import copy
 import errno
 import functools
 import json
@@ -219,8 +220,10 @@ def whole_model_sums(hf_dir: Path, windows: list[Any], threads: int, progress=it
     """(HF tensor name, per-weight Fisher) of every matrix, the whole model in memory at once."""
     import torch
 
+    from transformers.core_model_loading import revert_weight_conversion
+
     model = _whole_model(hf_dir, threads)
-    params = {name: p for name, p in model.named_parameters() if p.ndim == 2}
+    params = {name: p for name, p in model.named_parameters() if p.ndim >= 2}
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
     for window in progress(windows):
         model.zero_grad(set_to_none=True)
@@ -228,7 +231,8 @@ def whole_model_sums(hf_dir: Path, windows: list[Any], threads: int, progress=it
         for name, p in params.items():
             if p.grad is not None:
                 sums[name] += p.grad.detach() ** 2
-    return ((name, (total / len(windows)).detach()) for name, total in sums.items())
+    for name, total in sums.items():  # under the checkpoint's names, as the converter reads them
+        yield from revert_weight_conversion(model, {name: (total / len(windows)).detach()}).items()
 
 
 def whole_model_fisher(source: ModelSource, text: Path, shapes: dict[str, tuple[int, int]], threads: int,
@@ -340,6 +344,58 @@ class _Checkpoint:
         return torch.frombuffer(data, dtype=torch_dtype).reshape(stop - first, *full[1:]).to(torch.float32)
 
 
+class _CheckpointNames:
+    """Model parameters against checkpoint tensors, through transformers' own conversion mapping: a
+    mixture-of-experts checkpoint holds one matrix per expert, which transformers fuses into one
+    parameter per block when it loads (and splits again when it saves)."""
+
+    def __init__(self, model: Any, ckpt: _Checkpoint):
+        import torch
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (WeightConverter, WeightRenaming, rename_source_key,
+                                                     revert_weight_conversion)
+
+        self.model, self.ckpt, self._revert = model, ckpt, revert_weight_conversion
+        transforms = get_model_conversion_mapping(model)
+        renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        self.converter_of = {pattern: c for c in converters for pattern in c.source_patterns}
+        self.sources: dict[str, list[tuple[str, str | None]]] = {}  # parameter -> (checkpoint key, pattern)
+        for key in ckpt.entries:
+            target, pattern = rename_source_key(key, renamings, converters)
+            self.sources.setdefault(target, []).append((key, pattern))
+        # Every tensor the config implies, at its shape, now rather than blocks later.
+        expected = {name: torch.empty(p.shape, device="meta") for name, p in model.named_parameters()}
+        for key, meta in revert_weight_conversion(model, expected).items():
+            ckpt.check(key, tuple(meta.shape))
+
+    def key(self, name: str) -> str:
+        """The checkpoint key of a parameter stored as it is (possibly renamed)."""
+        sources = self.sources.get(name, [])
+        if len(sources) != 1 or sources[0][1] is not None:
+            raise InputError(f"{self.ckpt.hf_dir}: parameter {name} is not stored as one tensor")
+        return sources[0][0]
+
+    def load(self, name: str, shape: tuple[int, ...]):
+        sources = self.sources.get(name)
+        if sources is None:
+            raise InputError(f"{self.ckpt.hf_dir}: no tensor for {name}, which its config.json implies")
+        if sources[0][1] is None:
+            return self.ckpt.get(self.key(name), shape)
+        converter = copy.deepcopy(self.converter_of[sources[0][1]])
+        for key, pattern in sources:
+            converter.add_tensor(name, key, pattern, self.ckpt.get(key, self.ckpt.entries[key][2]))
+        value = converter.convert(name, model=self.model, config=self.model.config)[name]
+        value = value[0] if isinstance(value, list) else value
+        if tuple(value.shape) != tuple(shape):
+            raise InputError(f"{self.ckpt.hf_dir}: tensors for {name} make {tuple(value.shape)}, not {tuple(shape)}")
+        return value
+
+    def to_checkpoint(self, name: str, values: Any) -> Iterator[tuple[str, Any]]:
+        """Per-weight values of a parameter under the checkpoint's names (a fused parameter split)."""
+        yield from self._revert(self.model, {name: values}).items()
+
+
 def _hidden_of(out):
     """A decoder block's output hidden states (older transformers return them in a tuple)."""
     return out[0] if isinstance(out, tuple) else out
@@ -441,8 +497,9 @@ class _Streamed:
         self.head_owner, self.head_attr = self.model.get_submodule(owner_name), attr
         self.vocab, self.hidden = head.weight.shape
         self.vocab_in = self.embed.weight.shape[0]
-        for name, param in self.model.named_parameters():  # every mismatch now, not blocks later
-            self.ckpt.check(name, tuple(param.shape))
+        self.names = _CheckpointNames(self.model, self.ckpt)
+        self.embed_file_key = self.names.key(self.embed_key)
+        self.head_file_key = self.names.key(self.head_key)
         self._load_small()
         stand_in = _stand_in_class()
         self.blocks = list(self.layers)
@@ -464,7 +521,7 @@ class _Streamed:
                 continue
             owner_name, _, attr = name.rpartition(".")
             owner = self.model.get_submodule(owner_name)
-            setattr(owner, attr, torch.nn.Parameter(self.ckpt.get(name, param.shape), requires_grad=False))
+            setattr(owner, attr, torch.nn.Parameter(self.names.load(name, param.shape), requires_grad=False))
         for name, module in self.model.named_modules():
             if name.startswith(self.prefix):
                 continue
@@ -478,7 +535,7 @@ class _Streamed:
         for name, _ in block.named_buffers():  # computed, not stored (before the weights: init overwrites them)
             self.model._init_weights(block.get_submodule(name.rpartition(".")[0]))
         for name, param in block.named_parameters():
-            param.data.copy_(self.ckpt.get(f"{self.prefix}{i}.{name}", param.shape))
+            param.data.copy_(self.names.load(f"{self.prefix}{i}.{name}", param.shape))
         return block
 
     def _free_block(self, i: int) -> None:
@@ -531,11 +588,11 @@ class _Streamed:
         chunks = self._row_chunks(self.vocab)
         if len(chunks) == 1:
             if self._head_whole is None:
-                self._head_whole = self.ckpt.get(self.head_key, shape)
+                self._head_whole = self.ckpt.get(self.head_file_key, shape)
             yield chunks[0], self._head_whole
             return
         for rows in chunks:
-            yield rows, self.ckpt.get(self.head_key, shape, rows)
+            yield rows, self.ckpt.get(self.head_file_key, shape, rows)
 
     def _rows(self, key: str, n_rows: int, wanted: np.ndarray):
         """Rows ``wanted`` (sorted) of a (n_rows, hidden) checkpoint tensor, read in chunks."""
@@ -556,7 +613,7 @@ class _Streamed:
 
         tokens = np.unique(np.concatenate([w[0].numpy() for w in self.windows]))
         self.token_rows = {int(t): k for k, t in enumerate(tokens)}
-        self.token_table = self._rows(self.embed_key, self.vocab_in, tokens)
+        self.token_table = self._rows(self.embed_file_key, self.vocab_in, tokens)
         states = [hidden(0)]
         head_stub = _HeadStub(self)
         setattr(self.head_owner, self.head_attr, head_stub)
@@ -596,7 +653,7 @@ class _Streamed:
 
         for i in reversed(range(n_blocks)):
             block = self._load_block(i)
-            params = {name: p for name, p in block.named_parameters() if p.ndim == 2}
+            params = {name: p for name, p in block.named_parameters() if p.ndim >= 2}
             block_sums = {name: torch.zeros_like(p) for name, p in params.items()}
             below = Records(self.scratch / f"grad-{i}.f32", (ctx, self.hidden))
             for w in range(n_w):
@@ -697,11 +754,11 @@ def streamed_sums(hf_dir: Path, windows: list[Any], scratch: Path, threads: int,
     each tensor is read back from ``scratch`` as it is handed out."""
     import torch
 
-    sums = _Streamed(hf_dir, windows, scratch, threads, progress).run()
-    for key, records in sums.items():
+    streamed = _Streamed(hf_dir, windows, scratch, threads, progress)
+    for key, records in streamed.run().items():
         values = records.read(0)
         values /= len(windows)
-        yield key, torch.from_numpy(values)
+        yield from streamed.names.to_checkpoint(key, torch.from_numpy(values))
         records.close()
 
 

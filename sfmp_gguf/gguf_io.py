@@ -91,7 +91,7 @@ def write_gguf(out: Path, arch: str, metadata: dict[str, Any], tensors: list[Out
     writer = None
     try:
         writer = gguf.GGUFWriter(partial, arch)
-        writer.kv_data[0].update(metadata)
+        writer.kv_data[0].update({k: v for k, v in metadata.items() if k != GGUF_VERSION_KEY})  # an input's own is stale
         writer.add_uint32(GGUF_VERSION_KEY, FORMAT_VERSION)
         for t in tensors:
             if t.sfmp_type is None:

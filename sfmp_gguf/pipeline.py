@@ -22,7 +22,8 @@ from sfmp_gguf.allocation import Allocation
 from sfmp_gguf.assets.imatrix import load_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.gguf_io import OutputTensor, write_gguf
-from sfmp_gguf.importance import BUILTIN_TEXT, imatrix_from_text, match_imatrix
+from sfmp_gguf.importance import (BUILTIN_TEXT, SILENT_EXPERTS, column_importance, fill_silent_experts,
+                                  imatrix_from_text, match_imatrix)
 from sfmp_gguf.model_source import ModelSource, open_model
 from sfmp_gguf.quantize import quantize_tensor
 
@@ -43,8 +44,8 @@ class Timer:
 @dataclass
 class Prepared:
     source: ModelSource
-    shapes: dict[str, tuple[int, int]]  # the tensors that get an SFMP type
-    columns: dict[str, np.ndarray] | None  # per-column importance the quantizer takes
+    shapes: dict[str, tuple[int, ...]]  # the tensors that get an SFMP type: matrices and stacked experts
+    columns: dict[str, np.ndarray] | None  # per-column importance the quantizer takes ((experts, n) for experts)
     profiles: list[analysis.TensorProfile]  # errors in loss-like units (units.py)
     timer: Timer
     sensitivity: str = "weights"
@@ -93,7 +94,7 @@ def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: P
     timer = Timer()
     start = time.monotonic()
     source = open_model(model)
-    shapes = {t.name: (t.shape[0], t.shape[1]) for t in source.tensors if analysis.quantizable(t.name, t.shape)}
+    shapes = {t.name: t.shape for t in source.tensors if analysis.quantizable(t.name, t.shape)}
     if rate is not None:
         allocation.check_rate(allocation.bare_profiles(shapes, rate[1]), rate[0])
     sensitivity, why = choose_sensitivity(source, sensitivity, imatrix, calib)
@@ -107,7 +108,7 @@ def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: P
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _prepare(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivity: str, why: str,
+def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str, why: str,
              imatrix: Path | None, text: Path, threads: int, work: Path, timer: Timer) -> Prepared:
     start = time.monotonic()
     columns = per_weight = None
@@ -130,7 +131,7 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivit
     return analysed(source, shapes, sensitivity, columns, per_weight, timer, fallbacks, why)
 
 
-def analysed(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivity: str,
+def analysed(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str,
              columns: dict[str, np.ndarray] | None, per_weight, timer: Timer,
              fallbacks: dict[str, str] | None = None, why: str = "") -> Prepared:
     """The analysis phase: each tensor read once and profiled with its per-weight importance (a
@@ -138,21 +139,26 @@ def analysed(source: ModelSource, shapes: dict[str, tuple[int, int]], sensitivit
     else its per-column importance, else none."""
     start = time.monotonic()
     columns = {} if per_weight is not None else columns
+    fallbacks = dict(fallbacks or {})
     profiles = []
     for t in progress("analysis", "tensor")(source.tensors):
         w = t.load()
         if not np.isfinite(w).all():
             raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values")
         if t.name in shapes:
+            matrix = analysis.matrix_shape(shapes[t.name])
             if per_weight is not None:
-                h = per_weight[t.name]
-                columns[t.name] = h.mean(axis=0)  # the quantizer's per-column weights
+                h, silent = fill_silent_experts(per_weight[t.name])
+                if silent:
+                    fallbacks[t.name] = SILENT_EXPERTS
+                columns[t.name] = column_importance(h)  # the quantizer's per-column weights
+                h = h.reshape(matrix)
             else:
                 h = None if columns is None else columns[t.name]
-            profiles.append(analysis.profile_tensor(t.name, w.reshape(shapes[t.name]), h))
+            profiles.append(analysis.profile_tensor(t.name, w.reshape(matrix), h))
     timer.add("analysis", start)
     return Prepared(source, shapes, columns, units.in_loss_units(profiles, sensitivity), timer, sensitivity,
-                    fallbacks or {}, why)
+                    fallbacks, why)
 
 
 def plan(prepared: Prepared, bpw: float, grids: tuple[str, ...]) -> Allocation:
@@ -182,7 +188,7 @@ def write(prepared: Prepared, plan: Allocation, out: Path, threads: int) -> None
             w = by_name[o.name].load()
             if o.sfmp_type is None:
                 return np.ascontiguousarray(w, dtype=np.float32)
-            return quantize_tensor(w.reshape(shapes[o.name]), o.sfmp_type,
+            return quantize_tensor(w.reshape(analysis.matrix_shape(shapes[o.name])), o.sfmp_type,
                                    None if columns is None else columns[o.name], pool)
 
         write_gguf(out, source.arch, metadata, outputs, produce, progress=progress("quantize+write", "tensor"))

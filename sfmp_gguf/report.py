@@ -47,8 +47,8 @@ def markdown(profiles: list[TensorProfile], types: dict[str, SfmpType], title: s
     lines = [f"# {title}", ""]
     if notes:
         lines += ["Warnings:", ""] + [f"- {note}" for note in notes] + [""]
-    lines += ["| tensor | shape | type | bpw | upgraded sub-blocks | range / rms | outliers > 3 sigma |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| tensor | rows x row length (experts stacked) | type | bpw | upgraded sub-blocks | range / rms "
+              "| outliers > 3 sigma |", "|---|---|---|---|---|---|---|"]
     for p in profiles:
         t = types[p.name]
         stats = f"{p.stats.range_to_rms:.2f} | {p.stats.outlier_share:.2%}" if p.stats else "- | -"

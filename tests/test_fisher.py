@@ -28,6 +28,9 @@ FAMILIES = {
     "gemma3": ("Gemma3TextConfig", dict(sliding_window=24, layer_types=["sliding_attention", "full_attention",
                                                                        "sliding_attention"])),
     "phi3": ("Phi3Config", dict(tie_word_embeddings=False, pad_token_id=0)),
+    # mixtures of experts: one matrix per expert in the checkpoint, fused into one parameter in the model
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)),
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
 }
 CTX, SAMPLES = 64, 3
 

@@ -6,7 +6,11 @@ the quantizers):
 
 - GGUF (the default): tensors ``<name>.in_sum2`` (sums of x^2, ne0 per matrix) and ``<name>.counts``
   (one count per matrix). mean = in_sum2 / counts; a matrix that saw no tokens gets 1 everywhere,
-  as llama-quantize does.
+  as llama-quantize does. Stacked experts have one count per expert, and routing leaves some with
+  few tokens or none: expert e's mean is (sum_e + P m) / (count_e + P), with m the pooled mean of all
+  the tensor's experts and P = EXPERT_PRIOR_TOKENS, so a well-sampled expert keeps its own mean, a
+  rarely chosen one leans on the pool, and one that saw nothing takes the pool. A tensor none of
+  whose experts saw a token gets 1 everywhere, like a matrix.
 - Legacy ``.dat``: int32 n_entries, then per entry int32 name length, the name, int32 ncall,
   int32 nval, nval float32 holding (sum / count) * ncall; then optionally int32 chunk count,
   int32 dataset-name length and the name. mean = value / ncall (the raw value when ncall <= 0).
@@ -33,6 +37,7 @@ CTX = 512
 CHUNKS = 64
 THREADS = 2
 VERSION = "imatrix-v1"  # bump when the command below changes
+EXPERT_PRIOR_TOKENS = 32  # below this many tokens an expert's own column means are mostly noise
 
 _GGUF_MAGIC = b"GGUF"
 _SUM_SUFFIX, _COUNT_SUFFIX = ".in_sum2", ".counts"
@@ -79,6 +84,11 @@ def _means(path: Path, name: str, sums: np.ndarray, counts: np.ndarray) -> np.nd
         raise ImatrixError(f"{path}: {name} has {sums.size} sums for {n_mat} counts")
     sums = sums.reshape(n_mat, -1).astype(np.float64)
     counts = np.rint(counts.astype(np.float64))  # llama.cpp rounds the stored float counts
+    if not np.isfinite(sums).all() or (counts < 0).any():
+        raise ImatrixError(f"{path}: {name} holds negative counts or non-finite sums")
+    if n_mat > 1 and counts.sum() > 0:
+        pooled = sums.sum(axis=0) / counts.sum()
+        return ((sums + EXPERT_PRIOR_TOKENS * pooled) / (counts[:, None] + EXPERT_PRIOR_TOKENS)).astype(np.float32)
     safe = np.where(counts > 0, counts, 1.0)[:, None]
     mean = np.where(counts[:, None] > 0, sums / safe, 1.0).astype(np.float32)
     return mean[0] if n_mat == 1 else mean

@@ -5,6 +5,10 @@ memory benchmarks: a model's quantization error against its own F32 is still a v
 Written one decoder block per safetensors file, so making one holds a block, not the model.
 
     python -m sfmp_gguf.assets.synthetic 0.5B OUT_FOLDER
+
+``write_hf_model`` writes any architecture transformers knows from its config alone (the
+mixture-of-experts benchmark model, the tests' tiny Qwen3-MoE and Mixtral): transformers names the
+checkpoint's tensors, so experts are stored one matrix each, as published checkpoints are.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +27,7 @@ from sfmp_gguf.assets.cache import ensure_artifact
 from sfmp_gguf.assets.teacher import teacher
 
 VERSION = "synthetic-llama-1"
+MOE_VERSION = "synthetic-moe-2"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,10 @@ SIZES = {
     "0.5B": Shape(hidden=1536, ffn=4096, layers=14, heads=12, kv_heads=4),
     "1B": Shape(hidden=2048, ffn=5632, layers=18, heads=16, kv_heads=4),
 }
+# A Qwen3-MoE with 4 of 32 experts active per token: the shape of Qwen3-30B-A3B, scaled down.
+MOE = {"hidden_size": 1024, "moe_intermediate_size": 512, "intermediate_size": 2048, "num_experts": 32,
+       "num_experts_per_tok": 4, "num_hidden_layers": 4, "num_attention_heads": 16, "num_key_value_heads": 4,
+       "head_dim": 64}
 # Llama-3-8B, for extrapolating measurements
 LLAMA3_8B = Shape(hidden=4096, ffn=14336, layers=32, heads=32, kv_heads=8)
 LLAMA3_VOCAB = 128256
@@ -98,6 +108,54 @@ def write_model(shape: Shape, folder: Path, seed: int = 0) -> None:
     shard("head.safetensors", {"model.norm.weight": np.ones(shape.hidden, np.float32),
                                "lm_head.weight": _heavy_tailed(rng, (vocab, shape.hidden))})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def write_hf_model(config: Any, folder: Path, seed: int = 0) -> None:
+    """Random heavy-tailed weights for the transformers ``config`` (norms 1), with the demo teacher's
+    tokenizer, one safetensors file per decoder block, in ``folder`` (which must not exist yet)."""
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import AutoModelForCausalLM
+    from transformers.core_model_loading import revert_weight_conversion
+
+    folder.mkdir(parents=True)
+    source = teacher().hf_dir
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, folder / name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    stored = revert_weight_conversion(model, dict(model.state_dict()))  # the checkpoint's names and shapes
+    config.architectures = [type(model).__name__]  # what converters read to pick the model class
+    config.save_pretrained(folder)
+    rng = np.random.default_rng(seed)
+    weight_map: dict[str, str] = {}
+    by_file: dict[str, list[str]] = {}
+    for key in sorted(stored):
+        block = next((part for part in key.split(".") if part.isdecimal()), None)
+        by_file.setdefault("other" if block is None else f"block-{int(block):03d}", []).append(key)
+    for file, keys in by_file.items():
+        tensors = {k: np.ones(tuple(stored[k].shape), np.float32) if stored[k].ndim == 1
+                   else _heavy_tailed(rng, tuple(stored[k].shape)) for k in keys}
+        save_file(tensors, str(folder / f"{file}.safetensors"))
+        weight_map.update(dict.fromkeys(keys, f"{file}.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def teacher_vocab() -> dict[str, int]:
+    """The demo teacher's vocabulary size and special tokens, for configs built around its tokenizer."""
+    config = json.loads((teacher().hf_dir / "config.json").read_text())
+    return {k: config[k] for k in ("vocab_size", "bos_token_id", "eos_token_id")}
+
+
+def synthetic_moe() -> Path:
+    """The cached synthetic mixture-of-experts model (Qwen3-MoE, shape MOE)."""
+    from transformers import Qwen3MoeConfig
+
+    def write(tmp: Path) -> None:
+        write_hf_model(Qwen3MoeConfig(**MOE, **teacher_vocab(), tie_word_embeddings=False,
+                                      max_position_embeddings=4096), tmp / "hf")
+
+    return ensure_artifact("synthetic-qwen3moe", {"shape": MOE, "version": MOE_VERSION}, write) / "hf"
 
 
 def synthetic_model(size: str) -> Path:
