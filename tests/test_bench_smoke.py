@@ -81,10 +81,15 @@ def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
 def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path):
     out = tmp_path / "all"
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.all", "--smoke", "--out", str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md"):
+    for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md", "moe.md", "moe-quality.png",
+                 "moe-speed.png"):
         assert (out / name).is_file(), name
+    moe_rows = _table_rows((out / "moe.md").read_text().split("## Each SFMP file")[0])
+    assert {row[0] for row in moe_rows[1:]} == {"llama.cpp + imatrix", "SFMP fisher"}
+    moe_speed_header, *moe_speed = _table_rows((out / "moe.md").read_text().split("speed at equal size")[1])
+    assert [(row[0], row[4]) for row in moe_speed] == [("Q4_K_M", "sfmp 4.5 bpw")]
     header, *body = _table_rows((out / "quality.md").read_text().split("## Each SFMP file")[0])
     kld = header.index("mean KLD")
     families = {row[0] for row in body}

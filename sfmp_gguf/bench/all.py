@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import teacher
     from sfmp_gguf.atomic import write_text
-    from sfmp_gguf.bench import quality, speed
+    from sfmp_gguf.bench import moe, quality, speed
     from sfmp_gguf.format import SFMP_TYPES
 
     start = time.monotonic()
@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         log("kernels (test-backend-ops)")
         kernel_types = ["q4_K", "iq4_xs", "q6_K"] + [t.name for t in SFMP_TYPES][: 1 if args.smoke else None]
         write_text(out_dir / "kernels.md", f"# CPU dot-product throughput\n\n{stamp}\n\n" + kernel_table(kernel_types))
+        log("mixture of experts")
+        moe.run(out_dir, args.smoke, args.threads, log)
         log("conversion cost")
         cost = conversion_table(model.hf_dir, model.gguf_path, imatrix, args.threads, timings)
         write_text(out_dir / "conversion.md", f"# Conversion cost\n\n{stamp}\n\n" + cost)
