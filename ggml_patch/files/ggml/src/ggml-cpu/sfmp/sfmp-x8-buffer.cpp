@@ -54,8 +54,8 @@ size_t expert_lists_size(const ggml_tensor * op) {
 
 // Row groups per chunk: the chunk's weights stay in cache while every activation row passes.
 constexpr int64_t GROUPS_PER_CHUNK = 16;
-// Activation rows per kernel call: the kernel decodes each block once for up to 4.
-constexpr int64_t COLUMNS_PER_CALL = 4;
+// Activation rows per kernel call: the kernel decodes each block once for up to 8 (4 without AVX-512).
+constexpr int64_t COLUMNS_PER_CALL = 8;
 
 // This thread's share [first, last) of n row groups.
 std::pair<int64_t, int64_t> thread_share(int64_t n, const ggml_compute_params * params) {

@@ -42,7 +42,8 @@ typedef struct {
 void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts);
 // Row groups [group_begin, group_end) of an interleaved tensor against `ncols` activation rows
 // (Q8_K for _k types, Q8_0 for _s types): column c's activations at vy[c], prepared at acts[c], and
-// row r of group g's result at dst[c][8 g + r]. Each group is decoded once for up to 4 columns.
+// row r of group g's result at dst[c][8 g + r]. Each group is decoded once for up to 8 columns
+// (4 without AVX-512).
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst);
 
