@@ -26,13 +26,18 @@ PARTIAL_MARK = ".sfmp-partial-"
 class OutputTensor:
     name: str
     shape: tuple[int, ...]  # numpy order
-    sfmp_type: SfmpType | None  # None: stored as F32
+    sfmp_type: SfmpType | None  # None: stored as a float
+    half: bool = False  # a float tensor stored as F16 rather than F32
+
+    @property
+    def float_dtype(self) -> np.dtype:
+        return np.dtype(np.float16 if self.half else np.float32)
 
     @property
     def nbytes(self) -> int:
         n = int(np.prod(self.shape))
         if self.sfmp_type is None:
-            return 4 * n
+            return self.float_dtype.itemsize * n
         return n // self.sfmp_type.block_size * self.sfmp_type.type_size
 
 
@@ -95,7 +100,7 @@ def write_gguf(out: Path, arch: str, metadata: dict[str, Any], tensors: list[Out
         writer.add_uint32(GGUF_VERSION_KEY, FORMAT_VERSION)
         for t in tensors:
             if t.sfmp_type is None:
-                writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes)
+                writer.add_tensor_info(t.name, t.shape, t.float_dtype, t.nbytes)
             else:
                 byte_shape = (*t.shape[:-1], t.shape[-1] // t.sfmp_type.block_size * t.sfmp_type.type_size)
                 writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes,

@@ -69,14 +69,15 @@ def column_importance(h: np.ndarray) -> np.ndarray:
     return h.mean(axis=-2)
 
 
-def imatrix_from_text(source: ModelSource, text: Path, threads: int, write_f32: callable) -> dict[str, np.ndarray]:
-    """Run llama-imatrix over ``text`` on an F32 copy of the model (written by ``write_f32``)."""
+def imatrix_from_text(source: ModelSource, text: Path, threads: int, write_copy: callable) -> dict[str, np.ndarray]:
+    """Run llama-imatrix over ``text`` on the input GGUF, or on a temporary copy of a Hugging Face
+    model (written by ``write_copy``, F16 matrices), removed on every exit."""
     if not text.is_file():
         raise InputError(f"{text}: no such calibration text file")
     with tempfile.TemporaryDirectory(prefix="sfmp-calib-") as tmp:
-        model = source.path if source.path.is_file() else Path(tmp) / "model-f32.gguf"
+        model = source.path if source.path.is_file() else Path(tmp) / "model-f16.gguf"
         if model != source.path:
-            write_f32(model)
+            write_copy(model)
         out = Path(tmp) / "imatrix.gguf"
         run_imatrix(model, text, out, CALIB_CTX, CALIB_CHUNKS, threads)
         return load_imatrix(out)

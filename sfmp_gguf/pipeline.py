@@ -57,10 +57,13 @@ class Prepared:
         return sum(p.n_weights for p in self.profiles)
 
 
-def write_f32(source: ModelSource, path: Path) -> None:
+def write_f32(source: ModelSource, path: Path, half: bool = False) -> None:
+    """The model as an F32 GGUF; with ``half``, its matrices in F16 (norms and other vectors stay
+    F32, as llama.cpp's converter keeps them): half the disk, for llama-imatrix's temporary copy."""
     by_name = {t.name: t for t in source.tensors}
-    write_gguf(path, source.arch, dict(source.metadata), [OutputTensor(t.name, t.shape, None) for t in source.tensors],
-               lambda t: by_name[t.name].load())
+    outputs = [OutputTensor(t.name, t.shape, None, half and len(t.shape) >= 2) for t in source.tensors]
+    write_gguf(path, source.arch, dict(source.metadata), outputs,
+               lambda t: by_name[t.name].load().astype(t.float_dtype))
 
 
 def choose_sensitivity(source: ModelSource, sensitivity: str | None, imatrix: Path | None,
@@ -117,7 +120,7 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivit
         if imatrix is not None:
             entries, origin = load_imatrix(imatrix), imatrix
         else:
-            entries, origin = imatrix_from_text(source, text, threads, lambda p: write_f32(source, p)), text
+            entries, origin = imatrix_from_text(source, text, threads, lambda p: write_f32(source, p, half=True)), text
         columns = match_imatrix(origin, entries, shapes)
         fallbacks = {name: "no imatrix entry, so the median importance of the others stands in"
                      for name in shapes if name not in entries}

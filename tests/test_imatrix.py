@@ -102,3 +102,26 @@ def test_gguf_without_imatrix_tensors_is_rejected(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     assert "no imatrix entries" in _one_line_error(path)
+
+
+def test_the_copy_llama_imatrix_reads_holds_f16_matrices_and_f32_vectors(build, tmp_path):
+    """The temporary model behind ``--sensitivity imatrix`` on a Hugging Face folder: 2 bytes per
+    matrix weight on disk, and llama-imatrix runs on it."""
+    import subprocess
+    import sys
+
+    from sfmp_gguf.assets.austen import austen_texts
+    from sfmp_gguf.assets.imatrix import run_imatrix
+    from tests.convert_helpers import make_tiny_model
+
+    model, copy = make_tiny_model(tmp_path / "hf"), tmp_path / "copy.gguf"
+    code = ("import sys; from pathlib import Path; from sfmp_gguf.model_source import use_pinned_gguf_py, open_model;"
+            "use_pinned_gguf_py(); from sfmp_gguf import pipeline;"
+            "pipeline.write_f32(open_model(Path(sys.argv[1])), Path(sys.argv[2]), half=True)")
+    subprocess.run([sys.executable, "-c", code, str(model), str(copy)], check=True, capture_output=True)
+    tensors = GGUFReader(copy).tensors
+    assert {t.tensor_type.name for t in tensors if len(t.shape) >= 2} == {"F16"}
+    assert {t.tensor_type.name for t in tensors if len(t.shape) == 1} == {"F32"}
+    run_imatrix(copy, austen_texts().calib_text, tmp_path / "imatrix.gguf", 64, 2, 2)
+    means = load_imatrix(tmp_path / "imatrix.gguf")
+    assert "blk.0.ffn_down.weight" in means and np.isfinite(means["blk.0.ffn_down.weight"]).all()
