@@ -217,7 +217,7 @@ def output_gradient_energy(source: ModelSource, text: Path, shapes: dict[str, tu
 
 
 def whole_model_sums(hf_dir: Path, windows: list[Any], threads: int, progress=iter) -> Iterator[tuple[str, Any]]:
-    """(HF tensor name, per-weight Fisher) of every matrix, the whole model in memory at once."""
+    """(checkpoint tensor name, per-weight Fisher) of every matrix, the whole model in memory at once."""
     import torch
 
     from transformers.core_model_loading import revert_weight_conversion
@@ -750,7 +750,7 @@ class _HeadStub:
 
 def streamed_sums(hf_dir: Path, windows: list[Any], scratch: Path, threads: int,
                   progress=iter) -> Iterator[tuple[str, Any]]:
-    """(HF tensor name, per-weight Fisher) of every matrix, one decoder block in memory at a time;
+    """(checkpoint tensor name, per-weight Fisher) of every matrix, one decoder block in memory at a time;
     each tensor is read back from ``scratch`` as it is handed out."""
     import torch
 

@@ -57,7 +57,7 @@ class Prepared:
         return sum(p.n_weights for p in self.profiles)
 
 
-def write_f32(source: ModelSource, path: Path, half: bool = False) -> None:
+def write_float(source: ModelSource, path: Path, half: bool = False) -> None:
     """The model as an F32 GGUF; with ``half``, its matrices in F16 (norms and other vectors stay
     F32, as llama.cpp's converter keeps them): half the disk, for llama-imatrix's temporary copy."""
     by_name = {t.name: t for t in source.tensors}
@@ -120,7 +120,7 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivit
         if imatrix is not None:
             entries, origin = load_imatrix(imatrix), imatrix
         else:
-            entries, origin = imatrix_from_text(source, text, threads, lambda p: write_f32(source, p, half=True)), text
+            entries, origin = imatrix_from_text(source, text, threads, lambda p: write_float(source, p, half=True)), text
         columns = match_imatrix(origin, entries, shapes)
         fallbacks = {name: "no imatrix entry, so the median importance of the others stands in"
                      for name in shapes if name not in entries}

@@ -29,6 +29,15 @@ def run_convert(*args: object, limit_bytes: int | None = None, prefix: tuple[str
                           timeout=900, preexec_fn=limit_file_size if limit_bytes else None, env=env)
 
 
+def write_float_copy(model: Path, out: Path, half: bool = False) -> None:
+    """``pipeline.write_float`` of ``model`` (in a child process: it needs the pinned gguf-py)."""
+    code = ("import sys; from pathlib import Path; from sfmp_gguf.model_source import use_pinned_gguf_py, open_model;"
+            "use_pinned_gguf_py(); from sfmp_gguf import pipeline;"
+            "pipeline.write_float(open_model(Path(sys.argv[1])), Path(sys.argv[2]), half=sys.argv[3] == 'half')")
+    subprocess.run([sys.executable, "-c", code, str(model), str(out), "half" if half else "f32"], check=True,
+                   capture_output=True)
+
+
 def quantized_bpw(path: Path) -> tuple[float, dict[str, int]]:
     """Average bpw over the SFMP tensors of a file, and the type id of every tensor."""
     gguf_types.register()

@@ -107,18 +107,12 @@ def test_gguf_without_imatrix_tensors_is_rejected(tmp_path):
 def test_the_copy_llama_imatrix_reads_holds_f16_matrices_and_f32_vectors(build, tmp_path):
     """The temporary model behind ``--sensitivity imatrix`` on a Hugging Face folder: 2 bytes per
     matrix weight on disk, and llama-imatrix runs on it."""
-    import subprocess
-    import sys
-
     from sfmp_gguf.assets.austen import austen_texts
     from sfmp_gguf.assets.imatrix import run_imatrix
-    from tests.convert_helpers import make_tiny_model
+    from tests.convert_helpers import make_tiny_model, write_float_copy
 
     model, copy = make_tiny_model(tmp_path / "hf"), tmp_path / "copy.gguf"
-    code = ("import sys; from pathlib import Path; from sfmp_gguf.model_source import use_pinned_gguf_py, open_model;"
-            "use_pinned_gguf_py(); from sfmp_gguf import pipeline;"
-            "pipeline.write_f32(open_model(Path(sys.argv[1])), Path(sys.argv[2]), half=True)")
-    subprocess.run([sys.executable, "-c", code, str(model), str(copy)], check=True, capture_output=True)
+    write_float_copy(model, copy, half=True)
     tensors = GGUFReader(copy).tensors
     assert {t.tensor_type.name for t in tensors if len(t.shape) >= 2} == {"F16"}
     assert {t.tensor_type.name for t in tensors if len(t.shape) == 1} == {"F32"}

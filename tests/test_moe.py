@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,7 +19,7 @@ from sfmp_gguf.assets.imatrix import EXPERT_PRIOR_TOKENS, load_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.format import BY_ID, BY_NAME
 from sfmp_gguf.quantize import quantize_tensor
-from tests.convert_helpers import assert_one_line_error, run_convert
+from tests.convert_helpers import assert_one_line_error, run_convert, write_float_copy
 
 EXPERTS = {"qwen3_moe": 8, "mixtral": 4}
 SHAPES = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -57,14 +56,6 @@ def llama_bpw(types) -> float:
     return 8 * sum(b for _, _, b in types.values()) / sum(int(np.prod(s)) for _, s, _ in types.values())
 
 
-def write_f32(model, out) -> None:
-    """The model as an F32 GGUF, through the converter's own reader (in a child: the pinned gguf-py)."""
-    code = ("import sys; from pathlib import Path; from sfmp_gguf.model_source import use_pinned_gguf_py, open_model;"
-            "use_pinned_gguf_py(); from sfmp_gguf import pipeline;"
-            "pipeline.write_f32(open_model(Path(sys.argv[1])), Path(sys.argv[2]))")
-    subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module", params=sorted(EXPERTS))
 def converted(request, tmp_path_factory):
     """(family, model folder, its F32 GGUF, the default conversion at 4.5 bpw)."""
@@ -72,7 +63,7 @@ def converted(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(family)
     model = write_moe(folder / "hf", family)
     f32 = folder / "f32.gguf"
-    write_f32(model, f32)
+    write_float_copy(model, f32)
     out = folder / "sfmp.gguf"
     result = run_convert(model, "--bpw", "4.5", "-o", out)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
+from typing import Callable
 
-from sfmp_gguf.paths import REPO_ROOT
+from sfmp_gguf.paths import REPO_ROOT, cache_dir
 
 DEFAULT_OUT = REPO_ROOT / "bench-results"
 
@@ -30,3 +32,16 @@ def output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pat
     if args.smoke and args.out is None:
         parser.error("--smoke needs --out (it must not overwrite the real results)")
     return args.out or DEFAULT_OUT
+
+
+def cached_file(name: str, key: str, suffix: str, make: Callable[[Path], object]) -> Path:
+    """``NAME-HASH.SUFFIX`` in the bench cache, HASH from ``key`` (everything that decides the
+    file), made once by ``make(temporary path)`` and renamed into place when complete."""
+    folder = cache_dir() / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+    if not out.is_file():
+        tmp = folder / f".{out.name}.tmp"
+        make(tmp)
+        tmp.replace(out)
+    return out

@@ -13,7 +13,6 @@ expert tensors run MUL_MAT_ID from the SFMP_X8 buffer).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 from sfmp_gguf.atomic import write_text
-from sfmp_gguf.bench import add_output_args, cpu_name, output_dir
+from sfmp_gguf.bench import add_output_args, cached_file, cpu_name, output_dir
 from sfmp_gguf.paths import cache_dir
 
 STOCK = ("Q4_K_M", "IQ4_XS", "Q6_K")
@@ -33,18 +32,6 @@ FULL = {"stock": STOCK, "bpw": SFMP_BPW, "ctx": CTX, "chunks": CHUNKS, "prompt":
 TINY_MOE = {"hidden_size": 256, "moe_intermediate_size": 256, "intermediate_size": 512, "num_experts": 8,
             "num_experts_per_tok": 2, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "head_dim": 64}
-
-
-def _cached(name: str, key: str, make) -> Path:
-    """A file in the bench cache named by ``key``, made once by ``make(tmp_path)``."""
-    folder = cache_dir() / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.gguf"
-    if not out.is_file():
-        tmp = folder / f".{out.name}.tmp"
-        make(tmp)
-        tmp.replace(out)
-    return out
 
 
 def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
@@ -75,12 +62,14 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
         n_weights = sum(t.n_elements for t in source.tensors)
         identity = (hf_dir / "model.safetensors.index.json").read_text() + (hf_dir / "config.json").read_text()
         log("F32 file")
-        f32 = _cached("moe-f32", identity, lambda p: pipeline.write_f32(source, p)) if not smoke else tmp / "f32.gguf"
         if smoke:
-            pipeline.write_f32(source, f32)
+            f32 = tmp / "f32.gguf"
+            pipeline.write_float(source, f32)
+        else:
+            f32 = cached_file("moe-f32", identity, ".gguf", lambda p: pipeline.write_float(source, p))
         f32_sha = _sha256(f32)
         log("imatrix")
-        imatrix = _cached("moe-imatrix", f32_sha + _sha256(texts.calib_text), lambda p: run_imatrix(
+        imatrix = cached_file("moe-imatrix", f32_sha + _sha256(texts.calib_text), ".gguf", lambda p: run_imatrix(
             f32, texts.calib_text, p, 512, 64, threads))
         base = quality.teacher_logits(f32, texts.eval_text, settings["ctx"], settings["chunks"], threads)
         args = (base, texts.eval_text, n_weights, settings["ctx"], settings["chunks"], threads)

@@ -12,7 +12,6 @@ scored tokens of the evaluation text: mean KLD, PPL ratio and same-top-token sha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sfmp_gguf.atomic import save_figure, write_text
+from sfmp_gguf.bench import cached_file
 from sfmp_gguf.bench.roundtrip import BenchError, _sha256, quantize_model
 from sfmp_gguf.paths import cache_dir
 
@@ -62,15 +62,8 @@ def _perplexity(model: Path, text: Path, extra: list[str], ctx: int, chunks: int
 
 def teacher_logits(model: Path, text: Path, ctx: int, chunks: int, threads: int) -> Path:
     """The teacher's logits over the evaluation chunks, saved once (llama-perplexity's base file)."""
-    key = hashlib.sha256(f"{_sha256(model)} {_sha256(text)} {ctx} {chunks}".encode()).hexdigest()[:16]
-    folder = cache_dir() / "bench"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"kld-base-{key}.bin"
-    if not out.is_file():
-        tmp = folder / f".{out.name}.tmp"
-        _perplexity(model, text, ["--kl-divergence-base", str(tmp)], ctx, chunks, threads)
-        tmp.replace(out)
-    return out
+    return cached_file("kld-base", f"{_sha256(model)} {_sha256(text)} {ctx} {chunks}", ".bin", lambda tmp: _perplexity(
+        model, text, ["--kl-divergence-base", str(tmp)], ctx, chunks, threads))
 
 
 def score(model: Path, base: Path, text: Path, label: str, family: str, n_weights: int,

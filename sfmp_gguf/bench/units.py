@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="sfmp-variant-") as tmp:
             variant = gemma_variant().hf_dir
             f32, imatrix = Path(tmp) / "variant-f32.gguf", Path(tmp) / "imatrix.gguf"
-            pipeline.write_f32(open_model(variant), f32)
+            pipeline.write_float(open_model(variant), f32)
             log("Gemma variant: llama-imatrix")
             run_imatrix(f32, texts.calib_text, imatrix, CTX, IMATRIX_CHUNKS, args.threads)
             measure("Gemma variant", variant, f32, imatrix, VARIANT_RUNS, VARIANT_SIZES, chunks, args.threads,
