@@ -37,6 +37,13 @@ typedef struct { int32_t offset; int32_t sum; float scale; } sfmp_x8_act;
 void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts);
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst);
+typedef struct { double range_to_rms, variance, mean_square, energy; } sfmp_analysis_moments;
+int sfmp_analysis_columns(void);
+void sfmp_analysis_sub_blocks(const float * w, int64_t rows, int64_t n, const float * h, int64_t h_row_stride,
+                              double * errors, sfmp_analysis_moments * moments);
+void sfmp_analysis_type_errors(const double * errors, int64_t n_blocks, int n_sub, int n_types,
+                               const int32_t * types, double * totals);
+int64_t sfmp_count_beyond(const float * w, int64_t n, float threshold);
 """
 
 
@@ -124,6 +131,38 @@ class Kernels:
         dst = self.ffi.new("float *[]", [self._ptr(o, "float *") for o in out])
         self.lib.sfmp_x8_mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, acts, dst)
         return out
+
+    def sub_block_errors(self, w: np.ndarray, importance: np.ndarray | None, per_row: bool = False
+                         ) -> tuple[np.ndarray, dict[str, float]]:
+        """The analysis of (rows, n) float32 weights (native/sfmp-analysis.c): every sub-block's error
+        at each of analysis.COLUMNS, (rows * n / 32, columns) float64, and the moments' sums.
+        ``importance``: None, one row for all rows (n,), or with ``per_row`` one row per weight row."""
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        rows, n = w.shape
+        errors = np.empty((rows * n // 32, self.lib.sfmp_analysis_columns()))
+        h, stride = self.ffi.NULL, 0
+        if importance is not None:
+            importance = np.ascontiguousarray(importance, dtype=np.float32)
+            h, stride = self._ptr(importance, "float *"), n if per_row else 0
+        moments = self.ffi.new("sfmp_analysis_moments *")
+        self.lib.sfmp_analysis_sub_blocks(self._ptr(w, "float *"), rows, n, h, stride, self._ptr(errors, "double *"),
+                                          moments)
+        return errors, {k: getattr(moments, k) for k in ("range_to_rms", "variance", "mean_square", "energy")}
+
+    def type_errors(self, errors: np.ndarray, n_sub: int, types: np.ndarray) -> np.ndarray:
+        """Each type's expected error from sub-block errors: types (count, 3) int32 rows of (base
+        column, next column, upgrades)."""
+        errors = np.ascontiguousarray(errors, dtype=np.float64)
+        types = np.ascontiguousarray(types, dtype=np.int32)
+        totals = np.zeros(len(types))
+        self.lib.sfmp_analysis_type_errors(self._ptr(errors, "double *"), len(errors) // n_sub, n_sub, len(types),
+                                           self._ptr(types, "int32_t *"), self._ptr(totals, "double *"))
+        return totals
+
+    def count_beyond(self, w: np.ndarray, threshold: float) -> int:
+        """How many values of float32 ``w`` exceed ``threshold`` in magnitude."""
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        return int(self.lib.sfmp_count_beyond(self._ptr(w, "float *"), w.size, threshold))
 
     @property
     def cpu_path(self) -> str:

@@ -148,10 +148,20 @@ def _open_hf(model_dir: Path) -> ModelSource:
 
 
 def _eager_f32(lazy: Any) -> np.ndarray:
-    import gguf
+    return np.asarray(_evaluate(lazy), dtype=np.float32)
 
-    data = gguf.LazyNumpyTensor.to_eager(lazy)
-    return np.asarray(data, dtype=np.float32)
+
+def _evaluate(lazy: Any) -> Any:
+    """The value of a lazy tensor, computed afresh. gguf's own ``to_eager`` keeps every result on the
+    lazy objects, which the model holds, so the whole model would stay in memory once read."""
+    from gguf.lazy import LazyBase
+
+    def value(node: LazyBase) -> Any:
+        if node._func is None:
+            return node._data
+        return node._func(*LazyBase._recurse_apply(node._args, value), **node._kwargs)
+
+    return LazyBase._recurse_apply(lazy, value)
 
 
 # ---- GGUF -----------------------------------------------------------------------------------------
@@ -182,13 +192,18 @@ def _open_gguf(path: Path) -> ModelSource:
         if t.tensor_type.name not in _FLOAT_TYPES:
             raise InputError(f"{path}: tensor {t.name} is {t.tensor_type.name}; the input must be F32, F16 or BF16")
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        tensors.append(SourceTensor(t.name, shape, lambda t=t, shape=shape: _gguf_f32(t, shape), path))
+        tensors.append(SourceTensor(t.name, shape, lambda t=t: _gguf_f32(path, t), path))
     return ModelSource(path, str(arch_field.contents()), metadata, tuple(tensors), None)
 
 
-def _gguf_f32(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
+def _gguf_f32(path: Path, tensor: Any) -> np.ndarray:
+    """A tensor's values, read into memory of our own: values read through the reader's map of the
+    whole file would stay resident, so memory would grow with the model."""
     import gguf
 
+    raw = np.fromfile(path, dtype=np.uint8, count=int(tensor.n_bytes), offset=int(tensor.data_offset))
     if tensor.tensor_type == gguf.GGMLQuantizationType.F32:
-        return np.asarray(tensor.data, dtype=np.float32).reshape(shape)
-    return gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).astype(np.float32).reshape(shape)
+        return raw.view(np.float32)
+    if tensor.tensor_type == gguf.GGMLQuantizationType.F16:
+        return raw.view(np.float16).astype(np.float32)
+    return gguf.quants.dequantize(raw, tensor.tensor_type).astype(np.float32).ravel()

@@ -6,18 +6,21 @@ it at many sizes. Call ``model_source.use_pinned_gguf_py()`` before importing th
 
 from __future__ import annotations
 
+import resource
 import shutil
 import tempfile
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from sfmp_gguf import allocation, analysis, units
+from sfmp_gguf import allocation, analysis, native_analysis, units
 from sfmp_gguf.allocation import Allocation
 from sfmp_gguf.assets.imatrix import load_imatrix
 from sfmp_gguf.errors import InputError
@@ -33,12 +36,48 @@ def progress(desc: str, unit: str) -> Callable[[Iterable], Iterable]:
     return lambda items: tqdm(items, desc=desc, unit=unit, leave=False, disable=None)
 
 
+def weight_progress(desc: str, tensors: Iterable) -> Callable[[Iterable], Iterable]:
+    """A bar over ``tensors`` (anything with a ``shape``) that counts their weights, so it shows
+    weights/s. It wraps an iterable of those tensors, or of pairs that start with them."""
+    total = sum(int(np.prod(t.shape)) for t in tensors)
+
+    def bar(items: Iterable) -> Iterable:
+        with tqdm(total=total, desc=desc, unit="weight", unit_scale=True, leave=False, disable=None) as shown:
+            for item in items:
+                yield item
+                shown.update(int(np.prod((item[0] if isinstance(item, tuple) else item).shape)))
+    return bar
+
+
+def prefetched(items: Iterable, load: Callable[[Any], Any]) -> Iterator[tuple[Any, Any]]:
+    """(item, load(item)) in order, with the next item loading on a thread while the caller works on
+    this one: reading overlaps computing, and at most two loaded items exist at once."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = deque(reader.submit(load, item) for item in items[:1])
+        for i, item in enumerate(items):
+            value = pending.popleft().result()
+            if i + 1 < len(items):
+                pending.append(reader.submit(load, items[i + 1]))
+            yield item, value
+            del value
+
+
+def peak_rss() -> int:
+    """The process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 @dataclass
 class Timer:
+    """Each phase's time, and the process's peak RSS when it ended."""
+
     phases: dict[str, float] = field(default_factory=dict)
+    peaks: dict[str, int] = field(default_factory=dict)
 
     def add(self, phase: str, start: float) -> None:
         self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - start
+        self.peaks[phase] = peak_rss()
 
 
 @dataclass
@@ -131,37 +170,51 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivit
         per_weight = fisher.streamed_fisher(view, text, shapes, threads, scratch=work,
                                             progress=progress("fisher", "block"))
     timer.add("importance", start)
-    return analysed(source, shapes, sensitivity, columns, per_weight, timer, fallbacks, why)
+    return analysed(source, shapes, sensitivity, columns, per_weight, timer, threads, fallbacks, why)
 
 
 def analysed(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str,
-             columns: dict[str, np.ndarray] | None, per_weight, timer: Timer,
+             columns: dict[str, np.ndarray] | None, per_weight, timer: Timer, threads: int,
              fallbacks: dict[str, str] | None = None, why: str = "") -> Prepared:
-    """The analysis phase: each tensor read once and profiled with its per-weight importance (a
-    mapping read one tensor at a time, such as a FisherStore; its column means become ``columns``),
-    else its per-column importance, else none."""
+    """The analysis phase: each tensor read once and profiled, on ``threads`` threads, with its
+    per-weight importance (a mapping read one tensor at a time, such as a FisherStore; its column means
+    become ``columns``), else its per-column importance, else none."""
     start = time.monotonic()
     columns = {} if per_weight is not None else columns
     fallbacks = dict(fallbacks or {})
     profiles = []
-    for t in progress("analysis", "tensor")(source.tensors):
-        w = t.load()
-        if not np.isfinite(w).all():
-            raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values")
-        if t.name in shapes:
-            matrix = analysis.matrix_shape(shapes[t.name])
-            if per_weight is not None:
-                h, silent = fill_silent_experts(per_weight[t.name])
-                if silent:
-                    fallbacks[t.name] = SILENT_EXPERTS
-                columns[t.name] = column_importance(h)  # the quantizer's per-column weights
-                h = h.reshape(matrix)
-            else:
-                h = None if columns is None else columns[t.name]
-            profiles.append(analysis.profile_tensor(t.name, w.reshape(matrix), h))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for t, w in weight_progress("analysis", source.tensors)(prefetched(source.tensors, lambda t: t.load())):
+            profile = _analyse(source, t, w, shapes, columns, per_weight, fallbacks, pool)
+            if profile is not None:
+                profiles.append(profile)
     timer.add("analysis", start)
     return Prepared(source, shapes, columns, units.in_loss_units(profiles, sensitivity), timer, sensitivity,
                     fallbacks, why)
+
+
+def _analyse(source: ModelSource, t, w: np.ndarray, shapes: dict[str, tuple[int, ...]],
+             columns: dict[str, np.ndarray] | None, per_weight, fallbacks: dict[str, str],
+             pool: ThreadPoolExecutor) -> analysis.TensorProfile | None:
+    """The profile of tensor ``t`` with values ``w`` (None for a tensor kept as a float); records its
+    quantizer importance in ``columns`` when it comes from per-weight values."""
+    if t.name not in shapes:
+        if not np.isfinite(w).all():
+            raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values")
+        return None
+    matrix = analysis.matrix_shape(shapes[t.name])
+    if per_weight is not None:
+        h, silent = fill_silent_experts(per_weight[t.name])
+        if silent:
+            fallbacks[t.name] = SILENT_EXPERTS
+        columns[t.name] = column_importance(h)  # the quantizer's per-column weights
+        h = h.reshape(matrix)
+    else:
+        h = None if columns is None else columns[t.name]
+    try:
+        return native_analysis.profile_tensor(t.name, w.reshape(matrix), h, pool)
+    except native_analysis.NonFiniteWeights:
+        raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values") from None
 
 
 def plan(prepared: Prepared, bpw: float, grids: tuple[str, ...]) -> Allocation:
@@ -186,13 +239,15 @@ def write(prepared: Prepared, plan: Allocation, out: Path, threads: int) -> None
     dominant = max(weights_of, key=lambda t: (weights_of[t], -t.type_id))
     metadata["general.file_type"] = gguf.GGUFValue(dominant.type_id, gguf.GGUFValueType.UINT32)
     outputs = [OutputTensor(t.name, t.shape, plan.types.get(t.name)) for t in source.tensors]
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    loaded = prefetched(outputs, lambda o: by_name[o.name].load())
+    with ThreadPoolExecutor(max_workers=threads) as pool, closing(loaded):
         def produce(o: OutputTensor) -> np.ndarray:
-            w = by_name[o.name].load()
+            t, w = next(loaded)  # write_gguf asks for the tensors in this order
+            assert t is o
             if o.sfmp_type is None:
                 return np.ascontiguousarray(w, dtype=np.float32)
             return quantize_tensor(w.reshape(analysis.matrix_shape(shapes[o.name])), o.sfmp_type,
                                    None if columns is None else columns[o.name], pool)
 
-        write_gguf(out, source.arch, metadata, outputs, produce, progress=progress("quantize+write", "tensor"))
+        write_gguf(out, source.arch, metadata, outputs, produce, progress=weight_progress("quantize+write", outputs))
     prepared.timer.add("quantize+write", start)

@@ -83,8 +83,8 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.all", "--smoke", "--out", str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md", "moe.md", "moe-quality.png",
-                 "moe-speed.png"):
+    for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md", "conversion.png", "moe.md",
+                 "moe-quality.png", "moe-speed.png"):
         assert (out / name).is_file(), name
     moe_rows = _table_rows((out / "moe.md").read_text().split("## Each SFMP file")[0])
     assert {row[0] for row in moe_rows[1:]} == {"llama.cpp + imatrix", "SFMP fisher"}
@@ -102,4 +102,9 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     grid_header, *grid_rows = _table_rows((out / "quality.md").read_text().split("## The nonlinear grid")[1])
     assert len(grid_rows) == 1 and grid_rows[0][0] == "weights"
     assert math.isfinite(float(grid_rows[0][grid_header.index("ratio")]))
-    assert "peak RSS" in (out / "conversion.md").read_text()
+    cost_header, *cost_rows = _table_rows((out / "conversion.md").read_text().split("Converter phases")[0])
+    assert [row[0] for row in cost_rows] == ["teacher 135M"]
+    ratios = [float(v) for h, v in zip(cost_header, cost_rows[0]) if h == "ratio"]
+    temporary = float(cost_rows[0][cost_header.index("temporary disk")].split()[0])
+    assert len(ratios) == 2 and all(math.isfinite(r) and r > 0 for r in ratios)
+    assert temporary > 0  # the model copy llama-imatrix reads was seen

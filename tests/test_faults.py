@@ -125,3 +125,43 @@ def test_sigkill_never_leaves_a_partial_file_at_the_final_path(build, tiny, refe
     assert out.read_bytes() == reference
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the next run removed the leftovers
     assert _digest(tiny) == before
+
+
+def _calibrating(tiny: Path, out: Path, tmp: Path, *extra: str) -> list[str]:
+    """A conversion that writes llama-imatrix's temporary model copy into ``tmp`` (its TMPDIR)."""
+    tmp.mkdir(exist_ok=True)
+    return [sys.executable, str(CONVERTER), str(tiny), "-o", str(out), "--bpw", "4.0", "--sensitivity", "imatrix", *extra]
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(tmp)}
+
+
+def test_temporary_files_go_after_success_and_after_an_error(build, tiny, tmp_path):
+    out, tmp = tmp_path / "out" / "model.gguf", tmp_path / "tmp"
+    out.parent.mkdir()
+    ok = subprocess.run(_calibrating(tiny, out, tmp), capture_output=True, text=True, env=_env(tmp), timeout=900)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert list(tmp.iterdir()) == [] and [p.name for p in out.parent.iterdir()] == [out.name]
+    out.unlink()
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to calibrate on.")
+    failed = subprocess.run(_calibrating(tiny, out, tmp, "--calib", str(short)), capture_output=True, text=True,
+                            env=_env(tmp), timeout=900)
+    assert_one_line_error(failed, "llama-imatrix failed")
+    assert list(tmp.iterdir()) == [] and list(out.parent.iterdir()) == []
+
+
+def test_temporary_files_go_after_sigint(build, tiny, tmp_path):
+    out, tmp = tmp_path / "out" / "model.gguf", tmp_path / "tmp"
+    out.parent.mkdir()
+    proc = subprocess.Popen(_calibrating(tiny, out, tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(tmp))
+    deadline = time.monotonic() + 300
+    while not any(p.is_file() for p in tmp.rglob("*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the temporary model copy exists
+    assert proc.poll() is None, "the conversion ended before its temporary files appeared"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.strip().splitlines()[-1] == "error: interrupted", stderr[-2000:]
+    assert list(tmp.iterdir()) == [] and list(out.parent.iterdir()) == []

@@ -15,34 +15,17 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 from sfmp_gguf.bench import DEFAULT_OUT, add_output_args, cpu_name, output_dir
 from sfmp_gguf.model_source import use_pinned_gguf_py
-from sfmp_gguf.paths import CONVERTER, REPO_ROOT
+from sfmp_gguf.paths import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 KERNEL_SHAPE = "m=4096,n=1,k=14336"
-
-
-# Run through a small wrapper: a child forked straight from this (large) process would report our
-# own resident set as its peak, since the high-water mark survives fork.
-_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-            "stderr=subprocess.DEVNULL); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-
-
-def run_measured(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command."""
-    start = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=True).stdout
-    code, rss_kib = map(int, out.split())
-    if code != 0:
-        raise RuntimeError(f"{cmd[0]} failed (exit {code})")
-    return time.monotonic() - start, rss_kib * 1024
 
 
 def kernel_table(types: list[str]) -> str:
@@ -60,38 +43,6 @@ def kernel_table(types: list[str]) -> str:
              "| type | us/run | GFLOPS |", "|---|---|---|"]
     for name, us, gflops in sorted(rows, key=lambda r: float(r[1])):
         lines.append(f"| {name} | {float(us):.0f} | {float(gflops):.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def conversion_table(hf_dir: Path, f32: Path, imatrix: Path, threads: int, timings: dict[str, dict[str, float]]) -> str:
-    from sfmp_gguf.bench.allocation import llama3_8b_shapes, synthetic_profiles
-    from sfmp_gguf.allocation import allocate
-    from sfmp_gguf.llama.build import current_build
-
-    lines = ["| run | wall (s) | peak RSS (MiB) |", "|---|---|---|"]
-    with tempfile.TemporaryDirectory(prefix="sfmp-cost-") as tmp:
-        convert = [sys.executable, str(CONVERTER)]
-        runs = {
-            "sfmp_to_gguf, HF folder, --imatrix, 4.5 bpw": convert + [str(hf_dir), "-o", f"{tmp}/a.gguf", "--bpw", "4.5",
-                                                                      "--imatrix", str(imatrix), "--threads", str(threads)],
-            "sfmp_to_gguf, F32 GGUF, --imatrix, 4.5 bpw": convert + [str(f32), "-o", f"{tmp}/b.gguf", "--bpw", "4.5",
-                                                                     "--imatrix", str(imatrix), "--threads", str(threads)],
-            "llama-quantize --imatrix Q4_K_M, F32 GGUF": [str(current_build().tool("llama-quantize")), "--imatrix",
-                                                          str(imatrix), str(f32), f"{tmp}/c.gguf", "Q4_K_M", str(threads)],
-        }
-        for label, cmd in runs.items():
-            wall, rss = run_measured(cmd)
-            lines.append(f"| {label} | {wall:.1f} | {rss / 2**20:.0f} |")
-    lines += ["", "Converter phases on the teacher HF folder, per sensitivity (seconds; allocation and "
-              "quantize+write per output size):", "", "| sensitivity | " + " | ".join(next(iter(timings.values()))) + " |",
-              "|---|" + "---|" * len(next(iter(timings.values())))]
-    for sensitivity, phases in timings.items():
-        lines.append(f"| {sensitivity} | " + " | ".join(f"{v:.2f}" for v in phases.values()) + " |")
-    profiles = synthetic_profiles(llama3_8b_shapes())
-    start = time.perf_counter()
-    allocate(profiles, 4.5)
-    lines += ["", f"Allocation on a synthetic Llama-3-8B inventory ({len(profiles)} tensors, "
-              f"{sum(p.n_weights for p in profiles) / 1e9:.2f}B weights): {1000 * (time.perf_counter() - start):.1f} ms."]
     return "\n".join(lines) + "\n"
 
 
@@ -144,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import teacher
     from sfmp_gguf.atomic import write_text
-    from sfmp_gguf.bench import moe, quality, speed
+    from sfmp_gguf.bench import conversion, moe, quality, speed
     from sfmp_gguf.format import SFMP_TYPES
 
     start = time.monotonic()
@@ -181,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         log("mixture of experts")
         moe.run(out_dir, args.smoke, args.threads, log)
         log("conversion cost")
-        cost = conversion_table(model.hf_dir, model.gguf_path, imatrix, args.threads, timings)
-        write_text(out_dir / "conversion.md", f"# Conversion cost\n\n{stamp}\n\n" + cost)
+        conversion.run(out_dir, args.smoke, args.threads, log, timings)
 
     command = "python -m sfmp_gguf.bench.all" + (" --quality-only" if args.quality_only else "")
     write_text(out_dir / "run.json", json.dumps({"stamp": stamp, "minutes": (time.monotonic() - start) / 60,

@@ -152,7 +152,7 @@ def teacher_comparison(samples: int, threads: int, log) -> str:
             worst_sum = max(worst_sum, abs(float(a.sum()) - float(b.sum())) / float(b.sum()))
             pick = np.random.default_rng(0).choice(a.size, min(a.size, 200_000), replace=False)
             worst_rank = min(worst_rank, spearmanr(a.ravel()[pick], b.ravel()[pick]).statistic)
-        preps = {mode: pipeline.analysed(source, shapes, "fisher", None, values, pipeline.Timer())
+        preps = {mode: pipeline.analysed(source, shapes, "fisher", None, values, pipeline.Timer(), threads)
                  for mode, values in (("streamed", store), ("whole", whole))}
         store.close()
     eval_text = austen_texts().eval_text

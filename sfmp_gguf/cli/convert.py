@@ -81,7 +81,8 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     return {"notes": notes, "sensitivity": f"{prepared.sensitivity} sensitivity ({prepared.why})", "peak": peak,
             "size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
-            **{f"t_{k}": v for k, v in prepared.timer.phases.items()}}
+            **{f"t_{k}": v for k, v in prepared.timer.phases.items()},
+            **{f"p_{k}": v for k, v in prepared.timer.peaks.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    phases = ", ".join(f"{k[2:]} {v:.1f} s" for k, v in result.items() if k.startswith("t_"))
+    phases = ", ".join(f"{k[2:]} {v:.1f} s ({result['p_' + k[2:]] / 2**30:.2f} GiB)"
+                       for k, v in result.items() if k.startswith("t_"))
     print(f"wrote {args.output}: {result['size'] / 2**20:.1f} MiB, {result['bpw']:.3f} bpw over the "
           f"{result['n_quant'] / 1e6:.1f}M quantized weights ({result['file_bpw']:.3f} bpw whole file), "
-          f"{result['sensitivity']}, in {time.monotonic() - start:.1f} s ({phases}), "
+          f"{result['sensitivity']}, in {time.monotonic() - start:.1f} s (phase, and the peak RSS at its end: {phases}), "
           f"peak RSS {result['peak'] / 2**30:.2f} GiB")
     for note in result["notes"]:
         print(f"warning: {note}", file=sys.stderr)

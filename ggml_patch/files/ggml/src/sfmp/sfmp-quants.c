@@ -4,6 +4,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #define SFMP_N_CANDIDATES 12
 #define SFMP_SHRINK_STEP 0.05
@@ -149,30 +152,53 @@ static int sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_
 // One precision of one grid, as the quantizer sees it: a weight x is coded as value(q) * step, with
 // step = amplitude / div (uniform: values q + 1/2 - 2^(b-1) over div = 2^(b-1); nonlinear: values
 // L[q] over div = 64). reference.py spells out the same operations.
+//
+// A nonlinear code is the number of midpoints of neighbouring levels that t = x / step reaches. The
+// midpoints are integers or halves, so t >= mid exactly when floor(2t) >= 2 mid: the code is a table
+// lookup at floor(2t), clamped to the table (|2 mid| < 128).
+#define SFMP_NL_TABLE 256
 typedef struct {
     bool nonlinear;
     int bits;
     double half;  // 2^(bits-1)
     double div;
+    uint8_t nl_code[SFMP_NL_TABLE];  // at floor(2t) + 128
+    double nl_value[SFMP_NL_TABLE];  // L[code]
 } grid_levels;
 
-static grid_levels levels_of(const sfmp_layout * L, int bits) {
-    const double half = (double) (1 << (bits - 1));
-    const grid_levels g = {L->grid == SFMP_GRID_NONLINEAR, bits, half, L->grid == SFMP_GRID_NONLINEAR ? SFMP_NL_UNIT : half};
-    return g;
+static void levels_of(const sfmp_layout * L, int bits, grid_levels * g) {
+    g->nonlinear = L->grid == SFMP_GRID_NONLINEAR;
+    g->bits = bits;
+    g->half = (double) (1 << (bits - 1));
+    g->div = g->nonlinear ? SFMP_NL_UNIT : g->half;
+    if (!g->nonlinear) {
+        return;
+    }
+    const int8_t * levels = sfmp_nl_levels[bits];
+    for (int i = 0; i < SFMP_NL_TABLE; ++i) {
+        int q = 0;
+        for (int k = 0; k + 1 < (1 << bits); ++k) {
+            q += i - SFMP_NL_TABLE / 2 >= levels[k] + levels[k + 1];
+        }
+        g->nl_code[i] = (uint8_t) q;
+        g->nl_value[i] = (double) levels[q];
+    }
+}
+
+// floor(2t) + 128 clamped to the table; NaN takes the lowest level, as no midpoint compares true.
+static int nl_index(double t) {
+    const double twice = 2.0 * t;
+    if (!(twice >= -SFMP_NL_TABLE / 2)) {
+        return 0;
+    }
+    return twice >= SFMP_NL_TABLE / 2 - 1 ? SFMP_NL_TABLE - 1 : (int) floor(twice) + SFMP_NL_TABLE / 2;
 }
 
 // Nearest level. Uniform: floor(x / step + half), clamped. Nonlinear: t = x / step against the
 // midpoints of neighbouring levels (exact halves), ties upwards as floor does.
 static int level_code(const grid_levels * g, double x, double step) {
     if (g->nonlinear) {
-        const int8_t * L = sfmp_nl_levels[g->bits];
-        const double t = x / step;
-        int q = 0;
-        for (int k = 0; k + 1 < (1 << g->bits); ++k) {
-            q += t >= ((double) L[k] + (double) L[k + 1]) / 2.0;
-        }
-        return q;
+        return g->nl_code[nl_index(x / step)];
     }
     double q = floor(x / step + g->half);
     if (q < 0.0) {
@@ -197,7 +223,108 @@ static double sub_block_error(const grid_levels * g, const double * x, const dou
     return err;
 }
 
-// Best amplitude for one sub-block at one precision; see reference.py::_search_amplitudes.
+// The amplitude search evaluates its candidates side by side, one per lane, so each operation below
+// is the scalar one (level_code, level_value, sub_block_error) applied lane by lane, with the same
+// rounding; every lane adds its weights left to right, as the reference does.
+#define SFMP_LANES 4  // a multiple of it is evaluated at once
+#if defined(__GNUC__)
+typedef double sfmp_vd __attribute__((vector_size(SFMP_LANES * sizeof(double))));
+typedef int64_t sfmp_vi __attribute__((vector_size(SFMP_LANES * sizeof(double))));
+
+static inline sfmp_vd lanes_select(sfmp_vi mask, sfmp_vd yes, sfmp_vd no) {
+    return (sfmp_vd) (((sfmp_vi) yes & mask) | ((sfmp_vi) no & ~mask));
+}
+
+// floor(v) for |v| < 2^51: the instruction where there is one, else round to nearest through the
+// 1.5 * 2^52 shift and step down if above.
+static inline sfmp_vd lanes_floor(sfmp_vd v) {
+#if defined(__AVX__)
+    return (sfmp_vd) _mm256_floor_pd((__m256d) v);
+#else
+    const sfmp_vd shift = (sfmp_vd) {0} + 6755399441055744.0;
+    const sfmp_vd nearest = (v + shift) - shift;
+    return lanes_select(nearest > v, nearest - 1.0, nearest);
+#endif
+}
+
+// v clamped to [low, high]; a NaN stays NaN, as it does through the scalar comparisons.
+static inline sfmp_vd lanes_clamp(sfmp_vd v, double low, double high) {
+#if defined(__AVX__)
+    return (sfmp_vd) _mm256_min_pd(_mm256_set1_pd(high), _mm256_max_pd(_mm256_set1_pd(low), (__m256d) v));
+#else
+    v = lanes_select(v < low, (sfmp_vd) {0} + low, v);
+    return lanes_select(v > high, (sfmp_vd) {0} + high, v);
+#endif
+}
+
+// The value of x's nearest level at each lane's step: floor(x / step + half) clamped to the codes (as
+// a clamp of the argument, which floors to the same code), or, nonlinear, the table at nl_index.
+static inline sfmp_vd lanes_value(const grid_levels * g, double x, sfmp_vd step) {
+    if (g->nonlinear) {
+        const sfmp_vd low = (sfmp_vd) {0} - SFMP_NL_TABLE / 2, high = (sfmp_vd) {0} + (SFMP_NL_TABLE / 2 - 1);
+        sfmp_vd twice = 2.0 * (x / step);
+        twice = lanes_select(twice >= low, twice, low);  // NaN: the lowest level
+        twice = lanes_select(twice >= high, high, twice);
+        const sfmp_vd index = lanes_floor(twice) + SFMP_NL_TABLE / 2;
+#if defined(__AVX2__)
+        return (sfmp_vd) _mm256_i32gather_pd(g->nl_value, _mm256_cvtpd_epi32((__m256d) index), 8);
+#else
+        sfmp_vd v;
+        for (int k = 0; k < SFMP_LANES; ++k) {
+            v[k] = g->nl_value[(int) index[k]];
+        }
+        return v;
+#endif
+    }
+    // q + 0.5 - half is exact in any order (small integers and halves): one addition
+    return lanes_floor(lanes_clamp(x / step + g->half, 0.0, 2.0 * g->half - 1.0)) + (0.5 - g->half);
+}
+
+// Weighted squared error at each candidate step and, where num is given, the sums of the weighted
+// least-squares refit.
+static void candidate_sums(const grid_levels * g, const double * x, const double * w, const double * step,
+                           int count, double * err, double * num, double * den) {
+    for (int k = 0; k < count; k += SFMP_LANES) {
+        sfmp_vd s, e = {0}, nu = {0}, de = {0};
+        memcpy(&s, step + k, sizeof(s));
+        if (num) {
+            for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+                const sfmp_vd u = lanes_value(g, x[i], s);
+                const sfmp_vd diff = x[i] - u * s;
+                e += w[i] * (diff * diff);
+                nu += (w[i] * x[i]) * u;
+                de += (w[i] * u) * u;
+            }
+            memcpy(num + k, &nu, sizeof(nu));
+            memcpy(den + k, &de, sizeof(de));
+        } else {
+            for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+                const sfmp_vd diff = x[i] - lanes_value(g, x[i], s) * s;
+                e += w[i] * (diff * diff);
+            }
+        }
+        memcpy(err + k, &e, sizeof(e));
+    }
+}
+#else
+static void candidate_sums(const grid_levels * g, const double * x, const double * w, const double * step,
+                           int count, double * err, double * num, double * den) {
+    for (int k = 0; k < count; ++k) {
+        err[k] = sub_block_error(g, x, w, step[k]);
+        if (num) {
+            num[k] = den[k] = 0.0;
+            for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
+                const double u = level_value(g, level_code(g, x[i], step[k]));
+                num[k] += (w[i] * x[i]) * u;
+                den[k] += (w[i] * u) * u;
+            }
+        }
+    }
+}
+#endif
+
+// Best amplitude for one sub-block at one precision; see reference.py::_search_amplitudes. The
+// candidates are A_0, refit(A_0), A_1, refit(A_1), ...; the first minimum wins.
 static void fit_sub_block(const grid_levels * g, const double * x, const double * w, double * amp_out,
                           double * err_out) {
     double amax = 0.0;
@@ -210,44 +337,49 @@ static void fit_sub_block(const grid_levels * g, const double * x, const double 
         return;
     }
     const double a0 = amax / (level_value(g, (1 << g->bits) - 1) / g->div);  // the largest |x| on the top level
+    double amp[SFMP_N_CANDIDATES], step[SFMP_N_CANDIDATES], err[SFMP_N_CANDIDATES];
+    double num[SFMP_N_CANDIDATES], den[SFMP_N_CANDIDATES];
+    for (int k = 0; k < SFMP_N_CANDIDATES; ++k) {
+        amp[k] = a0 * (1.0 - SFMP_SHRINK_STEP * (double) k);
+        step[k] = amp[k] / g->div;
+    }
+    candidate_sums(g, x, w, step, SFMP_N_CANDIDATES, err, num, den);
+    double refit[SFMP_N_CANDIDATES], refit_step[SFMP_N_CANDIDATES], refit_err[SFMP_N_CANDIDATES];
+    for (int k = 0; k < SFMP_N_CANDIDATES; ++k) {
+        refit[k] = den[k] > 0.0 && num[k] > 0.0 ? num[k] / den[k] * g->div : amp[k];
+        refit_step[k] = refit[k] / g->div;
+    }
+    candidate_sums(g, x, w, refit_step, SFMP_N_CANDIDATES, refit_err, NULL, NULL);
     double best_amp = 0.0, best_err = INFINITY;
     for (int k = 0; k < SFMP_N_CANDIDATES; ++k) {
-        const double amp = a0 * (1.0 - SFMP_SHRINK_STEP * (double) k);
-        const double step = amp / g->div;
-        const double err = sub_block_error(g, x, w, step);
-        if (err < best_err) {
-            best_err = err;
-            best_amp = amp;
+        if (err[k] < best_err) {
+            best_err = err[k];
+            best_amp = amp[k];
         }
-        double num = 0.0, den = 0.0;
-        for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            const double u = level_value(g, level_code(g, x[i], step));
-            num += (w[i] * x[i]) * u;
-            den += (w[i] * u) * u;
-        }
-        if (den > 0.0 && num > 0.0) {
-            const double refit = num / den * g->div;
-            const double rerr = sub_block_error(g, x, w, refit / g->div);
-            if (rerr < best_err) {
-                best_err = rerr;
-                best_amp = refit;
-            }
+        if (den[k] > 0.0 && num[k] > 0.0 && refit_err[k] < best_err) {
+            best_err = refit_err[k];
+            best_amp = refit[k];
         }
     }
     *amp_out = best_amp;
     *err_out = best_err;
 }
 
-// Weighted error of a sub-block at a stored amplitude; zero amplitude decodes to zeros.
-static double final_error(const grid_levels * g, const double * x, const double * w, double amp) {
-    if (amp > 0.0) {
-        return sub_block_error(g, x, w, amp / g->div);
+// Weighted errors of a sub-block at two stored amplitudes; zero amplitude decodes to zeros.
+static void final_errors(const grid_levels * g, const double * x, const double * w, const double amp[2],
+                         double err[2]) {
+    double step[SFMP_LANES], lane_err[SFMP_LANES];
+    for (int k = 0; k < SFMP_LANES; ++k) {
+        step[k] = amp[k % 2] > 0.0 ? amp[k % 2] / g->div : 1.0;
     }
-    double err = 0.0;
+    candidate_sums(g, x, w, step, SFMP_LANES, lane_err, NULL, NULL);
+    double zero_err = 0.0;
     for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-        err += w[i] * (x[i] * x[i]);
+        zero_err += w[i] * (x[i] * x[i]);
     }
-    return err;
+    for (int k = 0; k < 2; ++k) {
+        err[k] = amp[k] > 0.0 ? lane_err[k] : zero_err;
+    }
 }
 
 static int final_code(const grid_levels * g, double x, double amp) {
@@ -256,7 +388,9 @@ static int final_code(const grid_levels * g, double x, double amp) {
 
 #define SFMP_MAX_SUB 8
 
-static void quantize_block(const sfmp_layout * L, const float * xf, const float * qw, uint8_t * out) {
+// levels: the grid at B and at B + 1 bits.
+static void quantize_block(const sfmp_layout * L, const grid_levels levels[2], const float * xf, const float * qw,
+                           uint8_t * out) {
     const int n = L->block_size, B = L->base_bits;
     double x[256], w[256];
     double sum_x2 = 0.0;
@@ -273,8 +407,7 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     double amp[SFMP_MAX_SUB][2], err[SFMP_MAX_SUB][2];
     for (int j = 0; j < L->n_sub; ++j) {
         for (int k = 0; k < (L->upgrades ? 2 : 1); ++k) {
-            const grid_levels g = levels_of(L, B + k);
-            fit_sub_block(&g, x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, &amp[j][k], &err[j][k]);
+            fit_sub_block(&levels[k], x + SFMP_SUB_BLOCK * j, w + SFMP_SUB_BLOCK * j, &amp[j][k], &err[j][k]);
         }
     }
     // Upgrade the sub-blocks whose error drops most; ties go to the lower index.
@@ -308,28 +441,26 @@ static void quantize_block(const sfmp_layout * L, const float * xf, const float 
     for (int j = 0; j < L->n_sub; ++j) {
         const int up = upgraded >> j & 1;
         const double chosen = amp[j][up];
-        const grid_levels g = levels_of(L, B + up);
+        const grid_levels * g = &levels[up];
         const double * xj = x + SFMP_SUB_BLOCK * j;
         const double * wj = w + SFMP_SUB_BLOCK * j;
         // m rounds down or up, whichever errs less: rounding to nearest could clip the largest
         // weights, which costs more than the quantization noise itself at high precision.
         const double floor_m = d > 0.0 ? floor(chosen / d) : 0.0;
-        double m = 0.0, best_err = INFINITY;
+        double cand[2], cand_amp[2], cand_err[2];
         for (int k = 0; k < 2; ++k) {
-            double cand = floor_m + (double) k;
-            cand = cand < 0.0 ? 0.0 : (cand > SFMP_AMPLITUDE_MAX ? SFMP_AMPLITUDE_MAX : cand);
+            cand[k] = floor_m + (double) k;
+            cand[k] = cand[k] < 0.0 ? 0.0 : (cand[k] > SFMP_AMPLITUDE_MAX ? SFMP_AMPLITUDE_MAX : cand[k]);
             if (!(d > 0.0)) {
-                cand = 0.0;
+                cand[k] = 0.0;
             }
-            const double cand_err = final_error(&g, xj, wj, d * cand);
-            if (k == 0 || cand_err < best_err) {
-                best_err = cand_err;
-                m = cand;
-            }
+            cand_amp[k] = d * cand[k];
         }
+        final_errors(g, xj, wj, cand_amp, cand_err);
+        const double m = cand_err[1] < cand_err[0] ? cand[1] : cand[0];
         const double a = d * m;
         for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
-            const int q = final_code(&g, xj[i], a);
+            const int q = final_code(g, xj[i], a);
             base[SFMP_SUB_BLOCK * j + i] = up ? q >> 1 : q;
             if (up) {
                 extra[n_extra * SFMP_SUB_BLOCK + i] = q & 1;
@@ -351,11 +482,15 @@ size_t sfmp_quantize(int type, const float * src, void * dst, int64_t nrows, int
         return 0;
     }
     const int64_t nb = n_per_row / L->block_size;
+    grid_levels levels[2];
+    for (int k = 0; k < (L->upgrades ? 2 : 1); ++k) {
+        levels_of(L, L->base_bits + k, &levels[k]);
+    }
     uint8_t * out = (uint8_t *) dst;
     for (int64_t r = 0; r < nrows; ++r) {
         for (int64_t i = 0; i < nb; ++i) {
             const float * qw = quant_weights ? quant_weights + i * L->block_size : NULL;
-            quantize_block(L, src + r * n_per_row + i * L->block_size, qw, out);
+            quantize_block(L, levels, src + r * n_per_row + i * L->block_size, qw, out);
             out += L->type_size;
         }
     }
