@@ -50,6 +50,24 @@ def test_quantized_file_holds_sfmp_tensors_and_the_format_version(sfmp_model):
     assert tensor.data.nbytes == tensor.n_elements // 256 * BY_NAME["sfmp425_k"].type_size
 
 
+def test_llama_quantize_writes_the_bytes_of_the_kernel_library(build, sfmp_model):
+    """ggml-base compiles the quantizer without SIMD flags (the portable lane code), the kernel library
+    with AVX2 (intrinsics): both must give the reference's bytes."""
+    from sfmp_gguf import kernels
+
+    gguf_types.register()
+    lib = kernels.load(build.kernel_library)
+    source = {t.name: t for t in GGUFReader(teacher().gguf_path).tensors}
+    checked = set()
+    for t in GGUFReader(sfmp_model).tensors:
+        if t.name.startswith("blk.0.") and int(t.tensor_type) in {BY_NAME[n].type_id for n in OVERRIDES.values()}:
+            weights = np.asarray(source[t.name].data, dtype=np.float32)
+            sfmp_type = next(s for s in SFMP_TYPES if s.type_id == int(t.tensor_type))
+            assert np.array_equal(np.asarray(t.data).reshape(weights.shape[0], -1), lib.quantize(weights, sfmp_type)), t.name
+            checked.add(sfmp_type.name)
+    assert checked == set(OVERRIDES.values())  # nonlinear and uniform, _k and _s
+
+
 def test_llama_cli_loads_and_generates(build, sfmp_model):
     result = _generate(build, sfmp_model, "--check-tensors")
     assert result.returncode == 0, result.stderr[-3000:]
