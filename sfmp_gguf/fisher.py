@@ -129,7 +129,8 @@ def _hf_view(source: ModelSource, hf_dir: Path) -> ModelSource:
         if name not in shapes or tuple(kept.weights.shape) != shapes[name]:
             raise InputError(f"{source.path}: tensor {tensor.name} is {tensor.shape}, which the config does not fit")
         file = f"{k:05d}.safetensors"
-        save_file({name: torch.from_numpy(np.array(kept.weights))}, str(hf_dir / file))
+        stored = {"F16": torch.float16, "BF16": torch.bfloat16}.get(tensor.stored, torch.float32)
+        save_file({name: torch.from_numpy(np.array(kept.weights)).to(stored)}, str(hf_dir / file))  # exact
         weight_map[name] = file
         gguf_of[name] = (tensor.name, tensor.shape)
     (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))

@@ -41,6 +41,7 @@ class SourceTensor:
     shape: tuple[int, ...]  # numpy order: (rows, row length) for a matrix
     read: Callable[[], np.ndarray]  # float32 values, read on demand
     origin: Path
+    stored: str = "F32"  # the float type a GGUF input holds it in: F32, F16 or BF16
 
     def load(self) -> np.ndarray:
         """The values; a damaged file (truncated, lying offsets) gives an InputError naming it."""
@@ -192,7 +193,7 @@ def _open_gguf(path: Path) -> ModelSource:
         if t.tensor_type.name not in _FLOAT_TYPES:
             raise InputError(f"{path}: tensor {t.name} is {t.tensor_type.name}; the input must be F32, F16 or BF16")
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        tensors.append(SourceTensor(t.name, shape, lambda t=t: _gguf_f32(path, t), path))
+        tensors.append(SourceTensor(t.name, shape, lambda t=t: _gguf_f32(path, t), path, t.tensor_type.name))
     return ModelSource(path, str(arch_field.contents()), metadata, tuple(tensors), None)
 
 

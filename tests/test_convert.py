@@ -97,6 +97,29 @@ def test_conversion_is_deterministic_across_thread_counts(build, tiny, tmp_path)
     assert a.read_bytes() == b.read_bytes()
 
 
+READS = """
+import collections, sys
+from pathlib import Path
+from sfmp_gguf.model_source import SourceTensor, open_model
+reads, load = collections.Counter(), SourceTensor.load
+def counted(self):
+    reads[self.name] += 1
+    return load(self)
+SourceTensor.load = counted
+from sfmp_gguf.cli.convert import main
+assert main(sys.argv[1:]) == 0
+print(len(open_model(Path(sys.argv[1])).tensors), len(reads), *sorted(set(reads.values())))
+"""
+
+
+def test_each_tensor_is_read_twice_analysis_then_quantization(build, tiny, tmp_path):
+    result = subprocess.run([sys.executable, "-c", READS, str(tiny), "-o", str(tmp_path / "a.gguf"), "--bpw", "4.0",
+                             "--sensitivity", "weights"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    tensors, read, *counts = map(int, result.stdout.splitlines()[-1].split())
+    assert tensors == read > 10 and counts == [2]
+
+
 def bad_inputs(tiny: Path, tmp: Path) -> list[tuple[str, list[object], tuple[str, ...]]]:
     no_tensors = tmp / "no-safetensors"
     no_tensors.mkdir()

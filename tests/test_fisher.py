@@ -117,6 +117,29 @@ def test_a_gguf_input_gets_the_same_fisher_as_its_hugging_face_folder(tmp_path):
     assert_same_fisher(from_gguf, from_hf)
 
 
+def test_the_view_of_an_f16_gguf_keeps_its_matrices_in_f16(tmp_path):
+    """Temporary disk for Fisher on a GGUF input: the view holds each tensor in the GGUF's own type."""
+    from safetensors import safe_open
+
+    from sfmp_gguf.model_source import open_model
+    from tests.convert_helpers import write_float_copy
+
+    half = tmp_path / "teacher-f16.gguf"
+    write_float_copy(teacher().gguf_path, half, half=True)
+    source = open_model(half)
+    view = fisher.hf_view(source, tmp_path)
+    by_name = {t.name: t for t in source.tensors}
+    stored = {}
+    for file in sorted(view.hf_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as part:
+            for key in part.keys():
+                tensor = part.get_tensor(key)
+                [(gguf_name, values)] = view.to_gguf(key, tensor.float())
+                assert np.array_equal(values, by_name[gguf_name].load()), key
+                stored[by_name[gguf_name].stored] = stored.get(by_name[gguf_name].stored, set()) | {tensor.dtype}
+    assert stored == {"F16": {torch.float16}, "F32": {torch.float32}}
+
+
 def test_a_synthetic_model_has_the_size_it_promises_and_loads_in_transformers(tmp_path):
     from sfmp_gguf.assets.synthetic import Shape, write_model
 

@@ -134,6 +134,30 @@ def models(smoke: bool) -> list[tuple[str, Path, Path]]:
     return found
 
 
+def same_allocations(threads: int, rates: tuple[float, ...]) -> str:
+    """Whether the C analysis gives the numpy analysis's allocation of the teacher (imatrix) at each
+    rate: the same types mean the same file, since quantization depends only on them."""
+    from unittest import mock
+
+    from sfmp_gguf import analysis, native_analysis, pipeline
+    from sfmp_gguf.assets.imatrix import teacher_imatrix
+    from sfmp_gguf.assets.teacher import teacher
+    from sfmp_gguf.format import GRIDS
+
+    def prepared():
+        return pipeline.prepare(teacher().gguf_path, "imatrix", teacher_imatrix(), None, threads)
+
+    native = prepared()
+    with mock.patch.object(native_analysis, "profile_tensor", lambda name, w, h, pool: analysis.profile_tensor(name, w, h)):
+        numpy_made = prepared()
+    same = [pipeline.plan(native, bpw, GRIDS).types == pipeline.plan(numpy_made, bpw, GRIDS).types for bpw in rates]
+    return (f"The C analysis against the numpy analysis (its specification) on the teacher with the imatrix: the "
+            f"allocation is {'identical' if all(same) else 'DIFFERENT'} at {', '.join(f'{b:g}' for b in rates)} bpw "
+            f"({sum(same)} of {len(rates)}), so the files are identical (quantization depends only on the types; the quantizer's "
+            f"bytes equal the numpy reference's, test_kernels). Analysis time: C {native.timer.phases['analysis']:.1f} s "
+            f"on {threads} threads, numpy {numpy_made.timer.phases['analysis']:.1f} s.")
+
+
 def run(out_dir: Path, smoke: bool, threads: int, log=print, timings: dict[str, dict[str, float]] | None = None) -> list[Run]:
     from gguf import GGUFReader
 
@@ -177,6 +201,8 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print, timings: dict[str, 
                 if left:
                     raise RuntimeError(f"{tool} left {left[0]} behind")
 
+    log("the C analysis against the numpy analysis")
+    agreement = same_allocations(threads, (4.5,) if smoke else (2.75, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.5, 8.0))
     profiles = synthetic_profiles(llama3_8b_shapes())
     start = time.perf_counter()
     allocate(profiles, BPW)
@@ -184,7 +210,7 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print, timings: dict[str, 
                   f"{sum(p.n_weights for p in profiles) / 1e9:.2f}B weights): {1000 * (time.perf_counter() - start):.1f} ms.")
     machine = f"{date.today().isoformat()}, {cpu_name()}, {threads} threads"
     raw = {"machine": machine, "bpw": BPW, "runs": [asdict(r) for r in runs], "timings": timings or {},
-           "allocation": allocation}
+           "allocation": allocation, "agreement": agreement}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "conversion.json", json.dumps(raw, indent=1))
     render(out_dir)
@@ -231,7 +257,7 @@ def render(out_dir: Path) -> None:
                          f" | {r.seconds:.1f} |")
     if len(labels) > 1:
         lines += ["", extrapolation(runs)]
-    lines += ["", raw["allocation"]]
+    lines += ["", raw["agreement"], "", raw["allocation"]]
     if raw["timings"]:
         first = next(iter(raw["timings"].values()))
         lines += ["", "Converter phases on the teacher HF folder in the quality benchmark, per sensitivity (seconds; "
