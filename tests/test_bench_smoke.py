@@ -70,6 +70,29 @@ def test_the_frontier_drops_dominated_files_and_interpolates_log_kld_in_size():
     assert interpolate(points, 99) is None and interpolate(points, 141) is None
 
 
+def test_the_frontier_gives_the_size_at_a_kld_and_both_ratios():
+    from sfmp_gguf.bench.quality import Score, frontier, size_at, versus
+
+    def at(size: int, kld: float, label: str, family: str = "llama.cpp + imatrix") -> Score:
+        return Score(label, family, size, 0.0, kld, 1.0, 1.0)
+
+    stock = [at(100, 0.4, "a"), at(120, 0.1, "b", "llama.cpp"), at(130, 0.2, "dominated"), at(140, 0.025, "c")]
+    assert size_at(stock, 0.2) == pytest.approx(110)  # halfway in log KLD between a and b
+    assert size_at(stock, 0.05) == pytest.approx(130)
+    assert size_at(stock, 0.5) is None and size_at(stock, 0.01) is None
+    sfmp = at(110, 0.05, "4.5", "SFMP fisher")
+    [row] = versus([*stock, sfmp])
+    assert row.frontier == pytest.approx(0.2)  # over both families: b has no imatrix
+    assert row.ratio(row.frontier) == pytest.approx(0.25)
+    assert row.frontier_size == pytest.approx(130) and row.size_ratio == pytest.approx(110 / 130)
+    assert row.nearest.label == "b"  # the smallest stock file at least this size
+    # a type's two files, a few bytes of metadata apart: the better one stands for both
+    twins = [at(1_000_000, 0.3, "Q4_K", "llama.cpp"), at(1_000_002, 0.2, "Q4_K"), at(2_000_000, 0.1, "Q6_K")]
+    assert [(s.label, s.kld) for s in frontier(twins)] == [("Q4_K", 0.2), ("Q6_K", 0.1)]
+    [outside] = versus([*stock, at(150, 0.01, "8", "SFMP fisher")])
+    assert outside.frontier is None and outside.frontier_size is None and outside.nearest is None
+
+
 def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
     from sfmp_gguf.bench.speed import pairs
 

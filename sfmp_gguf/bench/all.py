@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     use_pinned_gguf_py()
     if args.render:
-        from sfmp_gguf.bench import quality
+        from sfmp_gguf.bench import moe, quality
 
         scores = quality.render(out_dir)
+        if (out_dir / "moe.json").is_file():
+            moe.render(out_dir)
         if out_dir == DEFAULT_OUT:
             update_readme(readme_block(scores, out_dir))
         return 0

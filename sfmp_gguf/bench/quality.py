@@ -4,8 +4,10 @@ llama.cpp: Q2_K ... Q8_0 (its mixed presets, not --pure), each without and with 
 imatrix; cached like the round-trip files. SFMP: the converter at eight sizes with each
 sensitivity (weights, imatrix, fisher), each analysed once and written at every size, and the
 uniform baselines: every tensor at the one rung nearest each size, quantized with the imatrix (the
-baseline of the imatrix and Fisher files) and without (that of the weights-only files). Each SFMP file is compared at its own size with the uniform files and with
-llama.cpp's Pareto frontier, both interpolated (log KLD, linear in size). Every file is
+baseline of the imatrix and Fisher files) and without (that of the weights-only files). Each SFMP
+file is compared at its own size with the uniform files, and with llama.cpp's Pareto frontier over
+its types with and without the imatrix, both interpolated (log KLD, linear in size): the KLD ratio
+at equal size, and the size ratio at equal KLD. Every file is
 scored by ``llama-perplexity --kl-divergence`` against the teacher's logits at -c 512 over 3,060
 scored tokens of the evaluation text: mean KLD, PPL ratio and same-top-token share.
 """
@@ -29,11 +31,11 @@ STOCK = ("Q2_K", "IQ3_S", "Q3_K_M", "IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"
 SFMP_BPW = (3.25, 4.25, 5.5, 6.5, 8.0)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
 UNIFORM_TWINS = ()  # sensitivities also written on the uniform grid alone (the grid comparison of format 3)
-# Every tensor the same rung: the baseline each sensitivity must beat, and the llama.cpp family it
-# answers to, each with the same information (no imatrix for weights-only).
+# Every tensor the same rung: the baseline each sensitivity must beat, with the same information
+# (no imatrix for weights-only).
 UNIFORM = {"weights": "SFMP uniform, no imatrix", "imatrix": "SFMP uniform"}
-RIVAL = {"weights": "llama.cpp", "imatrix": "llama.cpp + imatrix"}
-WITH_IMATRIX = "imatrix"  # the answer for any other sensitivity (Fisher)
+WITH_IMATRIX = "imatrix"  # the baseline of any other sensitivity (Fisher)
+STOCK_FAMILIES = ("llama.cpp", "llama.cpp + imatrix")  # llama.cpp's frontier is taken over both
 CTX, CHUNKS = 512, 12  # 12 chunks score 12 * 255 = 3,060 tokens
 
 
@@ -96,7 +98,7 @@ def stock_scores(teacher_gguf: Path, imatrix: Path, types: tuple[str, ...], base
     sha = _sha256(teacher_gguf)
     scores = []
     for with_imatrix in (False, True):
-        family = "llama.cpp + imatrix" if with_imatrix else "llama.cpp"
+        family = STOCK_FAMILIES[with_imatrix]
         for qtype in types:
             log(f"{family} {qtype}")
             path = quantize_model(teacher_gguf, sha, imatrix if with_imatrix else None, qtype, folder,
@@ -153,10 +155,17 @@ def markdown(scores: list[Score], title: str, setup: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+SAME_SIZE = 1e-5  # relative: a type's files with and without the imatrix differ by a few hundred bytes of metadata
+
+
 def frontier(points: list[Score]) -> list[Score]:
-    """The Pareto frontier: by rising size, each file with a lower KLD than every smaller one."""
+    """The Pareto frontier: by rising size, each file with a lower KLD than every smaller one. Files
+    within SAME_SIZE of each other count as one size, so the better of a type's two files replaces
+    the other rather than following it by a step of metadata."""
     kept: list[Score] = []
     for s in sorted(points, key=lambda s: (s.size, s.kld)):
+        while kept and s.size - kept[-1].size <= SAME_SIZE * s.size and s.kld < kept[-1].kld:
+            kept.pop()
         if not kept or s.kld < kept[-1].kld:
             kept.append(s)
     return kept
@@ -174,32 +183,53 @@ def interpolate(points: list[Score], size: int) -> float | None:
     return edge[0].kld
 
 
+def size_at(points: list[Score], kld: float) -> float | None:
+    """The frontier's size at ``kld``, the inverse of interpolate (log KLD linear in size); None
+    outside its KLD range."""
+    edge = frontier(points)
+    if not edge or not edge[-1].kld <= kld <= edge[0].kld:
+        return None
+    for a, b in zip(edge, edge[1:]):
+        if b.kld <= kld <= a.kld:
+            t = (math.log(kld) - math.log(a.kld)) / (math.log(b.kld) - math.log(a.kld))
+            return a.size + t * (b.size - a.size)
+    return float(edge[0].size)
+
+
 def answers_to(family: str) -> str:
     """The sensitivity whose baselines an SFMP family is held to."""
     sensitivity = family.removeprefix("SFMP ").split(" ")[0]
-    return sensitivity if sensitivity in RIVAL else WITH_IMATRIX
+    return sensitivity if sensitivity in UNIFORM else WITH_IMATRIX
 
 
 @dataclass(frozen=True)
 class Versus:
     sfmp: Score
     uniform: float | None  # the uniform SFMP files' KLD at this size (the same quantizer weights)
-    rival: str  # the llama.cpp family it answers to
-    frontier: float | None  # that family's frontier KLD at this size
+    frontier: float | None  # llama.cpp's frontier KLD at this size
+    frontier_size: float | None  # the size at which llama.cpp's frontier reaches this KLD
+    nearest: Score | None  # the smallest stock file at least this size (a reference, not the target)
 
     def ratio(self, other: float | None) -> float | None:
         return None if other is None else self.sfmp.kld / other
 
+    @property
+    def size_ratio(self) -> float | None:
+        return None if self.frontier_size is None else self.sfmp.size / self.frontier_size
+
 
 def versus(scores: list[Score]) -> list[Versus]:
-    """Each SFMP file against the uniform SFMP files and against llama.cpp's frontier, at its size."""
+    """Each SFMP file against the uniform SFMP files at its size, and against llama.cpp's Pareto
+    frontier over its types with and without the imatrix: at equal size and at equal KLD."""
+    stock = [r for r in scores if r.family in STOCK_FAMILIES]
     rows = []
     for s in sorted((s for s in scores if s.family.startswith("SFMP") and s.family not in UNIFORM.values()),
                     key=lambda s: (s.family, s.size)):
         sensitivity = answers_to(s.family)
-        rival = RIVAL[sensitivity]
-        rows.append(Versus(s, interpolate([r for r in scores if r.family == UNIFORM[sensitivity]], s.size), rival,
-                           interpolate([r for r in scores if r.family == rival], s.size)))
+        larger = [r for r in stock if r.size >= s.size]
+        nearest = frontier(larger)[0] if larger else None  # the best of the smallest size
+        rows.append(Versus(s, interpolate([r for r in scores if r.family == UNIFORM[sensitivity]], s.size),
+                           interpolate(stock, s.size), size_at(stock, s.kld), nearest))
     return rows
 
 
@@ -208,13 +238,21 @@ def _cell(x: float | None, fmt: str) -> str:
 
 
 def target_table(scores: list[Score]) -> str:
+    """Each SFMP file against uniform SFMP and against llama.cpp's frontier (its types with and
+    without the imatrix, log KLD interpolated between neighbours by size): the KLD ratio at equal size
+    and the size ratio at equal KLD, "-" outside the frontier's range."""
     lines = ["| SFMP file | size (MiB) | KLD | uniform SFMP at this size | ratio (target <= 1) | "
-             "llama.cpp frontier at this size | ratio (target <= 0.5) |", "|---|---|---|---|---|---|---|"]
+             "llama.cpp frontier KLD at this size | KLD ratio (target <= 0.5) | llama.cpp frontier size at this "
+             "KLD (MiB) | size ratio | nearest stock file at >= size (reference) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in versus(scores):
-        s = v.sfmp
+        s, near = v.sfmp, v.nearest
+        reference = "-" if near is None else f"{near.label} ({near.family}): {near.kld:.5f} at {near.size / 2**20:.1f} MiB"
+        size = None if v.frontier_size is None else v.frontier_size / 2**20
         lines.append(f"| {s.family} {s.label} | {s.size / 2**20:.1f} | {s.kld:.5f} | {_cell(v.uniform, '.5f')} | "
-                     f"{_cell(v.ratio(v.uniform), '.2f')} | {_cell(v.frontier, '.5f')} ({v.rival}) | "
-                     f"{_cell(v.ratio(v.frontier), '.2f')} |")
+                     f"{_cell(v.ratio(v.uniform), '.2f')} | {_cell(v.frontier, '.5f')} | "
+                     f"{_cell(v.ratio(v.frontier), '.2f')} | {_cell(size, '.1f')} | {_cell(v.size_ratio, '.2f')} | "
+                     f"{reference} |")
     return "\n".join(lines) + "\n"
 
 
