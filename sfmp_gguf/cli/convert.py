@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 import warnings
@@ -78,8 +77,7 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
                             f"{args.model.name} at {plan.bpw:.3f} bpw ({prepared.sensitivity})", notes)
     n_all = sum(t.n_elements for t in prepared.source.tensors)
     size = args.output.stat().st_size
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return {"notes": notes, "sensitivity": f"{prepared.sensitivity} sensitivity ({prepared.why})", "peak": peak,
+    return {"notes": notes, "sensitivity": f"{prepared.sensitivity} sensitivity ({prepared.why})", "peak": pipeline.peak_rss(),
             "size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
             **{f"t_{k}": v for k, v in prepared.timer.phases.items()},
             **{f"p_{k}": v for k, v in prepared.timer.peaks.items()}}
