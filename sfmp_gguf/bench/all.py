@@ -82,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     use_pinned_gguf_py()
     if args.render:
-        from sfmp_gguf.bench import moe, quality
+        from sfmp_gguf.bench import conversion, moe, quality
 
         scores = quality.render(out_dir)
-        if (out_dir / "moe.json").is_file():
-            moe.render(out_dir)
+        for part in (moe, conversion):
+            if (out_dir / f"{part.__name__.rsplit('.', 1)[-1]}.json").is_file():
+                part.render(out_dir)
         if out_dir == DEFAULT_OUT:
             update_readme(readme_block(scores, out_dir))
         return 0

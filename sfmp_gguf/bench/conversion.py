@@ -281,7 +281,8 @@ def extrapolation(runs: list[Run]) -> str:
         rows.append(f"| {tool} | {seconds / 60:.1f} min | {rss / GIB:.2f} GiB |")
     return ("Extrapolated to Llama-3-8B (8.03B weights, a 2.0 GiB float32 token embedding; a straight line "
             "through the measured models: time against weights, peak RSS against the largest tensor):\n\n"
-            "| tool | time | peak RSS |\n|---|---:|---:|\n" + "\n".join(rows))
+            "| tool | time | peak RSS |\n|---|---:|---:|\n" + "\n".join(rows) +
+            f"\n\nThe bound for that model, 3 x largest tensor + 1 GiB: {(3 * LLAMA3_8B_LARGEST + GIB) / GIB:.2f} GiB.")
 
 
 def plot(runs: list[Run], path: Path) -> None:
