@@ -48,6 +48,9 @@ class TensorProfile:
     errors: np.ndarray  # expected importance-weighted squared error at each candidate
     stats: WeightStats | None = None
     energy: float = 0.0  # importance-weighted signal, sum h * w^2: the error's scale (see units.py)
+    # For the report, per candidate: the share of importance on the sub-blocks the analysis upgrades,
+    # without and with the channel permutation (permutation.py).
+    upgraded_share: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n_weights(self) -> int:
@@ -168,3 +171,28 @@ def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None = Non
             total -= np.sort(gain, axis=1)[:, -t.upgrades:].sum()
         errors.append(total)
     return TensorProfile(name, (rows, n), candidates, np.array(errors), weight_stats(w), weighted_energy(w, importance))
+
+
+def upgraded_importance(errors: np.ndarray, importance: np.ndarray, candidates: tuple[SfmpType, ...]) -> np.ndarray:
+    """Per candidate, the importance summed over the sub-blocks it upgrades (the U of each block with
+    the largest gain, as ``profile_tensor`` counts them; ties to the earlier sub-block). ``errors``:
+    sub_block_errors of whole blocks; ``importance``: each sub-block's summed importance."""
+    n_sub = candidates[0].n_sub
+    h = importance.reshape(-1, n_sub)
+    out = np.zeros(len(candidates))
+    for k, t in enumerate(candidates):
+        if t.upgrades:
+            at_base = errors[:, COLUMNS.index((t.grid, t.base_bits))]
+            gain = (at_base - errors[:, COLUMNS.index((t.grid, t.base_bits + 1))]).reshape(-1, n_sub)
+            top = np.argsort(-gain, axis=1, kind="stable")[:, :t.upgrades]
+            out[k] = np.take_along_axis(h, top, axis=1).sum()
+    return out
+
+
+def sub_block_importance(importance: np.ndarray | None, rows: int, n: int) -> np.ndarray:
+    """Each sub-block's summed importance, (rows * n / 32,), from None (all ones), per-column
+    (n,) or per-weight (rows, n) importance."""
+    if importance is None:
+        return np.full(rows * n // SUB_BLOCK, float(SUB_BLOCK))
+    h = np.broadcast_to(np.asarray(importance, dtype=np.float64), (rows, n))
+    return h.reshape(-1, SUB_BLOCK).sum(axis=1)

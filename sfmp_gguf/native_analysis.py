@@ -14,7 +14,8 @@ from concurrent.futures import Executor
 import numpy as np
 
 from sfmp_gguf import kernels
-from sfmp_gguf.analysis import COLUMNS, TensorProfile, WeightStats
+from sfmp_gguf.analysis import (COLUMNS, TensorProfile, WeightStats, importance_rows, sub_block_importance,
+                                upgraded_importance)
 from sfmp_gguf.format import SUB_BLOCK, SfmpType, types_for_row
 
 CHUNK_WEIGHTS = 1 << 16  # weights per task: small enough to share a small tensor among threads
@@ -73,3 +74,27 @@ def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None, pool
     stats = WeightStats(moments["range_to_rms"] / n_sub_blocks, moments["variance"] / n_sub_blocks,
                         beyond / w.size if sigma > 0 else 0.0)
     return TensorProfile(name, (rows, n), candidates, errors, stats, moments["energy"])
+
+
+def upgraded_shares(w: np.ndarray, importance: np.ndarray | None, pool: Executor) -> np.ndarray:
+    """Per candidate type of ``w``'s rows, the share of its importance on the sub-blocks the analysis
+    upgrades (``analysis.upgraded_importance``); importance as for profile_tensor."""
+    lib = kernels.load()
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    rows, n = w.shape
+    candidates = types_for_row(n)
+    h = None if importance is None else np.asarray(importance, dtype=np.float32)
+    per_weight = h is not None and h.ndim == 2 and h.shape[0] == rows
+    experts = h.shape[0] if h is not None and h.ndim == 2 and not per_weight else 1
+
+    def run(chunk: tuple[int, int]) -> tuple[np.ndarray, float]:
+        start, stop = chunk
+        rows_h = importance_rows(h, rows, start, stop)  # (n,), or one row per weight row
+        errors, _ = lib.sub_block_errors(w[start:stop], rows_h, per_row=rows_h is not None and rows_h.ndim == 2)
+        h_sub = sub_block_importance(rows_h, stop - start, n)
+        return upgraded_importance(errors, h_sub, candidates), float(h_sub.sum())
+
+    results = list(pool.map(run, chunks(rows, n, experts)))
+    total = sum(t for _, t in results)
+    upgraded = np.sum([u for u, _ in results], axis=0)
+    return upgraded / total if total > 0 else np.zeros(len(candidates))

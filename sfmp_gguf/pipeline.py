@@ -13,14 +13,14 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from sfmp_gguf import allocation, analysis, native_analysis, units
+from sfmp_gguf import allocation, analysis, native_analysis, permutation, units
 from sfmp_gguf.allocation import Allocation
 from sfmp_gguf.assets.imatrix import load_imatrix
 from sfmp_gguf.errors import InputError
@@ -28,6 +28,7 @@ from sfmp_gguf.gguf_io import OutputTensor, write_gguf
 from sfmp_gguf.importance import (BUILTIN_TEXT, SILENT_EXPERTS, column_importance, fill_silent_experts,
                                   imatrix_from_text, match_imatrix)
 from sfmp_gguf.model_source import ModelSource, open_model
+from sfmp_gguf.permutation import Permutation
 from sfmp_gguf.quantize import quantize_tensor
 
 
@@ -90,6 +91,7 @@ class Prepared:
     sensitivity: str = "weights"
     fallbacks: dict[str, str] = field(default_factory=dict)  # tensor -> why its signal was replaced
     why: str = ""  # how the sensitivity was chosen, for the summary line
+    permutation: Permutation = permutation.NONE  # already applied to ``source``, ``columns`` and ``profiles``
 
     @property
     def n_quantized(self) -> int:
@@ -128,11 +130,14 @@ def choose_sensitivity(source: ModelSource, sensitivity: str | None, imatrix: Pa
 
 
 def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: Path | None, threads: int,
-            scratch: Path | None = None, rate: tuple[float, tuple[str, ...]] | None = None) -> Prepared:
-    """Load, importance and analysis. ``sensitivity`` None picks the best that can run here;
-    ``calib`` None means the built-in text. Temporary work goes in ``scratch`` (a new folder, or
-    one in the system's temporary folder), removed before returning, on success or not. ``rate``
-    (bpw, grids), when given, is checked before the slow phases."""
+            scratch: Path | None = None, rate: tuple[float, tuple[str, ...]] | None = None,
+            permute: tuple[str, ...] = permutation.KINDS, shares: bool = False) -> Prepared:
+    """Load, importance, channel permutation and analysis. ``sensitivity`` None picks the best that
+    can run here; ``calib`` None means the built-in text; ``permute``: the permutation kinds to
+    apply where they are exact. Temporary work goes in ``scratch`` (a new folder, or one in the
+    system's temporary folder), removed before returning, on success or not. ``rate`` (bpw, grids),
+    when given, is checked before the slow phases. ``shares``: the profiles carry the report's
+    upgraded-importance shares (a second analysis pass)."""
     timer = Timer()
     start = time.monotonic()
     source = open_model(model)
@@ -145,13 +150,14 @@ def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: P
     work = scratch or Path(tempfile.mkdtemp(prefix="sfmp-scratch-"))
     work.mkdir(exist_ok=True)
     try:
-        return _prepare(source, shapes, sensitivity, why, imatrix, text, threads, work, timer)
+        return _prepare(source, shapes, sensitivity, why, imatrix, text, threads, work, timer, permute, shares)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str, why: str,
-             imatrix: Path | None, text: Path, threads: int, work: Path, timer: Timer) -> Prepared:
+             imatrix: Path | None, text: Path, threads: int, work: Path, timer: Timer,
+             permute: tuple[str, ...], shares: bool) -> Prepared:
     start = time.monotonic()
     columns = per_weight = None
     fallbacks: dict[str, str] = {}
@@ -170,34 +176,80 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivit
         per_weight = fisher.streamed_fisher(view, text, shapes, threads, scratch=work,
                                             progress=progress("fisher", "block"))
     timer.add("importance", start)
-    return analysed(source, shapes, sensitivity, columns, per_weight, timer, threads, fallbacks, why)
+    start = time.monotonic()
+    perm = channel_permutation(source, shapes, sensitivity, columns, per_weight, permute)
+    source = permuted(source, perm)
+    if columns is not None:
+        columns = {name: perm.apply_columns(name, c) for name, c in columns.items()}
+    if per_weight is not None:
+        per_weight = PermutedImportance(per_weight, perm)
+    timer.add("permutation", start)
+    return analysed(source, shapes, sensitivity, columns, per_weight, timer, threads, fallbacks, why, perm, shares)
+
+
+def channel_permutation(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str,
+                        columns: dict[str, np.ndarray] | None, per_weight, kinds: tuple[str, ...]) -> Permutation:
+    """The permutation of ``kinds`` that the sensitivity's salience sets (permutation.py): imatrix
+    columns as they are, Fisher summed over each column's rows. The weights alone give none."""
+    if sensitivity == "imatrix":
+        def salience(name: str) -> np.ndarray | None:
+            return columns.get(name)
+    elif sensitivity == "fisher":
+        def salience(name: str) -> np.ndarray | None:
+            return per_weight[name].sum(axis=-2, dtype=np.float64) if name in shapes else None
+    else:
+        return replace(permutation.NONE, skipped=dict.fromkeys(kinds, "the weights alone give no salience"))
+    all_shapes = {t.name: t.shape for t in source.tensors}
+    return permutation.plan(source.arch, source.metadata, all_shapes, salience, kinds)
+
+
+def permuted(source: ModelSource, perm: Permutation) -> ModelSource:
+    """``source`` with every tensor read in the permuted order."""
+    if not perm.axes:
+        return source
+    return replace(source, tensors=tuple(
+        replace(t, read=lambda t=t: perm.apply(t.name, t.read().reshape(t.shape))) for t in source.tensors))
+
+
+class PermutedImportance:
+    """Per-weight importance (read one tensor at a time, like a FisherStore) in the permuted order."""
+
+    def __init__(self, store, perm: Permutation):
+        self.store, self.perm = store, perm
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.perm.apply(name, self.store[name])
 
 
 def analysed(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str,
              columns: dict[str, np.ndarray] | None, per_weight, timer: Timer, threads: int,
-             fallbacks: dict[str, str] | None = None, why: str = "") -> Prepared:
+             fallbacks: dict[str, str] | None = None, why: str = "", perm: Permutation = permutation.NONE,
+             shares: bool = False) -> Prepared:
     """The analysis phase: each tensor read once and profiled, on ``threads`` threads, with its
     per-weight importance (a mapping read one tensor at a time, such as a FisherStore; its column means
-    become ``columns``), else its per-column importance, else none."""
+    become ``columns``), else its per-column importance, else none. ``perm`` has been applied to all
+    of them; with ``shares``, each profile also gets the report's upgraded shares with and without it."""
     start = time.monotonic()
     columns = {} if per_weight is not None else columns
     fallbacks = dict(fallbacks or {})
     profiles = []
+    undo = perm.inverse() if shares else None
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for t, w in weight_progress("analysis", source.tensors)(prefetched(source.tensors, lambda t: t.load())):
-            profile = _analyse(source, t, w, shapes, columns, per_weight, fallbacks, pool)
+            profile = _analyse(source, t, w, shapes, columns, per_weight, fallbacks, pool, undo)
             if profile is not None:
                 profiles.append(profile)
     timer.add("analysis", start)
     return Prepared(source, shapes, columns, units.in_loss_units(profiles, sensitivity), timer, sensitivity,
-                    fallbacks, why)
+                    fallbacks, why, perm)
 
 
 def _analyse(source: ModelSource, t, w: np.ndarray, shapes: dict[str, tuple[int, ...]],
              columns: dict[str, np.ndarray] | None, per_weight, fallbacks: dict[str, str],
-             pool: ThreadPoolExecutor) -> analysis.TensorProfile | None:
+             pool: ThreadPoolExecutor, undo: Permutation | None) -> analysis.TensorProfile | None:
     """The profile of tensor ``t`` with values ``w`` (None for a tensor kept as a float); records its
-    quantizer importance in ``columns`` when it comes from per-weight values."""
+    quantizer importance in ``columns`` when it comes from per-weight values. With ``undo`` (the
+    inverse of the permutation applied), the profile has the upgraded shares after and before it."""
     if t.name not in shapes:
         if not np.isfinite(w).all():
             raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values")
@@ -208,13 +260,23 @@ def _analyse(source: ModelSource, t, w: np.ndarray, shapes: dict[str, tuple[int,
         if silent:
             fallbacks[t.name] = SILENT_EXPERTS
         columns[t.name] = column_importance(h)  # the quantizer's per-column weights
-        h = h.reshape(matrix)
     else:
         h = None if columns is None else columns[t.name]
     try:
-        return native_analysis.profile_tensor(t.name, w.reshape(matrix), h, pool)
+        profile = native_analysis.profile_tensor(t.name, w.reshape(matrix), _as_matrix(h, matrix), pool)
     except native_analysis.NonFiniteWeights:
         raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values") from None
+    if undo is None:
+        return profile
+    h_before = None if h is None else undo.apply(t.name, h) if per_weight is not None else undo.apply_columns(t.name, h)
+    before = native_analysis.upgraded_shares(undo.apply(t.name, w).reshape(matrix), _as_matrix(h_before, matrix), pool)
+    after = native_analysis.upgraded_shares(w.reshape(matrix), _as_matrix(h, matrix), pool)
+    return replace(profile, upgraded_share=(before, after))
+
+
+def _as_matrix(h: np.ndarray | None, matrix: tuple[int, int]) -> np.ndarray | None:
+    """Per-weight importance as (rows, n); per-column (or per-expert per-column) as it is."""
+    return h.reshape(matrix) if h is not None and h.size == matrix[0] * matrix[1] and h.ndim > 1 else h
 
 
 def plan(prepared: Prepared, bpw: float, grids: tuple[str, ...]) -> Allocation:
@@ -238,6 +300,7 @@ def write(prepared: Prepared, plan: Allocation, out: Path, threads: int) -> None
         weights_of[plan.types[p.name]] = weights_of.get(plan.types[p.name], 0) + p.n_weights
     dominant = max(weights_of, key=lambda t: (weights_of[t], -t.type_id))
     metadata["general.file_type"] = gguf.GGUFValue(dominant.type_id, gguf.GGUFValueType.UINT32)
+    metadata[permutation.METADATA_KEY] = gguf.GGUFValue(prepared.permutation.metadata(), gguf.GGUFValueType.STRING)
     outputs = [OutputTensor(t.name, t.shape, plan.types.get(t.name)) for t in source.tensors]
     loaded = prefetched(outputs, lambda o: by_name[o.name].load())
     with ThreadPoolExecutor(max_workers=threads) as pool, closing(loaded):

@@ -10,6 +10,7 @@ import numpy as np
 from sfmp_gguf.analysis import TensorProfile
 from sfmp_gguf.atomic import save_figure, write_text
 from sfmp_gguf.format import SfmpType
+from sfmp_gguf.permutation import NONE, Permutation
 
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)\.weight$")
 
@@ -42,18 +43,35 @@ def warnings(profiles: list[TensorProfile], types: dict[str, SfmpType], fallback
     return out
 
 
+def permutation_line(perm: Permutation) -> str:
+    """The permutation in a few words: what was applied, and why any kind asked for was not."""
+    skipped = "; ".join(f"{kind} skipped: {why}" for kind, why in perm.skipped.items())
+    applied = f"channels permuted: {', '.join(perm.kinds)}" if perm.kinds else "channels not permuted"
+    return applied + (f" ({skipped})" if skipped else "")
+
+
+def _share(p: TensorProfile, t: SfmpType) -> str:
+    if p.upgraded_share is None or not t.upgrades:
+        return "-"
+    k = p.candidates.index(t)
+    return f"{p.upgraded_share[0][k]:.1%} -> {p.upgraded_share[1][k]:.1%}"
+
+
 def markdown(profiles: list[TensorProfile], types: dict[str, SfmpType], title: str,
-             notes: list[str] = ()) -> str:
-    lines = [f"# {title}", ""]
+             notes: list[str] = (), perm: Permutation = NONE) -> str:
+    lines = [f"# {title}", "", permutation_line(perm) + ".", ""]
     if notes:
         lines += ["Warnings:", ""] + [f"- {note}" for note in notes] + [""]
-    lines += ["| tensor | rows x row length (experts stacked) | type | bpw | upgraded sub-blocks | range / rms "
-              "| outliers > 3 sigma |", "|---|---|---|---|---|---|---|"]
+    lines += ["Importance on upgraded sub-blocks: the share of the tensor's importance on the sub-blocks its type "
+              "upgrades (the analysis' choice), in the original channel order -> permuted.", "",
+              "| tensor | rows x row length (experts stacked) | type | bpw | upgraded sub-blocks "
+              "| importance on upgraded sub-blocks | range / rms | outliers > 3 sigma |",
+              "|---|---|---|---|---|---|---|---|"]
     for p in profiles:
         t = types[p.name]
         stats = f"{p.stats.range_to_rms:.2f} | {p.stats.outlier_share:.2%}" if p.stats else "- | -"
         lines.append(f"| {p.name} | {p.shape[0]} x {p.shape[1]} | {t.name} | {t.bpw:.3f} | "
-                     f"{t.upgrades / t.n_sub:.0%} | {stats} |")
+                     f"{t.upgrades / t.n_sub:.0%} | {_share(p, t)} | {stats} |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,9 +104,9 @@ def heatmap(profiles: list[TensorProfile], types: dict[str, SfmpType], path: Pat
 
 
 def write_report(folder: Path, profiles: list[TensorProfile], types: dict[str, SfmpType], title: str,
-                 notes: list[str] = ()) -> list[Path]:
+                 notes: list[str] = (), perm: Permutation = NONE) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     table, png = folder / "allocation.md", folder / "allocation.png"
-    write_text(table, markdown(profiles, types, title, notes))
+    write_text(table, markdown(profiles, types, title, notes, perm))
     heatmap(profiles, types, png, title)
     return [table, png]

@@ -38,6 +38,43 @@ def write_float_copy(model: Path, out: Path, half: bool = False) -> None:
                    capture_output=True)
 
 
+def write_permuted_copy(model: Path, out: Path, kinds: str, seed: int, record: Path) -> None:
+    """``model`` as an F32 GGUF with its channels permuted (kinds: comma list) by a random salience
+    (seeded), so that every permuted axis really moves; every tensor's index and inverse go to
+    ``record`` (npz). In a child process: it needs the pinned gguf-py."""
+    code = """
+import sys
+from pathlib import Path
+import numpy as np
+from sfmp_gguf.model_source import use_pinned_gguf_py, open_model
+use_pinned_gguf_py()
+from sfmp_gguf import analysis, permutation, pipeline
+model, out, kinds, seed, record = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+source = open_model(model)
+shapes = {t.name: t.shape for t in source.tensors}
+rng = np.random.default_rng(seed)
+def salience(name):
+    if not analysis.quantizable(name, shapes[name]):
+        return None
+    return rng.random(shapes[name][:-2] + shapes[name][-1:])
+perm = permutation.plan(source.arch, source.metadata, shapes, salience, tuple(kinds.split(",")))
+if perm.skipped:
+    sys.exit(f"skipped: {perm.skipped}")
+pipeline.write_float(pipeline.permuted(source, perm), out)
+undo = perm.inverse()
+saved = {}
+for name, axes in perm.axes.items():
+    for axis in ("rows", "cols"):
+        if getattr(axes, axis) is not None:
+            saved[f"{name}|{axis}"] = getattr(axes, axis)
+            saved[f"{name}|{axis}|inverse"] = getattr(undo.axes[name], axis)
+np.savez(record, **saved)
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(model), str(out), kinds, str(seed), str(record)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def quantized_bpw(path: Path) -> tuple[float, dict[str, int]]:
     """Average bpw over the SFMP tensors of a file, and the type id of every tensor."""
     gguf_types.register()
@@ -104,3 +141,33 @@ def legacy_imatrix(path: Path, entries: dict[str, np.ndarray]) -> Path:
         data += values.astype("<f4").tobytes()
     path.write_bytes(bytes(data))
     return path
+
+
+EXPERTS = {"qwen3_moe": 8, "mixtral": 4}
+SHAPES = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, tie_word_embeddings=False)
+
+
+def write_moe(folder, family: str):
+    from transformers import MixtralConfig, Qwen3MoeConfig
+
+    from sfmp_gguf.assets.synthetic import teacher_vocab, write_hf_model
+
+    if family == "qwen3_moe":
+        config = Qwen3MoeConfig(**SHAPES, **teacher_vocab(), num_experts=EXPERTS[family], num_experts_per_tok=2,
+                                moe_intermediate_size=256)
+    else:
+        config = MixtralConfig(**SHAPES, **teacher_vocab(), num_local_experts=EXPERTS[family], num_experts_per_tok=2)
+    write_hf_model(config, folder, seed=len(family))
+    return folder
+
+
+def write_dense(folder, family: str):
+    """A tiny random dense model of ``family`` ("llama" or "gemma3") with SHAPES' dimensions."""
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    from sfmp_gguf.assets.synthetic import teacher_vocab, write_hf_model
+
+    config = {"llama": LlamaConfig, "gemma3": Gemma3TextConfig}[family](**SHAPES, **teacher_vocab())
+    write_hf_model(config, folder, seed=len(family))
+    return folder

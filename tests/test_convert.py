@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,20 @@ def test_report_has_a_row_per_tensor_and_a_heatmap(teacher_files):
     assert len(rows) == 30 * 7 + 1  # every block matrix and the (tied) token embedding
     assert all(line.split("|")[3].strip().startswith("sfmp") for line in rows)
     assert (folder / "allocation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_file_records_its_permutation_and_the_report_shows_its_effect(teacher_files):
+    from gguf import GGUFReader
+
+    field = GGUFReader(teacher_files[4.5]).fields["sfmp.permuted"]
+    assert field.contents() == "ffn,heads,residual"
+    table = (teacher_files[4.5].parent / "report" / "allocation.md").read_text()
+    assert "channels permuted: ffn, heads, residual." in table
+    shares = [tuple(float(x) for x in m) for m in re.findall(r"\| ([\d.]+)% -> ([\d.]+)% \|", table)]
+    upgraded = [line for line in table.splitlines() if line.startswith("| blk.") and "| 0% |" not in line]
+    assert len(shares) == len(upgraded) > 0
+    before, after = np.mean(shares, axis=0)
+    assert after > before + 5, (before, after)  # the permutation gathers importance where the upgrades fall
 
 
 def test_a_missing_imatrix_entry_is_a_warning_in_the_summary_and_the_report(teacher_files):

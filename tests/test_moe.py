@@ -19,26 +19,7 @@ from sfmp_gguf.assets.imatrix import EXPERT_PRIOR_TOKENS, load_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.format import BY_ID, BY_NAME
 from sfmp_gguf.quantize import quantize_tensor
-from tests.convert_helpers import assert_one_line_error, run_convert, write_float_copy
-
-EXPERTS = {"qwen3_moe": 8, "mixtral": 4}
-SHAPES = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, tie_word_embeddings=False)
-
-
-def write_moe(folder, family: str):
-    from transformers import MixtralConfig, Qwen3MoeConfig
-
-    from sfmp_gguf.assets.synthetic import teacher_vocab, write_hf_model
-
-    if family == "qwen3_moe":
-        config = Qwen3MoeConfig(**SHAPES, **teacher_vocab(), num_experts=EXPERTS[family], num_experts_per_tok=2,
-                                moe_intermediate_size=256)
-    else:
-        config = MixtralConfig(**SHAPES, **teacher_vocab(), num_local_experts=EXPERTS[family], num_experts_per_tok=2)
-    write_hf_model(config, folder, seed=len(family))
-    return folder
-
+from tests.convert_helpers import EXPERTS, SHAPES, assert_one_line_error, run_convert, write_float_copy, write_moe
 
 def tensor_types(path):
     """name -> (type id, numpy shape, bytes) of every tensor, read with the installed gguf-py."""

@@ -20,6 +20,21 @@ from sfmp_gguf.format import GRIDS
 DEFAULT_BPW = 5.0
 GRID_CHOICES = ("both", *GRIDS)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
+PERMUTATION_KINDS = ("ffn", "heads", "residual")  # permutation.KINDS (this module imports no core at load)
+
+
+def permute_kinds(value: str) -> tuple[str, ...]:
+    """--permute's value: all, none, or a comma list of kinds."""
+    if value == "all":
+        return PERMUTATION_KINDS
+    if value == "none":
+        return ()
+    kinds = tuple(k.strip() for k in value.split(","))
+    unknown = [k for k in kinds if k not in PERMUTATION_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind {unknown[0]!r} (all, none, or a comma list of "
+                                         f"{', '.join(PERMUTATION_KINDS)})")
+    return tuple(k for k in PERMUTATION_KINDS if k in kinds)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grid", choices=GRID_CHOICES, default="both",
                         help="which SFMP grids the allocator may use: both (default; it picks per tensor), "
                              "uniform, or nonlinear (up to 4-bit sub-blocks, so at most about 4.3 bpw)")
+    parser.add_argument("--permute", type=permute_kinds, default=PERMUTATION_KINDS, metavar="KINDS",
+                        help="channel permutations folded into the weights so that salient channels sit where the "
+                             "upgrades fall (same function, no run-time cost): all (default), none, or a comma list "
+                             "of ffn, heads, residual; applied where the architecture is proven exact")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--report", type=Path, help="folder for a per-tensor table and a bpw heatmap")
     args = parser.parse_args(argv)
@@ -68,16 +87,19 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
     remove_stale_partials(args.output)  # a killed run's leftover goes now, not only once writing starts
     grids = GRIDS if args.grid == "both" else (args.grid,)
     prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads,
-                                scratch=scratch_path(args.output), rate=(args.bpw, grids))
+                                scratch=scratch_path(args.output), rate=(args.bpw, grids), permute=args.permute,
+                                shares=args.report is not None)
     plan = pipeline.plan(prepared, args.bpw, grids)
     pipeline.write(prepared, plan, args.output, args.threads)
     notes = report.warnings(prepared.profiles, plan.types, prepared.fallbacks)
     if args.report:
         report.write_report(args.report, prepared.profiles, plan.types,
-                            f"{args.model.name} at {plan.bpw:.3f} bpw ({prepared.sensitivity})", notes)
+                            f"{args.model.name} at {plan.bpw:.3f} bpw ({prepared.sensitivity})", notes,
+                            prepared.permutation)
     n_all = sum(t.n_elements for t in prepared.source.tensors)
     size = args.output.stat().st_size
-    return {"notes": notes, "sensitivity": f"{prepared.sensitivity} sensitivity ({prepared.why})", "peak": pipeline.peak_rss(),
+    return {"notes": notes, "sensitivity": f"{prepared.sensitivity} sensitivity ({prepared.why})",
+            "permuted": report.permutation_line(prepared.permutation), "peak": pipeline.peak_rss(),
             "size": size, "bpw": plan.bpw, "file_bpw": size * 8 / n_all, "n_quant": prepared.n_quantized,
             **{f"t_{k}": v for k, v in prepared.timer.phases.items()},
             **{f"p_{k}": v for k, v in prepared.timer.peaks.items()}}
@@ -101,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                        for k, v in result.items() if k.startswith("t_"))
     print(f"wrote {args.output}: {result['size'] / 2**20:.1f} MiB, {result['bpw']:.3f} bpw over the "
           f"{result['n_quant'] / 1e6:.1f}M quantized weights ({result['file_bpw']:.3f} bpw whole file), "
-          f"{result['sensitivity']}, in {time.monotonic() - start:.1f} s (phase, and the peak RSS at its end: {phases}), "
+          f"{result['sensitivity']}, {result['permuted']}, in {time.monotonic() - start:.1f} s (phase, and the peak RSS at its end: {phases}), "
           f"peak RSS {result['peak'] / 2**30:.2f} GiB")
     for note in result["notes"]:
         print(f"warning: {note}", file=sys.stderr)
