@@ -41,6 +41,9 @@ import numpy as np
 from sfmp_gguf.format import SUB_BLOCK, types_for_row
 
 KINDS = ("ffn", "heads", "residual")
+# The converter's default: the residual stream's permutation raises KLD on the demo model with both
+# sensitivities (README, "Channel permutation"), so it is applied only when asked for.
+DEFAULT_KINDS = ("ffn", "heads")
 # Architectures whose permuted F32 files test_permutation proves to give the same logits.
 EXACT = {"llama": KINDS, "gemma3": KINDS, "qwen3moe": KINDS}
 METADATA_KEY = "sfmp.permuted"

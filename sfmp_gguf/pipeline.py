@@ -131,13 +131,20 @@ def choose_sensitivity(source: ModelSource, sensitivity: str | None, imatrix: Pa
 
 def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: Path | None, threads: int,
             scratch: Path | None = None, rate: tuple[float, tuple[str, ...]] | None = None,
-            permute: tuple[str, ...] = permutation.KINDS, shares: bool = False) -> Prepared:
+            permute: tuple[str, ...] = permutation.DEFAULT_KINDS, shares: bool = False) -> Prepared:
     """Load, importance, channel permutation and analysis. ``sensitivity`` None picks the best that
     can run here; ``calib`` None means the built-in text; ``permute``: the permutation kinds to
     apply where they are exact. Temporary work goes in ``scratch`` (a new folder, or one in the
     system's temporary folder), removed before returning, on success or not. ``rate`` (bpw, grids),
     when given, is checked before the slow phases. ``shares``: the profiles carry the report's
     upgraded-importance shares (a second analysis pass)."""
+    return prepare_each(model, sensitivity, imatrix, calib, threads, [permute], scratch, rate, shares)[0]
+
+
+def prepare_each(model: Path, sensitivity: str | None, imatrix: Path | None, calib: Path | None, threads: int,
+                 permutes: list[tuple[str, ...]], scratch: Path | None = None,
+                 rate: tuple[float, tuple[str, ...]] | None = None, shares: bool = False) -> list[Prepared]:
+    """``prepare`` once per permutation in ``permutes``, from one load and one importance."""
     timer = Timer()
     start = time.monotonic()
     source = open_model(model)
@@ -150,14 +157,14 @@ def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: P
     work = scratch or Path(tempfile.mkdtemp(prefix="sfmp-scratch-"))
     work.mkdir(exist_ok=True)
     try:
-        return _prepare(source, shapes, sensitivity, why, imatrix, text, threads, work, timer, permute, shares)
+        return _prepare(source, shapes, sensitivity, why, imatrix, text, threads, work, timer, permutes, shares)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str, why: str,
              imatrix: Path | None, text: Path, threads: int, work: Path, timer: Timer,
-             permute: tuple[str, ...], shares: bool) -> Prepared:
+             permutes: list[tuple[str, ...]], shares: bool) -> list[Prepared]:
     start = time.monotonic()
     columns = per_weight = None
     fallbacks: dict[str, str] = {}
@@ -176,15 +183,17 @@ def _prepare(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivit
         per_weight = fisher.streamed_fisher(view, text, shapes, threads, scratch=work,
                                             progress=progress("fisher", "block"))
     timer.add("importance", start)
-    start = time.monotonic()
-    perm = channel_permutation(source, shapes, sensitivity, columns, per_weight, permute)
-    source = permuted(source, perm)
-    if columns is not None:
-        columns = {name: perm.apply_columns(name, c) for name, c in columns.items()}
-    if per_weight is not None:
-        per_weight = PermutedImportance(per_weight, perm)
-    timer.add("permutation", start)
-    return analysed(source, shapes, sensitivity, columns, per_weight, timer, threads, fallbacks, why, perm, shares)
+    out = []
+    for permute in permutes:
+        own = Timer(dict(timer.phases), dict(timer.peaks))
+        start = time.monotonic()
+        perm = channel_permutation(source, shapes, sensitivity, columns, per_weight, permute)
+        moved_columns = None if columns is None else {name: perm.apply_columns(name, c) for name, c in columns.items()}
+        moved_per_weight = None if per_weight is None else PermutedImportance(per_weight, perm)
+        own.add("permutation", start)
+        out.append(analysed(permuted(source, perm), shapes, sensitivity, moved_columns, moved_per_weight, own, threads,
+                            fallbacks, why, perm, shares))
+    return out
 
 
 def channel_permutation(source: ModelSource, shapes: dict[str, tuple[int, ...]], sensitivity: str,

@@ -106,7 +106,7 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.all", "--smoke", "--out", str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("quality.md", "quality.png", "speed.md", "kernels.md", "conversion.md", "conversion.png", "moe.md",
+    for name in ("quality.md", "quality.png", "quality-permutation.png", "speed.md", "kernels.md", "conversion.md", "conversion.png", "moe.md",
                  "moe-quality.png", "moe-speed.png"):
         assert (out / name).is_file(), name
     moe_rows = _table_rows((out / "moe.md").read_text().split("## Each SFMP file")[0])
@@ -117,14 +117,20 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     kld = header.index("mean KLD")
     families = {row[0] for row in body}
     assert families == {"llama.cpp", "llama.cpp + imatrix", "SFMP weights", "SFMP weights uniform grid",
-                        "SFMP uniform, no imatrix"}
+                        "SFMP uniform, no imatrix", "SFMP imatrix", "SFMP imatrix uniform grid", "SFMP uniform",
+                        *(f"SFMP imatrix (permutation: {kinds})" for kinds in ("none", "ffn", "ffn + heads + residual"))}
     assert all(math.isfinite(float(row[kld])) and float(row[kld]) >= 0 for row in body)
     versus_header, *versus_rows = _table_rows(
         (out / "quality.md").read_text().split("## Each SFMP file")[1].split("## The nonlinear grid")[0])
-    assert [row[0] for row in versus_rows] == ["SFMP weights 4.5", "SFMP weights uniform grid 4.5"]
-    grid_header, *grid_rows = _table_rows((out / "quality.md").read_text().split("## The nonlinear grid")[1])
-    assert len(grid_rows) == 1 and grid_rows[0][0] == "weights"
-    assert math.isfinite(float(grid_rows[0][grid_header.index("ratio")]))
+    assert [row[0] for row in versus_rows] == ["SFMP imatrix 4.5", "SFMP imatrix uniform grid 4.5", "SFMP weights 4.5",
+                                               "SFMP weights uniform grid 4.5"]
+    grid_header, *grid_rows = _table_rows(
+        (out / "quality.md").read_text().split("## The nonlinear grid")[1].split("## Channel permutation")[0])
+    assert [row[0] for row in grid_rows] == ["imatrix", "weights"]
+    assert all(math.isfinite(float(row[grid_header.index("ratio")])) for row in grid_rows)
+    perm_header, *perm_rows = _table_rows((out / "quality.md").read_text().split("## Channel permutation")[1])
+    assert [row[:2] for row in perm_rows] == [["imatrix", "4.5"]]
+    assert math.isfinite(float(perm_rows[0][perm_header.index("ffn + heads (default) / none")]))
     cost_header, *cost_rows = _table_rows((out / "conversion.md").read_text().split("Converter phases")[0])
     assert [row[0] for row in cost_rows] == ["teacher 135M"]
     ratios = [float(v) for h, v in zip(cost_header, cost_rows[0]) if h == "ratio"]

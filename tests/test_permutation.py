@@ -193,16 +193,19 @@ def test_the_converter_permutes_by_default_and_says_so(build, tmp_path):
     from tests.convert_helpers import run_convert
 
     outputs = {}
-    for kinds in ("all", "none"):
+    for kinds in ("default", "all", "none"):
         out = tmp_path / f"{kinds}.gguf"
-        result = run_convert(teacher().gguf_path, "--imatrix", teacher_imatrix(), "--bpw", 4.5, "--permute", kinds,
-                             "-o", out)
+        result = run_convert(teacher().gguf_path, "--imatrix", teacher_imatrix(), "--bpw", 4.5, "-o", out,
+                             *(["--permute", kinds] if kinds != "default" else []))
         assert result.returncode == 0, result.stderr[-2000:]
         outputs[kinds] = (out, result.stdout)
+    assert "channels permuted: ffn, heads," in outputs["default"][1]
     assert "channels permuted: ffn, heads, residual" in outputs["all"][1]
     assert "channels not permuted" in outputs["none"][1]
-    assert GGUFReader(outputs["none"][0]).fields["sfmp.permuted"].contents() == "none"
-    assert outputs["all"][0].read_bytes() != outputs["none"][0].read_bytes()
+    recorded = {kinds: GGUFReader(out).fields["sfmp.permuted"].contents() for kinds, (out, _) in outputs.items()}
+    assert recorded == {"default": "ffn,heads", "all": "ffn,heads,residual", "none": "none"}
+    files = [out.read_bytes() for out, _ in outputs.values()]
+    assert len(set(files)) == 3
     weights = run_convert(teacher().gguf_path, "--sensitivity", "weights", "--bpw", 4.5, "-o", tmp_path / "w.gguf")
     assert weights.returncode == 0 and "the weights alone give no salience" in weights.stdout
     bad = run_convert(teacher().gguf_path, "--permute", "ffn,rows", "-o", tmp_path / "bad.gguf")

@@ -57,7 +57,10 @@ def readme_block(scores: list, out_dir: Path) -> str:
             "![KLD against size](bench-results/quality.png)\n\n" + quality.target_table(scores) +
             ("\nThe nonlinear grid at equal size (the allocator picks a grid per tensor; the ratio is KLD with both "
              "grids over KLD with the uniform grid alone):\n\n" + quality.grid_table(scores)
-             if any(s.family.endswith(" uniform grid") for s in scores) else "") + "\n")
+             if any(s.family.endswith(" uniform grid") for s in scores) else "") +
+            ("\nChannel permutation (the converter's default is all three kinds; see \"Channel permutation\" above):\n\n" +
+             quality.permutation_table(scores) + "\n![KLD by permutation kinds](bench-results/quality-permutation.png)\n"
+             if any(quality.is_ablation(s.family) for s in scores) else "") + "\n")
 
 
 def update_readme(block: str) -> None:
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx, chunks = (128, 2) if args.smoke else (quality.CTX, quality.CHUNKS)
     stock = ("Q4_K_M",) if args.smoke else quality.STOCK
     sizes = (4.5,) if args.smoke else quality.SFMP_BPW
-    sensitivities = ("weights",) if args.smoke else quality.SENSITIVITIES
+    sensitivities = ("weights", "imatrix") if args.smoke else quality.SENSITIVITIES
     stamp = f"{date.today().isoformat()}, {cpu_name()}, {args.threads} threads"
 
     def log(message: str) -> None:

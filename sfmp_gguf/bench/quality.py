@@ -36,6 +36,19 @@ UNIFORM_TWINS = ()  # sensitivities also written on the uniform grid alone (the 
 UNIFORM = {"weights": "SFMP uniform, no imatrix", "imatrix": "SFMP uniform"}
 WITH_IMATRIX = "imatrix"  # the baseline of any other sensitivity (Fisher)
 STOCK_FAMILIES = ("llama.cpp", "llama.cpp + imatrix")  # llama.cpp's frontier is taken over both
+# The channel-permutation ablation: each sensitivity with a salience is also written with other kinds
+# (its own family, "SFMP imatrix (permutation: ffn)"); the product, the default kinds, is plain "SFMP imatrix".
+ABLATION = {"none": (), "ffn": ("ffn",), "ffn + heads + residual": ("ffn", "heads", "residual")}
+ABLATED = ("imatrix", "fisher")
+DEFAULT_KINDS = "ffn + heads"  # permutation.DEFAULT_KINDS
+
+
+def ablation_family(sensitivity: str, label: str) -> str:
+    return f"SFMP {sensitivity} (permutation: {label})"
+
+
+def is_ablation(family: str) -> bool:
+    return "(permutation: " in family
 CTX, CHUNKS = 512, 12  # 12 chunks score 12 * 255 = 3,060 tokens
 
 
@@ -113,7 +126,7 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
     """Scores, and the converter's phase times per sensitivity (allocation: the mean per size). The
     sensitivities in ``uniform_twins`` are also written with the uniform grid only: the grid comparison
     at equal size."""
-    from sfmp_gguf import allocation, pipeline  # the caller has set up the pinned gguf-py
+    from sfmp_gguf import allocation, permutation, pipeline  # the caller has set up the pinned gguf-py
     from sfmp_gguf.format import GRID_UNIFORM, GRIDS
 
     scores, timings = [], {}
@@ -127,14 +140,18 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
 
         for sensitivity in sensitivities:
             log(f"SFMP {sensitivity}: analysis")
-            prepared = pipeline.prepare(hf_dir, sensitivity, imatrix if sensitivity == "imatrix" else None,
-                                        calib if sensitivity == "fisher" else None, threads)
+            ablation = ABLATION if sensitivity in ABLATED else {}
+            prepared, *fewer = pipeline.prepare_each(
+                hf_dir, sensitivity, imatrix if sensitivity == "imatrix" else None,
+                calib if sensitivity == "fisher" else None, threads, [permutation.DEFAULT_KINDS, *ablation.values()])
             families = [(f"SFMP {sensitivity}", GRIDS)]
             if sensitivity in uniform_twins:
                 families.append((f"SFMP {sensitivity} uniform grid", (GRID_UNIFORM,)))
             for bpw in sizes:
                 for family, grids in families:
                     scored(prepared, pipeline.plan(prepared, bpw, grids), f"{bpw:g}", family)
+                for label, other in zip(ablation, fewer):
+                    scored(other, pipeline.plan(other, bpw, GRIDS), f"{bpw:g}", ablation_family(sensitivity, label))
             if sensitivity in UNIFORM:  # the same quantizer weights as this sensitivity's files
                 for bpw in sizes:
                     scored(prepared, allocation.uniform(prepared.profiles, bpw), f"{bpw:g}", UNIFORM[sensitivity])
@@ -198,7 +215,7 @@ def size_at(points: list[Score], kld: float) -> float | None:
 
 def answers_to(family: str) -> str:
     """The sensitivity whose baselines an SFMP family is held to."""
-    sensitivity = family.removeprefix("SFMP ").split(" ")[0]
+    sensitivity = family.removeprefix("SFMP ").split(" ")[0].rstrip(",")
     return sensitivity if sensitivity in UNIFORM else WITH_IMATRIX
 
 
@@ -223,7 +240,8 @@ def versus(scores: list[Score]) -> list[Versus]:
     frontier over its types with and without the imatrix: at equal size and at equal KLD."""
     stock = [r for r in scores if r.family in STOCK_FAMILIES]
     rows = []
-    for s in sorted((s for s in scores if s.family.startswith("SFMP") and s.family not in UNIFORM.values()),
+    for s in sorted((s for s in scores if s.family.startswith("SFMP") and s.family not in UNIFORM.values()
+                     and not is_ablation(s.family)),
                     key=lambda s: (s.family, s.size)):
         sensitivity = answers_to(s.family)
         larger = [r for r in stock if r.size >= s.size]
@@ -270,6 +288,60 @@ def grid_table(scores: list[Score]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def permutation_table(scores: list[Score]) -> str:
+    """Each ablated sensitivity at each target: KLD with each set of permutation kinds, the ratio of
+    the default kinds to none, and each against llama.cpp's frontier at its size."""
+    stock = [r for r in scores if r.family in STOCK_FAMILIES]
+    labels = ["none", "ffn", DEFAULT_KINDS, "ffn + heads + residual"]
+    lines = ["| sensitivity | target bpw | " + " | ".join(f"KLD, {label}" for label in labels) +
+             f" | {DEFAULT_KINDS} (default) / none | vs llama.cpp frontier at its size: none, default |",
+             "|---|---|" + "---|" * (len(labels) + 2)]
+    for sensitivity in ABLATED:
+        product = {s.label: s for s in scores if s.family == f"SFMP {sensitivity}"}
+        for target, best in sorted(product.items(), key=lambda item: item[1].size):
+            found = {label: next((s for s in scores if s.family == ablation_family(sensitivity, label)
+                                  and s.label == target), None) for label in ABLATION}
+            if not all(found.values()):
+                continue
+            found[DEFAULT_KINDS] = best
+
+            def versus_frontier(s: Score) -> str:
+                front = interpolate(stock, s.size)
+                return _cell(None if front is None else s.kld / front, ".2f")
+
+            lines.append(f"| {sensitivity} | {target} | " + " | ".join(f"{found[label].kld:.5f}" for label in labels) +
+                         f" | {best.kld / found['none'].kld:.2f} | {versus_frontier(found['none'])}, "
+                         f"{versus_frontier(best)} |")
+    return "\n".join(lines) + "\n"
+
+
+def permutation_plot(scores: list[Score], path: Path, title: str) -> None:
+    """KLD of each set of permutation kinds over KLD without permutation, by target rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for sensitivity in ABLATED:
+        none = {s.label: s.kld for s in scores if s.family == ablation_family(sensitivity, "none")}
+        for label, family in [(label, ablation_family(sensitivity, label)) for label in ABLATION if label != "none"] + \
+                [(DEFAULT_KINDS, f"SFMP {sensitivity}")]:
+            points = sorted((float(s.label), s.kld / none[s.label]) for s in scores
+                            if s.family == family and s.label in none)
+            if points:
+                ax.plot(*zip(*points), marker="o", linestyle="-" if sensitivity == "fisher" else "--",
+                        label=f"{sensitivity}: {label}")
+    ax.axhline(1.0, color="gray", linewidth=0.8)
+    ax.set_xlabel("target bpw")
+    ax.set_ylabel("KLD / KLD without permutation")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def plot(scores: list[Score], path: Path, title: str) -> None:
     import matplotlib
 
@@ -277,7 +349,7 @@ def plot(scores: list[Score], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for family in sorted({s.family for s in scores}):
+    for family in sorted({s.family for s in scores if not is_ablation(s.family)}):
         points = sorted((s for s in scores if s.family == family), key=lambda s: s.size)
         style = "--" if family.startswith("llama.cpp") else "-"
         ax.plot([s.size / 2**20 for s in points], [max(s.kld, 1e-6) for s in points], style, marker="o", label=family)
@@ -313,6 +385,11 @@ def render(out_dir: Path) -> list[Score]:
                "both with it.\n\n" +
                target_table(scores) +
                ("\n## The nonlinear grid: both grids against the uniform grid alone, at equal size\n\n" +
-                grid_table(scores) if any(s.family.endswith(" uniform grid") for s in scores) else ""))
+                grid_table(scores) if any(s.family.endswith(" uniform grid") for s in scores) else "") +
+               ("\n## Channel permutation: KLD by the kinds applied\n\n" + permutation_table(scores) +
+                "\n![KLD by permutation kinds](quality-permutation.png)\n" if any(is_ablation(s.family) for s in scores)
+                else ""))
     plot(scores, out_dir / "quality.png", raw["title"])
+    if any(is_ablation(s.family) for s in scores):
+        permutation_plot(scores, out_dir / "quality-permutation.png", raw["title"] + ": channel permutation")
     return scores

@@ -21,6 +21,7 @@ DEFAULT_BPW = 5.0
 GRID_CHOICES = ("both", *GRIDS)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
 PERMUTATION_KINDS = ("ffn", "heads", "residual")  # permutation.KINDS (this module imports no core at load)
+DEFAULT_PERMUTATION = ("ffn", "heads")  # permutation.DEFAULT_KINDS
 
 
 def permute_kinds(value: str) -> tuple[str, ...]:
@@ -56,10 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grid", choices=GRID_CHOICES, default="both",
                         help="which SFMP grids the allocator may use: both (default; it picks per tensor), "
                              "uniform, or nonlinear (up to 4-bit sub-blocks, so at most about 4.3 bpw)")
-    parser.add_argument("--permute", type=permute_kinds, default=PERMUTATION_KINDS, metavar="KINDS",
+    parser.add_argument("--permute", type=permute_kinds, default=DEFAULT_PERMUTATION, metavar="KINDS",
                         help="channel permutations folded into the weights so that salient channels sit where the "
-                             "upgrades fall (same function, no run-time cost): all (default), none, or a comma list "
-                             "of ffn, heads, residual; applied where the architecture is proven exact")
+                             "upgrades fall (same function, no run-time cost): a comma list of ffn, heads, residual "
+                             "(default ffn,heads: the residual stream's raised KLD on the demo model), all, or none; "
+                             "applied where the architecture is proven exact")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--report", type=Path, help="folder for a per-tensor table and a bpw heatmap")
     args = parser.parse_args(argv)
