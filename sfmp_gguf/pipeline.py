@@ -131,7 +131,7 @@ def choose_sensitivity(source: ModelSource, sensitivity: str | None, imatrix: Pa
 
 def prepare(model: Path, sensitivity: str | None, imatrix: Path | None, calib: Path | None, threads: int,
             scratch: Path | None = None, rate: tuple[float, tuple[str, ...]] | None = None,
-            permute: tuple[str, ...] = permutation.DEFAULT_KINDS, shares: bool = False) -> Prepared:
+            permute: tuple[str, ...] = (), shares: bool = False) -> Prepared:
     """Load, importance, channel permutation and analysis. ``sensitivity`` None picks the best that
     can run here; ``calib`` None means the built-in text; ``permute``: the permutation kinds to
     apply where they are exact. Temporary work goes in ``scratch`` (a new folder, or one in the

@@ -186,27 +186,30 @@ def test_all_kinds_keep_the_logits_of_every_proven_architecture(build, tmp_path,
 # ---- the converter ------------------------------------------------------------------------------
 
 
-def test_the_converter_permutes_by_default_and_says_so(build, tmp_path):
+def test_the_converter_permutes_by_default_from_7_bpw_and_says_so(build, tmp_path):
     from gguf import GGUFReader
 
     from sfmp_gguf.assets.imatrix import teacher_imatrix
     from tests.convert_helpers import run_convert
 
     outputs = {}
-    for kinds in ("default", "all", "none"):
-        out = tmp_path / f"{kinds}.gguf"
-        result = run_convert(teacher().gguf_path, "--imatrix", teacher_imatrix(), "--bpw", 4.5, "-o", out,
+    for kinds, bpw in (("default", 4.5), ("all", 4.5), ("none", 4.5), ("default", 7.5), ("ffn,heads", 7.5)):
+        out = tmp_path / f"{kinds}-{bpw}.gguf"
+        result = run_convert(teacher().gguf_path, "--imatrix", teacher_imatrix(), "--bpw", bpw, "-o", out,
                              *(["--permute", kinds] if kinds != "default" else []))
         assert result.returncode == 0, result.stderr[-2000:]
-        outputs[kinds] = (out, result.stdout)
-    assert "channels permuted: ffn, heads," in outputs["default"][1]
-    assert "channels permuted: ffn, heads, residual" in outputs["all"][1]
-    assert "channels not permuted" in outputs["none"][1]
-    recorded = {kinds: GGUFReader(out).fields["sfmp.permuted"].contents() for kinds, (out, _) in outputs.items()}
-    assert recorded == {"default": "ffn,heads", "all": "ffn,heads,residual", "none": "none"}
-    files = [out.read_bytes() for out, _ in outputs.values()]
-    assert len(set(files)) == 3
-    weights = run_convert(teacher().gguf_path, "--sensitivity", "weights", "--bpw", 4.5, "-o", tmp_path / "w.gguf")
+        outputs[kinds, bpw] = (out, result.stdout)
+    assert "channels not permuted" in outputs["default", 4.5][1]
+    assert "channels permuted: ffn, heads, residual" in outputs["all", 4.5][1]
+    assert "channels permuted: ffn, heads," in outputs["default", 7.5][1]
+    recorded = {key: GGUFReader(out).fields["sfmp.permuted"].contents() for key, (out, _) in outputs.items()}
+    assert recorded == {("default", 4.5): "none", ("all", 4.5): "ffn,heads,residual", ("none", 4.5): "none",
+                        ("default", 7.5): "ffn,heads", ("ffn,heads", 7.5): "ffn,heads"}
+    files = {key: out.read_bytes() for key, (out, _) in outputs.items()}
+    assert files["default", 4.5] == files["none", 4.5] and files["default", 7.5] == files["ffn,heads", 7.5]
+    assert len(set(files.values())) == 3
+    weights = run_convert(teacher().gguf_path, "--sensitivity", "weights", "--bpw", 4.5, "--permute", "ffn",
+                          "-o", tmp_path / "w.gguf")
     assert weights.returncode == 0 and "the weights alone give no salience" in weights.stdout
     bad = run_convert(teacher().gguf_path, "--permute", "ffn,rows", "-o", tmp_path / "bad.gguf")
     assert bad.returncode == 2 and "unknown kind 'rows'" in bad.stderr

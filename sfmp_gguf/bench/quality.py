@@ -36,11 +36,12 @@ UNIFORM_TWINS = ()  # sensitivities also written on the uniform grid alone (the 
 UNIFORM = {"weights": "SFMP uniform, no imatrix", "imatrix": "SFMP uniform"}
 WITH_IMATRIX = "imatrix"  # the baseline of any other sensitivity (Fisher)
 STOCK_FAMILIES = ("llama.cpp", "llama.cpp + imatrix")  # llama.cpp's frontier is taken over both
-# The channel-permutation ablation: each sensitivity with a salience is also written with other kinds
-# (its own family, "SFMP imatrix (permutation: ffn)"); the product, the default kinds, is plain "SFMP imatrix".
-ABLATION = {"none": (), "ffn": ("ffn",), "ffn + heads + residual": ("ffn", "heads", "residual")}
+# The channel-permutation ablation: each sensitivity with a salience is written with every set of kinds
+# below; the converter's default at each size (permutation.default_kinds) is plain "SFMP imatrix", the
+# others are families of their own ("SFMP imatrix (permutation: ffn)").
+ABLATION = {"none": (), "ffn": ("ffn",), "ffn + heads": ("ffn", "heads"),
+            "ffn + heads + residual": ("ffn", "heads", "residual")}
 ABLATED = ("imatrix", "fisher")
-DEFAULT_KINDS = "ffn + heads"  # permutation.DEFAULT_KINDS
 
 
 def ablation_family(sensitivity: str, label: str) -> str:
@@ -140,24 +141,27 @@ def sfmp_scores(hf_dir: Path, imatrix: Path, calib: Path, sizes: tuple[float, ..
 
         for sensitivity in sensitivities:
             log(f"SFMP {sensitivity}: analysis")
-            ablation = ABLATION if sensitivity in ABLATED else {}
-            prepared, *fewer = pipeline.prepare_each(
+            kinds = list(ABLATION.values()) if sensitivity in ABLATED else [()]
+            variants = dict(zip(kinds, pipeline.prepare_each(
                 hf_dir, sensitivity, imatrix if sensitivity == "imatrix" else None,
-                calib if sensitivity == "fisher" else None, threads, [permutation.DEFAULT_KINDS, *ablation.values()])
-            families = [(f"SFMP {sensitivity}", GRIDS)]
-            if sensitivity in uniform_twins:
-                families.append((f"SFMP {sensitivity} uniform grid", (GRID_UNIFORM,)))
+                calib if sensitivity == "fisher" else None, threads, kinds)))
+            prepared = variants[()]  # the baselines' quantizer weights do not depend on the order
             for bpw in sizes:
-                for family, grids in families:
-                    scored(prepared, pipeline.plan(prepared, bpw, grids), f"{bpw:g}", family)
-                for label, other in zip(ablation, fewer):
-                    scored(other, pipeline.plan(other, bpw, GRIDS), f"{bpw:g}", ablation_family(sensitivity, label))
+                default = variants.get(permutation.default_kinds(bpw), prepared)
+                scored(default, pipeline.plan(default, bpw, GRIDS), f"{bpw:g}", f"SFMP {sensitivity}")
+                if sensitivity in uniform_twins:
+                    scored(default, pipeline.plan(default, bpw, (GRID_UNIFORM,)), f"{bpw:g}",
+                           f"SFMP {sensitivity} uniform grid")
+                for label, other in ABLATION.items():
+                    if other in variants and variants[other] is not default:
+                        scored(variants[other], pipeline.plan(variants[other], bpw, GRIDS), f"{bpw:g}",
+                               ablation_family(sensitivity, label))
             if sensitivity in UNIFORM:  # the same quantizer weights as this sensitivity's files
                 for bpw in sizes:
                     scored(prepared, allocation.uniform(prepared.profiles, bpw), f"{bpw:g}", UNIFORM[sensitivity])
             phases = dict(prepared.timer.phases)
-            phases["allocation"] /= len(sizes) * len(families)
-            phases["quantize+write"] /= len(sizes) * len(families)
+            phases["allocation"] /= len(sizes) * (1 + (sensitivity in uniform_twins))
+            phases["quantize+write"] /= len(sizes) * (1 + (sensitivity in uniform_twins))
             timings[sensitivity] = phases
     return scores, timings
 
@@ -289,28 +293,31 @@ def grid_table(scores: list[Score]) -> str:
 
 
 def permutation_table(scores: list[Score]) -> str:
-    """Each ablated sensitivity at each target: KLD with each set of permutation kinds, the ratio of
-    the default kinds to none, and each against llama.cpp's frontier at its size."""
+    """Each ablated sensitivity at each target: KLD with each set of permutation kinds (the converter's
+    default at that size is its plain family), the default over none, and both against llama.cpp's
+    frontier at their size."""
+    from sfmp_gguf.permutation import default_kinds
+
     stock = [r for r in scores if r.family in STOCK_FAMILIES]
-    labels = ["none", "ffn", DEFAULT_KINDS, "ffn + heads + residual"]
-    lines = ["| sensitivity | target bpw | " + " | ".join(f"KLD, {label}" for label in labels) +
-             f" | {DEFAULT_KINDS} (default) / none | vs llama.cpp frontier at its size: none, default |",
-             "|---|---|" + "---|" * (len(labels) + 2)]
+    lines = ["| sensitivity | target bpw | " + " | ".join(f"KLD, {label}" for label in ABLATION) +
+             " | default | default / none | vs llama.cpp frontier at its size: none, default |",
+             "|---|---|" + "---|" * (len(ABLATION) + 3)]
+
+    def versus_frontier(s: Score) -> str:
+        front = interpolate(stock, s.size)
+        return _cell(None if front is None else s.kld / front, ".2f")
+
     for sensitivity in ABLATED:
         product = {s.label: s for s in scores if s.family == f"SFMP {sensitivity}"}
         for target, best in sorted(product.items(), key=lambda item: item[1].size):
-            found = {label: next((s for s in scores if s.family == ablation_family(sensitivity, label)
-                                  and s.label == target), None) for label in ABLATION}
+            default = next(label for label, kinds in ABLATION.items() if kinds == default_kinds(float(target)))
+            found = {label: best if label == default else next(
+                (s for s in scores if s.family == ablation_family(sensitivity, label) and s.label == target), None)
+                for label in ABLATION}
             if not all(found.values()):
                 continue
-            found[DEFAULT_KINDS] = best
-
-            def versus_frontier(s: Score) -> str:
-                front = interpolate(stock, s.size)
-                return _cell(None if front is None else s.kld / front, ".2f")
-
-            lines.append(f"| {sensitivity} | {target} | " + " | ".join(f"{found[label].kld:.5f}" for label in labels) +
-                         f" | {best.kld / found['none'].kld:.2f} | {versus_frontier(found['none'])}, "
+            lines.append(f"| {sensitivity} | {target} | " + " | ".join(f"{found[label].kld:.5f}" for label in ABLATION) +
+                         f" | {default} | {best.kld / found['none'].kld:.2f} | {versus_frontier(found['none'])}, "
                          f"{versus_frontier(best)} |")
     return "\n".join(lines) + "\n"
 
@@ -322,13 +329,19 @@ def permutation_plot(scores: list[Score], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sfmp_gguf.permutation import default_kinds
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sensitivity in ABLATED:
-        none = {s.label: s.kld for s in scores if s.family == ablation_family(sensitivity, "none")}
-        for label, family in [(label, ablation_family(sensitivity, label)) for label in ABLATION if label != "none"] + \
-                [(DEFAULT_KINDS, f"SFMP {sensitivity}")]:
-            points = sorted((float(s.label), s.kld / none[s.label]) for s in scores
-                            if s.family == family and s.label in none)
+        by_label = {label: {s.label: s.kld for s in scores if s.family == ablation_family(sensitivity, label)}
+                    for label in ABLATION}
+        for s in scores:
+            if s.family == f"SFMP {sensitivity}":
+                default = next(label for label, kinds in ABLATION.items() if kinds == default_kinds(float(s.label)))
+                by_label[default][s.label] = s.kld
+        for label in list(ABLATION)[1:]:
+            points = sorted((float(t), kld / by_label["none"][t]) for t, kld in by_label[label].items()
+                            if t in by_label["none"])
             if points:
                 ax.plot(*zip(*points), marker="o", linestyle="-" if sensitivity == "fisher" else "--",
                         label=f"{sensitivity}: {label}")

@@ -21,7 +21,6 @@ DEFAULT_BPW = 5.0
 GRID_CHOICES = ("both", *GRIDS)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
 PERMUTATION_KINDS = ("ffn", "heads", "residual")  # permutation.KINDS (this module imports no core at load)
-DEFAULT_PERMUTATION = ("ffn", "heads")  # permutation.DEFAULT_KINDS
 
 
 def permute_kinds(value: str) -> tuple[str, ...]:
@@ -57,11 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grid", choices=GRID_CHOICES, default="both",
                         help="which SFMP grids the allocator may use: both (default; it picks per tensor), "
                              "uniform, or nonlinear (up to 4-bit sub-blocks, so at most about 4.3 bpw)")
-    parser.add_argument("--permute", type=permute_kinds, default=DEFAULT_PERMUTATION, metavar="KINDS",
+    parser.add_argument("--permute", type=permute_kinds, metavar="KINDS",
                         help="channel permutations folded into the weights so that salient channels sit where the "
-                             "upgrades fall (same function, no run-time cost): a comma list of ffn, heads, residual "
-                             "(default ffn,heads: the residual stream's raised KLD on the demo model), all, or none; "
-                             "applied where the architecture is proven exact")
+                             "upgrades fall (same function, no run-time cost): a comma list of ffn, heads, residual, "
+                             "all, or none; applied where the architecture is proven exact. Default: ffn,heads from "
+                             "7 bpw, none below (where they lowered KLD on the demo model)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--report", type=Path, help="folder for a per-tensor table and a bpw heatmap")
     args = parser.parse_args(argv)
@@ -88,8 +87,11 @@ def convert(args: argparse.Namespace) -> dict[str, float]:
     check_output(args.output)
     remove_stale_partials(args.output)  # a killed run's leftover goes now, not only once writing starts
     grids = GRIDS if args.grid == "both" else (args.grid,)
+    from sfmp_gguf.permutation import default_kinds
+
+    kinds = default_kinds(args.bpw) if args.permute is None else args.permute
     prepared = pipeline.prepare(args.model, args.sensitivity, args.imatrix, args.calib, args.threads,
-                                scratch=scratch_path(args.output), rate=(args.bpw, grids), permute=args.permute,
+                                scratch=scratch_path(args.output), rate=(args.bpw, grids), permute=kinds,
                                 shares=args.report is not None)
     plan = pipeline.plan(prepared, args.bpw, grids)
     pipeline.write(prepared, plan, args.output, args.threads)
