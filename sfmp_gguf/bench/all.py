@@ -58,7 +58,8 @@ def readme_block(scores: list, out_dir: Path) -> str:
             ("\nThe nonlinear grid at equal size (the allocator picks a grid per tensor; the ratio is KLD with both "
              "grids over KLD with the uniform grid alone):\n\n" + quality.grid_table(scores)
              if any(s.family.endswith(" uniform grid") for s in scores) else "") +
-            ("\nChannel permutation (the converter's default is all three kinds; see \"Channel permutation\" above):\n\n" +
+            ("\nChannel permutation (the converter's default is ffn + heads from 7 bpw and none below; see \"Channel "
+             "permutation\" above):\n\n" +
              quality.permutation_table(scores) + "\n![KLD by permutation kinds](bench-results/quality-permutation.png)\n"
              if any(quality.is_ablation(s.family) for s in scores) else "") + "\n")
 

@@ -98,6 +98,8 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
             start = time.monotonic()
             exact = replace(prepared, profiles=exact_prices(prepared, store, threads))
             pricing_seconds = time.monotonic() - start
+            ratios = np.concatenate([p.errors[q.errors > 0] / q.errors[q.errors > 0]
+                                     for p, q in zip(prepared.profiles, exact.profiles)])
             per_row = replace(prepared, columns=RowImportance(store, shapes))
             out = Path(tmp) / "sfmp.gguf"
             for bpw in sizes:
@@ -114,7 +116,8 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
     setup = (f"Teacher SmolLM2-135M, Fisher on the Austen calibration text, no channel permutation; KLD by "
              f"`llama-perplexity --kl-divergence -c {ctx} --chunks {chunks}` on the evaluation text; exact prices took "
              f"{pricing_seconds:.0f} s (the analysis: {prepared.timer.phases['analysis']:.0f} s); {stamp}.")
-    raw = {"setup": setup, "kld": results}
+    raw = {"setup": setup, "kld": results,
+           "price_ratio": {k: float(f(ratios)) for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "gaps.json", json.dumps(raw, indent=1))
     render(out_dir)
@@ -131,7 +134,10 @@ def render(out_dir: Path) -> str:
     for size in sizes:
         table.append(f"| {size} | " + " | ".join(f"{kld[p][size]:.5f}" for p in PATHS) + " | " +
                      " | ".join(f"{kld[p][size] / kld[PATHS[0]][size]:.2f}" for p in PATHS[1:]) + " |")
-    text = "\n".join(table) + "\n"
+    price = raw["price_ratio"]
+    text = "\n".join(table) + "\n" + (
+        f"\nThe analysis' price over the quantizer's real error, over every tensor and candidate type: median "
+        f"{price['median']:.2f}, from {price['min']:.2f} to {price['max']:.2f}.\n")
     write_text(out_dir / "gaps.md", "# Known quality gaps: what closing them is worth\n\n" + raw["setup"] + "\n\n" +
                text + "\n![KLD by path](gaps.png)\n")
 
