@@ -14,8 +14,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from sfmp_gguf import kernels
-from sfmp_gguf.analysis import (COLUMNS, TensorProfile, WeightStats, importance_rows, sub_block_importance,
-                                upgraded_importance)
+from sfmp_gguf.analysis import COLUMNS, TensorProfile, WeightStats, sub_block_importance, upgraded_importance
 from sfmp_gguf.format import SUB_BLOCK, SfmpType, types_for_row
 
 CHUNK_WEIGHTS = 1 << 16  # weights per task: small enough to share a small tensor among threads
@@ -40,6 +39,21 @@ def chunks(rows: int, n: int, experts: int) -> list[tuple[int, int]]:
             for e in range(experts) for start in range(e * per_expert, (e + 1) * per_expert, step)]
 
 
+def _experts(h: np.ndarray | None, rows: int) -> int:
+    """How many experts' rows of per-column importance ``h`` holds: 1 unless it is (experts, n)."""
+    return h.shape[0] if h is not None and h.ndim == 2 and h.shape[0] != rows else 1
+
+
+def _chunk_importance(h: np.ndarray | None, rows: int, experts: int, start: int, stop: int) -> np.ndarray | None:
+    """The importance of rows [start, stop), which never straddle an expert: one row (n,) for all of
+    them (per column, or the chunk's expert), or one per weight row."""
+    if h is None or h.ndim == 1:
+        return h
+    if experts > 1:
+        return h[start // (rows // experts)]
+    return h[start:stop]
+
+
 def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None, pool: Executor) -> TensorProfile:
     """analysis.profile_tensor in C. ``importance``: None, per column (n,), per expert per column
     (experts, n) or per weight (rows, n). Raises NonFiniteWeights if ``w`` holds NaN or Inf."""
@@ -49,18 +63,12 @@ def profile_tensor(name: str, w: np.ndarray, importance: np.ndarray | None, pool
     candidates = types_for_row(n)
     columns = type_columns(candidates)
     h = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
-    per_weight = h is not None and h.ndim == 2 and h.shape[0] == rows
-    experts = h.shape[0] if h is not None and h.ndim == 2 and not per_weight else 1
+    experts = _experts(h, rows)
 
     def run(chunk: tuple[int, int]) -> tuple[np.ndarray, dict[str, float]]:
         start, stop = chunk
-        if h is None or h.ndim == 1:
-            rows_h = h
-        elif per_weight:
-            rows_h = h[start:stop]
-        else:
-            rows_h = h[start // (rows // experts)]
-        errors, moments = lib.sub_block_errors(w[start:stop], rows_h, per_row=per_weight)
+        rows_h = _chunk_importance(h, rows, experts, start, stop)
+        errors, moments = lib.sub_block_errors(w[start:stop], rows_h, per_row=rows_h is not None and rows_h.ndim == 2)
         return lib.type_errors(errors, candidates[0].n_sub, columns), moments
 
     results = list(pool.map(run, chunks(rows, n, experts)))
@@ -83,13 +91,12 @@ def upgraded_shares(w: np.ndarray, importance: np.ndarray | None, pool: Executor
     w = np.ascontiguousarray(w, dtype=np.float32)
     rows, n = w.shape
     candidates = types_for_row(n)
-    h = None if importance is None else np.asarray(importance, dtype=np.float32)
-    per_weight = h is not None and h.ndim == 2 and h.shape[0] == rows
-    experts = h.shape[0] if h is not None and h.ndim == 2 and not per_weight else 1
+    h = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+    experts = _experts(h, rows)
 
     def run(chunk: tuple[int, int]) -> tuple[np.ndarray, float]:
         start, stop = chunk
-        rows_h = importance_rows(h, rows, start, stop)  # (n,), or one row per weight row
+        rows_h = _chunk_importance(h, rows, experts, start, stop)
         errors, _ = lib.sub_block_errors(w[start:stop], rows_h, per_row=rows_h is not None and rows_h.ndim == 2)
         h_sub = sub_block_importance(rows_h, stop - start, n)
         return upgraded_importance(errors, h_sub, candidates), float(h_sub.sum())

@@ -265,27 +265,26 @@ def _analyse(source: ModelSource, t, w: np.ndarray, shapes: dict[str, tuple[int,
         return None
     matrix = analysis.matrix_shape(shapes[t.name])
     if per_weight is not None:
-        h, silent = fill_silent_experts(per_weight[t.name])
+        h_tensor, silent = fill_silent_experts(per_weight[t.name])
         if silent:
             fallbacks[t.name] = SILENT_EXPERTS
-        columns[t.name] = column_importance(h)  # the quantizer's per-column weights
+        columns[t.name] = column_importance(h_tensor)  # the quantizer's per-column weights
+        h = h_tensor.reshape(matrix)
     else:
         h = None if columns is None else columns[t.name]
     try:
-        profile = native_analysis.profile_tensor(t.name, w.reshape(matrix), _as_matrix(h, matrix), pool)
+        profile = native_analysis.profile_tensor(t.name, w.reshape(matrix), h, pool)
     except native_analysis.NonFiniteWeights:
         raise InputError(f"{source.path}: tensor {t.name} holds NaN or Inf values") from None
     if undo is None:
         return profile
-    h_before = None if h is None else undo.apply(t.name, h) if per_weight is not None else undo.apply_columns(t.name, h)
-    before = native_analysis.upgraded_shares(undo.apply(t.name, w).reshape(matrix), _as_matrix(h_before, matrix), pool)
-    after = native_analysis.upgraded_shares(w.reshape(matrix), _as_matrix(h, matrix), pool)
+    if per_weight is not None:
+        h_before = undo.apply(t.name, h_tensor).reshape(matrix)
+    else:
+        h_before = None if h is None else undo.apply_columns(t.name, h)
+    before = native_analysis.upgraded_shares(undo.apply(t.name, w).reshape(matrix), h_before, pool)
+    after = native_analysis.upgraded_shares(w.reshape(matrix), h, pool)
     return replace(profile, upgraded_share=(before, after))
-
-
-def _as_matrix(h: np.ndarray | None, matrix: tuple[int, int]) -> np.ndarray | None:
-    """Per-weight importance as (rows, n); per-column (or per-expert per-column) as it is."""
-    return h.reshape(matrix) if h is not None and h.size == matrix[0] * matrix[1] and h.ndim > 1 else h
 
 
 def plan(prepared: Prepared, bpw: float, grids: tuple[str, ...]) -> Allocation:

@@ -292,12 +292,30 @@ def grid_table(scores: list[Score]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_label(target: str) -> str:
+    """The ABLATION label of the kinds the converter applies by default at a target bpw."""
+    from sfmp_gguf.permutation import default_kinds
+
+    return next(label for label, kinds in ABLATION.items() if kinds == default_kinds(float(target)))
+
+
+def ablation_scores(scores: list[Score], sensitivity: str) -> dict[str, dict[str, Score]]:
+    """ABLATION label -> target -> score for one sensitivity; the plain family stands for the
+    default kinds at its target."""
+    by_label: dict[str, dict[str, Score]] = {label: {} for label in ABLATION}
+    for s in scores:
+        if s.family == f"SFMP {sensitivity}":
+            by_label[default_label(s.label)][s.label] = s
+        for label in ABLATION:
+            if s.family == ablation_family(sensitivity, label):
+                by_label[label][s.label] = s
+    return by_label
+
+
 def permutation_table(scores: list[Score]) -> str:
     """Each ablated sensitivity at each target: KLD with each set of permutation kinds (the converter's
     default at that size is its plain family), the default over none, and both against llama.cpp's
     frontier at their size."""
-    from sfmp_gguf.permutation import default_kinds
-
     stock = [r for r in scores if r.family in STOCK_FAMILIES]
     lines = ["| sensitivity | target bpw | " + " | ".join(f"KLD, {label}" for label in ABLATION) +
              " | default | default / none | vs llama.cpp frontier at its size: none, default |",
@@ -308,12 +326,11 @@ def permutation_table(scores: list[Score]) -> str:
         return _cell(None if front is None else s.kld / front, ".2f")
 
     for sensitivity in ABLATED:
+        by_label = ablation_scores(scores, sensitivity)
         product = {s.label: s for s in scores if s.family == f"SFMP {sensitivity}"}
         for target, best in sorted(product.items(), key=lambda item: item[1].size):
-            default = next(label for label, kinds in ABLATION.items() if kinds == default_kinds(float(target)))
-            found = {label: best if label == default else next(
-                (s for s in scores if s.family == ablation_family(sensitivity, label) and s.label == target), None)
-                for label in ABLATION}
+            default = default_label(target)
+            found = {label: by_label[label].get(target) for label in ABLATION}
             if not all(found.values()):
                 continue
             lines.append(f"| {sensitivity} | {target} | " + " | ".join(f"{found[label].kld:.5f}" for label in ABLATION) +
@@ -329,18 +346,11 @@ def permutation_plot(scores: list[Score], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sfmp_gguf.permutation import default_kinds
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for sensitivity in ABLATED:
-        by_label = {label: {s.label: s.kld for s in scores if s.family == ablation_family(sensitivity, label)}
-                    for label in ABLATION}
-        for s in scores:
-            if s.family == f"SFMP {sensitivity}":
-                default = next(label for label, kinds in ABLATION.items() if kinds == default_kinds(float(s.label)))
-                by_label[default][s.label] = s.kld
+        by_label = ablation_scores(scores, sensitivity)
         for label in list(ABLATION)[1:]:
-            points = sorted((float(t), kld / by_label["none"][t]) for t, kld in by_label[label].items()
+            points = sorted((float(t), s.kld / by_label["none"][t].kld) for t, s in by_label[label].items()
                             if t in by_label["none"])
             if points:
                 ax.plot(*zip(*points), marker="o", linestyle="-" if sensitivity == "fisher" else "--",

@@ -20,21 +20,22 @@ from sfmp_gguf.format import GRIDS
 DEFAULT_BPW = 5.0
 GRID_CHOICES = ("both", *GRIDS)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
-PERMUTATION_KINDS = ("ffn", "heads", "residual")  # permutation.KINDS (this module imports no core at load)
 
 
 def permute_kinds(value: str) -> tuple[str, ...]:
     """--permute's value: all, none, or a comma list of kinds."""
+    from sfmp_gguf.permutation import KINDS
+
     if value == "all":
-        return PERMUTATION_KINDS
+        return KINDS
     if value == "none":
         return ()
     kinds = tuple(k.strip() for k in value.split(","))
-    unknown = [k for k in kinds if k not in PERMUTATION_KINDS]
+    unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown kind {unknown[0]!r} (all, none, or a comma list of "
-                                         f"{', '.join(PERMUTATION_KINDS)})")
-    return tuple(k for k in PERMUTATION_KINDS if k in kinds)
+                                         f"{', '.join(KINDS)})")
+    return tuple(k for k in KINDS if k in kinds)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
