@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from sfmp_gguf.format import (FIRST_TYPE_ID, FORMAT_VERSION, GRIDS, NL_LEVELS, NL_UNIT, SFMP_TYPES,
+from sfmp_gguf.format import (ACTIVATIONS, FINE_ACTIVATION_MIN_BITS, FIRST_TYPE_ID, FORMAT_VERSION, GRIDS,
+                               NL_LEVELS, NL_UNIT, SFMP_TYPES,
                                TYPE_COUNT, UPSTREAM_TYPE_COUNT, fallback)
 from sfmp_gguf.llama.patch import FILES_DIR
 
@@ -28,14 +29,19 @@ def render_types_inc() -> str:
         "//   budget = n_sub * base_bits + upgrades (upgrades < n_sub); grid: SFMP_GRID_*",
         "// SFMP_FALLBACK(UPPER_NAME, FALLBACK): the type (GGML_TYPE_ suffix) for rows this one cannot hold",
         "// SFMP_RESERVED(id): the unused ids between upstream's last type and ours",
+        "// SFMP_ACTIVATION(id, lower_name, UPPER_NAME, BASE, block_size, type_size): a CPU activation type, a",
+        "//   pair of ggml BASE blocks (values, residual); types of SFMP_FINE_ACTIVATION_MIN_BITS or more base",
+        "//   bits take it in place of BASE",
         "",
         "#ifndef SFMP_CONSTANTS_DEFINED",
         "#define SFMP_CONSTANTS_DEFINED",
         f"#define SFMP_FORMAT_VERSION {FORMAT_VERSION}",
         f"#define SFMP_FIRST_TYPE_ID {FIRST_TYPE_ID}",
-        f"#define SFMP_TYPE_ID_END {TYPE_COUNT}",
+        f"#define SFMP_TYPE_ID_END {SFMP_TYPES[-1].type_id + 1}  // weight types: [SFMP_FIRST_TYPE_ID, SFMP_TYPE_ID_END)",
+        f"#define SFMP_GGML_TYPE_COUNT {TYPE_COUNT}  // with the activation types",
         *(f"#define SFMP_GRID_{g.upper()} {i}" for i, g in enumerate(GRIDS)),
         f"#define SFMP_NL_UNIT {NL_UNIT}",
+        f"#define SFMP_FINE_ACTIVATION_MIN_BITS {FINE_ACTIVATION_MIN_BITS}",
         *(f"#define SFMP_NL_LEVELS_{b} {_initializer(levels)}" for b, levels in NL_LEVELS.items()),
         "// The same plus the bias NL_UNIT (1..127, unsigned bytes for table lookups); SPREAD indexes a b-bit",
         "// code q by 2q or 2q + 1, a plain sub-block's code laid out as an upgraded one's.",
@@ -55,6 +61,9 @@ def render_types_inc() -> str:
         lines.append(f"SFMP_FALLBACK({t.name.upper()}, {stand_in.name.upper() if stand_in else 'Q8_0'})")
     lines += ["#endif", "", "#ifdef SFMP_RESERVED"]
     lines += [f"SFMP_RESERVED({i})" for i in range(UPSTREAM_TYPE_COUNT, FIRST_TYPE_ID)]
+    lines += ["#endif", "", "#ifdef SFMP_ACTIVATION"]
+    lines += [f"SFMP_ACTIVATION({a.type_id}, {a.name}, {a.name.upper()}, {a.base}, {a.block_size}, {a.type_size})"
+              for a in ACTIVATIONS.values()]
     lines += ["#endif", ""]
     return "\n".join(lines)
 

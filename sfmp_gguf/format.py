@@ -53,6 +53,9 @@ FIRST_TYPE_ID = 100  # far above upstream's GGML_TYPE_COUNT (43), so no future t
 UPSTREAM_TYPE_COUNT = 43
 HEADER_BYTES = 2  # the fp16 super-scale
 GGUF_VERSION_KEY = "sfmp.format_version"
+# From this base precision up a type pairs with two-level activations (ActivationType): llama.cpp's
+# 8-bit activations would otherwise add more error than the weights' codes (bench-results/gaps.md).
+FINE_ACTIVATION_MIN_BITS = 6
 
 
 GRID_UNIFORM, GRID_NONLINEAR = "uniform", "nonlinear"
@@ -85,6 +88,26 @@ _S_NL_RUNGS = tuple(r for r in _S_RUNGS if r[0] + (r[1] > 0) <= NL_MAX_BITS)
 VARIANT_K = Variant("k", 256, "Q8_K", _K_RUNGS, _K_NL_RUNGS)
 VARIANT_S = Variant("s", 64, "Q8_0", _S_RUNGS, _S_NL_RUNGS)
 VARIANTS = (VARIANT_K, VARIANT_S)
+
+
+@dataclass(frozen=True)
+class ActivationType:
+    """A ggml type that only carries activations on the CPU, never weights in a file: each block is a
+    pair of 8-bit blocks of ggml's ``base`` type, the values and then the residual they leave, so a
+    dot product costs two 8-bit ones and errs about 250 times less."""
+
+    type_id: int
+    base: str  # "Q8_K" or "Q8_0"
+    block_size: int
+    base_type_size: int  # bytes of one ggml block of ``base``
+
+    @property
+    def name(self) -> str:
+        return f"sfmp_{self.base.lower()}_x2"
+
+    @property
+    def type_size(self) -> int:
+        return 2 * self.base_type_size
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,16 @@ class SfmpType:
     def bpw(self) -> float:
         return self.type_size * 8 / self.block_size
 
+    @property
+    def fine_activations(self) -> bool:
+        """True if the CPU kernels pair it with two-level activations (ACTIVATIONS), not 8-bit ones."""
+        return self.base_bits >= FINE_ACTIVATION_MIN_BITS
+
+    @property
+    def activation(self) -> str:
+        """The ggml type its CPU dot product takes."""
+        return ACTIVATIONS[self.variant.activation].name if self.fine_activations else self.variant.activation
+
 
 def _family() -> tuple[SfmpType, ...]:
     """Uniform types first, so that ids of format 2 keep their meaning; then the nonlinear ones."""
@@ -149,7 +182,10 @@ def _family() -> tuple[SfmpType, ...]:
 
 
 SFMP_TYPES: tuple[SfmpType, ...] = _family()
-TYPE_COUNT = FIRST_TYPE_ID + len(SFMP_TYPES)  # the patched GGML_TYPE_COUNT
+_ACTIVATIONS_FROM = FIRST_TYPE_ID + len(SFMP_TYPES)
+ACTIVATIONS = {base: ActivationType(_ACTIVATIONS_FROM + i, base, block, size)
+               for i, (base, block, size) in enumerate((("Q8_K", 256, 4 + 256 + 2 * 16), ("Q8_0", 32, 2 + 32)))}
+TYPE_COUNT = _ACTIVATIONS_FROM + len(ACTIVATIONS)  # the patched GGML_TYPE_COUNT
 BY_NAME = {t.name: t for t in SFMP_TYPES}
 BY_ID = {t.type_id: t for t in SFMP_TYPES}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cffi
 import numpy as np
 
-from sfmp_gguf.format import SfmpType
+from sfmp_gguf.format import ACTIVATIONS, SfmpType
 from sfmp_gguf.llama.build import current_build
 
 CDEF = """
@@ -25,6 +25,10 @@ size_t sfmp_quantize(int type, const float * src, void * dst, int64_t nrows, int
 void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k);
 bool sfmp_validate_row(int type, const void * data, size_t nbytes);
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);
+bool sfmp_fine_activations(int type);
+void sfmp_quantize_row_Q8_K_x2(const float * x, void * y, int64_t n);
+void sfmp_quantize_row_Q8_0_x2(const float * x, void * y, int64_t n);
+int sfmp_cpu_nrows(int type);
 const char * sfmp_cpu_path(void);
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
@@ -84,6 +88,15 @@ class Kernels:
     def validate(self, data: np.ndarray, t: SfmpType) -> bool:
         data = np.ascontiguousarray(data, dtype=np.uint8)
         return bool(self.lib.sfmp_validate_row(t.type_id, self._ptr(data, "void *"), data.size))
+
+    def two_level_activations(self, x: np.ndarray, t: SfmpType) -> np.ndarray:
+        """Floats -> the two-level activation bytes of ``t``'s block size, by the C quantizer ggml runs."""
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        kind = ACTIVATIONS[t.variant.activation]
+        out = np.zeros(x.size // kind.block_size * kind.type_size, dtype=np.uint8)
+        fn = getattr(self.lib, f"sfmp_quantize_row_{kind.base}_x2")
+        fn(self._ptr(x, "float *"), self._ptr(out, "void *"), x.size)
+        return out
 
     def vec_dot(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType, path: str = "generic") -> float:
         """One row of SFMP weights against activations quantized to Q8_K or Q8_0 (raw bytes)."""

@@ -6,7 +6,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
 
 from sfmp_gguf import codegen, gguf_types
-from sfmp_gguf.format import (BY_NAME, GRID_NONLINEAR, GRID_UNIFORM, NL_LEVELS, NL_MAX_BITS, NL_UNIT, SFMP_TYPES, TYPE_COUNT,
+from sfmp_gguf.format import (ACTIVATIONS, BY_NAME, GRID_NONLINEAR, GRID_UNIFORM, NL_LEVELS, NL_MAX_BITS, NL_UNIT, SFMP_TYPES, TYPE_COUNT,
                               UPSTREAM_TYPE_COUNT, VARIANT_S, fallback, types_for_row)
 from sfmp_gguf.quant.reference import dequantize_blocks, quantize_blocks
 
@@ -21,7 +21,7 @@ def test_family_covers_the_rate_ladder():
         assert rates[0] <= 2.6 and rates[-1] >= 8.3  # "about 2.5 to 8.5 bpw"
         assert max(b - a for a, b in zip(rates, rates[1:])) <= 0.5
     ids = [t.type_id for t in SFMP_TYPES]
-    assert min(ids) >= 100 > UPSTREAM_TYPE_COUNT and TYPE_COUNT == max(ids) + 1
+    assert min(ids) >= 100 > UPSTREAM_TYPE_COUNT and TYPE_COUNT == max(ids) + 1 + len(ACTIVATIONS)
 
 
 def test_every_type_mixes_two_precisions_and_names_its_rate():

@@ -162,8 +162,13 @@ def test_fp16_conversion_rounds_like_numpy(lib):
 
 
 def _activations(t: SfmpType, rng: np.random.Generator, n: int = ROW) -> np.ndarray:
-    y = rng.standard_normal(n).astype(np.float32)
-    return activations.quantize_q8_k(y) if t.block_size == 256 else activations.quantize_q8_0(y)
+    return activations.quantize_for(t, rng.standard_normal(n).astype(np.float32))
+
+
+def _activation_values(y: np.ndarray, t: SfmpType) -> np.ndarray:
+    """The activations' values as the dot product of type ``t`` sees them."""
+    base = 256 if t.block_size == 256 else 32
+    return activations.two_level_values(y, base) if t.fine_activations else activations.dequantize(y, base)
 
 
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
@@ -172,8 +177,7 @@ def test_dot_product_equals_float_dot_of_decoded_values(lib, t: SfmpType):
     x = _weights("heavy_tailed", rng, rows=1).astype(np.float32)
     w = lib.quantize(x, t)
     y = _activations(t, rng)
-    expected = float(np.dot(lib.dequantize(w, t)[0].astype(np.float64),
-                            activations.dequantize(y, 256 if t.block_size == 256 else 32)))
+    expected = float(np.dot(lib.dequantize(w, t)[0].astype(np.float64), _activation_values(y, t)))
     got = lib.vec_dot(w[0], y, t)
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
@@ -186,7 +190,7 @@ def assert_simd_agrees(lib, w: np.ndarray, y: np.ndarray, t: SfmpType) -> None:
     if t.block_size == 256 or lib.cpu_path != "avx2":
         assert simd == generic
         return
-    terms = lib.dequantize(w[None], t)[0].astype(np.float64) * activations.dequantize(y, 32)
+    terms = lib.dequantize(w[None], t)[0].astype(np.float64) * _activation_values(y, t)
     assert abs(simd - generic) <= 64 * 2.0 ** -24 * np.sum(np.abs(terms)) + 1e-30
 
 
@@ -206,11 +210,12 @@ def test_simd_path_agrees_with_generic(lib, t: SfmpType):
     assert_simd_agrees(lib, w, y, t)
 
 
-@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [t for t in SFMP_TYPES if not t.fine_activations], ids=lambda t: t.name)
 def test_two_by_two_tile_equals_four_single_dot_products(lib, t: SfmpType):
-    """Prompt processing asks the AVX2 kernels for 2x2 tiles; each entry must be exactly the
-    single dot product."""
+    """Prompt processing asks the AVX2 kernels for 2x2 tiles of the types with 8-bit activations;
+    each entry must be exactly the single dot product."""
     assert lib.cpu_path == "avx2"  # the x86 hosts this suite runs on; NEON registers one row per call
+    assert lib.lib.sfmp_cpu_nrows(t.type_id) == 2
     rng = np.random.default_rng(2000 + t.type_id)
     w = lib.quantize(_weights("heavy_tailed", rng, rows=2).astype(np.float32), t)
     y = np.stack([_activations(t, rng), _activations(t, rng)])
@@ -263,11 +268,26 @@ def x8_lib(request) -> kernels.Kernels:
     return kernels.load(current_build().kernel_library_vnni)
 
 
+def _hi_only(y: np.ndarray, t: SfmpType) -> tuple[np.ndarray, np.ndarray]:
+    """For a type with two-level activations: the hi level's 8-bit rows (what the interleaved kernel
+    takes per level) and the two-level rows with lo zeroed, whose generic dot product must equal the
+    kernel's on hi exactly (scaling the integer by 256 and the unit by 1/256 is exact)."""
+    dtype = activations.Q8_K if t.block_size == 256 else activations.Q8_0
+    pairs = np.ascontiguousarray(y).view(dtype).reshape(len(y), -1, 2).copy()
+    pairs["qs"][:, :, 1] = 0
+    if dtype is activations.Q8_K:
+        pairs["bsums"][:, :, 1] = 0
+    hi = np.ascontiguousarray(pairs[:, :, 0]).view(np.uint8).reshape(len(y), -1)
+    return hi, pairs.view(np.uint8).reshape(len(y), -1)
+
+
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
 def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, request, t: SfmpType):
     """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass, 1 to 4 columns per decode) returns
     exactly what sfmp_vec_dot_generic returns for each row and column, malformed blocks and
-    full-range activations included, on both its paths (plain AVX2 and AVX2 with VNNI)."""
+    full-range activations included, on both its paths (plain AVX2 and AVX2 with VNNI). It takes one
+    8-bit level per column; for types with two-level activations the reference gets lo = 0 (the
+    buffer's sum of both levels is checked in test_llama_integration)."""
     lib = x8_lib
     assert lib.x8_path == request.node.callspec.params["x8_lib"]
     rng = np.random.default_rng(3000 + t.type_id)
@@ -280,5 +300,37 @@ def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, reque
     y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
     y_blocks["qs"] = rng.integers(-128, 128, size=y_blocks["qs"].shape)
     for y in (y_normal, y_full, y_full[:1]):
-        expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in y], dtype=np.float32)
-        assert np.array_equal(lib.interleaved_mat_mul(w, y, t), expected)
+        kernel_y, reference_y = _hi_only(y, t) if t.fine_activations else (y, y)
+        expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in reference_y], dtype=np.float32)
+        assert np.array_equal(lib.interleaved_mat_mul(w, kernel_y, t), expected)
+
+
+@pytest.mark.parametrize("block_size", [256, 64])
+def test_two_level_activations_match_their_numpy_specification(lib, block_size: int):
+    t = next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == block_size)
+    rng = np.random.default_rng(block_size)
+    inputs = [rng.standard_normal(ROW), rng.standard_t(2, size=ROW) * 30.0, np.zeros(ROW),
+              rng.standard_normal(ROW) * np.repeat(10.0 ** rng.uniform(-6, 3, size=ROW // 32), 32)]
+    for x in inputs:
+        x = x.astype(np.float32)
+        assert np.array_equal(lib.two_level_activations(x, t), activations.quantize_two_level(x, block_size))
+
+
+@pytest.mark.parametrize("block_size", [256, 64])
+def test_two_level_activations_err_over_a_hundred_times_less_than_8_bit_ones(lib, block_size: int):
+    fine = next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == block_size)
+    coarse = next(t for t in SFMP_TYPES if not t.fine_activations and t.block_size == block_size)
+    x = (np.random.default_rng(5).standard_t(3, size=4 * ROW)).astype(np.float32)
+    one = _activation_values(activations.quantize_for(coarse, x), coarse)
+    two = _activation_values(lib.two_level_activations(x, fine), fine)
+    assert np.sqrt(np.mean((two - x) ** 2)) * 100 < np.sqrt(np.mean((one - x) ** 2))
+
+
+def test_types_from_the_fine_activation_rate_take_two_level_activations_one_row_per_call(lib):
+    from sfmp_gguf.format import FINE_ACTIVATION_MIN_BITS
+
+    for t in SFMP_TYPES:
+        assert t.fine_activations == (t.base_bits >= FINE_ACTIVATION_MIN_BITS)
+        assert bool(lib.lib.sfmp_fine_activations(t.type_id)) == t.fine_activations
+        assert lib.lib.sfmp_cpu_nrows(t.type_id) == (1 if t.fine_activations else 2)
+        assert t.activation == (f"sfmp_{t.variant.activation.lower()}_x2" if t.fine_activations else t.variant.activation)

@@ -25,9 +25,10 @@ from sfmp_gguf.bench.roundtrip import BenchError, quantize_model  # noqa: E402
 from sfmp_gguf.llama.build import current_build  # noqa: E402
 from sfmp_gguf.paths import cache_dir  # noqa: E402
 
-STOCK = ("Q4_K", "IQ4_XS", "Q6_K")
+STOCK = ("Q4_K", "IQ4_XS", "Q5_K", "Q6_K", "Q8_0")
+# From sfmp625_k up the CPU kernels take two-level activations (format.FINE_ACTIVATION_MIN_BITS).
 SFMP_CANDIDATES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
-                   "sfmp625_k", "sfmp675_k")
+                   "sfmp625_k", "sfmp675_k", "sfmp725_k", "sfmp775_k", "sfmp800_k")
 # The nonlinear grid (one table lookup more per code) against the stock types of its rates.
 NL_STOCK = ("Q4_K", "IQ4_XS")
 NL_CANDIDATES = ("sfmp325n_k", "sfmp375n_k", "sfmp400n_k")

@@ -37,6 +37,25 @@ static float next_gauss(void) {
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
 }
 
+// Two-level activations as ggml makes them for types with fine activations (the library's own
+// quantizer), with the values the dot product sees: the values' level plus the residual's.
+static void make_two_level(int block_size, int n, const float * x, void * out, float * dequant) {
+    if (block_size == 256) {
+        sfmp_quantize_row_Q8_K_x2(x, out, n);
+        const sfmp_block_q8_K_x2 * y = (const sfmp_block_q8_K_x2 *) out;
+        for (int i = 0; i < n; ++i) {
+            dequant[i] = y[i / 256].hi.d * (float) y[i / 256].hi.qs[i % 256] + y[i / 256].lo.d * (float) y[i / 256].lo.qs[i % 256];
+        }
+    } else {
+        sfmp_quantize_row_Q8_0_x2(x, out, n);
+        const sfmp_block_q8_0_x2 * y = (const sfmp_block_q8_0_x2 *) out;
+        for (int i = 0; i < n; ++i) {
+            dequant[i] = sfmp_fp16_to_fp32(y[i / 32].hi.d) * (float) y[i / 32].hi.qs[i % 32] +
+                         sfmp_fp16_to_fp32(y[i / 32].lo.d) * (float) y[i / 32].lo.qs[i % 32];
+        }
+    }
+}
+
 // Activations as ggml makes them: Q8_K for 256-weight types, Q8_0 otherwise.
 static void make_activations(int block_size, int n, const float * x, void * out, float * dequant) {
     if (block_size == 256) {
@@ -134,8 +153,8 @@ int main(int argc, char ** argv) {
         const sfmp_layout * L = sfmp_get_layout(type);
         const int n = L->block_size * (1 + (int) (next_u32() % (uint32_t) (MAX_N / L->block_size)));
         const size_t row_bytes = (size_t) (n / L->block_size) * (size_t) L->type_size;
-        const size_t act_bytes = L->block_size == 256 ? sizeof(sfmp_block_q8_K) * (size_t) (n / 256)
-                                                      : sizeof(sfmp_block_q8_0) * (size_t) (n / 32);
+        const size_t act_bytes = (L->fine ? 2 : 1) * (L->block_size == 256 ? sizeof(sfmp_block_q8_K) * (size_t) (n / 256)
+                                                                           : sizeof(sfmp_block_q8_0) * (size_t) (n / 32));
         // Exactly sized heap buffers, so AddressSanitizer sees any read past a row.
         uint8_t * rows = malloc(2 * row_bytes);
         void * acts = malloc(2 * act_bytes);
@@ -146,7 +165,7 @@ int main(int argc, char ** argv) {
             for (int i = 0; i < n; ++i) {
                 x[i] = next_gauss();
             }
-            make_activations(L->block_size, n, x, (uint8_t *) acts + r * act_bytes, ydq[r]);
+            (L->fine ? make_two_level : make_activations)(L->block_size, n, x, (uint8_t *) acts + r * act_bytes, ydq[r]);
         }
         const int ok = sfmp_validate_row(type, rows, 2 * row_bytes);
         float tile[4], single[2][2], generic[2][2];
@@ -157,7 +176,8 @@ int main(int argc, char ** argv) {
                 sfmp_cpu_vec_dot(type, n, &single[r][k], rows + r * row_bytes, (uint8_t *) acts + k * act_bytes);
             }
         }
-        sfmp_cpu_vec_dot_tile(type, n, tile, 2, rows, row_bytes, acts, act_bytes, SFMP_CPU_NROWS);
+        const int nrows = sfmp_cpu_nrows(type);
+        sfmp_cpu_vec_dot_tile(type, n, tile, 2, rows, row_bytes, acts, act_bytes, nrows);
         // The interleaved kernel on one row group: the two rows four times over, both columns.
         uint8_t * group_src = malloc(SFMP_X8_ROWS * row_bytes);
         uint8_t * group = malloc(sfmp_x8_group_size(type, n));
@@ -176,7 +196,7 @@ int main(int argc, char ** argv) {
         if (sfmp_x8_supported(type)) {
             sfmp_x8_mul_mat(type, n, group, 0, 1, 2, vy, pa, dst);
         }
-        if (ok && sfmp_x8_supported(type)) {
+        if (ok && sfmp_x8_supported(type) && !L->fine) {  // two levels: tests/test_kernels.py
             for (int r = 0; r < SFMP_X8_ROWS; ++r) {
                 for (int k = 0; k < 2; ++k) {
                     if (interleaved[k][r] != generic[r % 2][k]) {
@@ -208,7 +228,7 @@ int main(int argc, char ** argv) {
                     }
                     const double allowed = (L->block_size == 64 && !strcmp(sfmp_cpu_path(), "avx2"))
                                                ? 64.0 * ldexp(1.0, -24) * magnitude : 0.0;
-                    const double tile_value = SFMP_CPU_NROWS == 2 ? tile[r + 2 * k] : single[r][k];
+                    const double tile_value = nrows == 2 ? tile[r + 2 * k] : single[r][k];
                     if (!isfinite(generic[r][k]) || fabs((double) single[r][k] - generic[r][k]) > allowed ||
                         tile_value != single[r][k]) {
                         fprintf(stderr, "case %ld (type %d, n %d): generic %a, %s %a, tile %a\n", c, type, n,

@@ -19,7 +19,7 @@ static void quiet(enum ggml_log_level level, const char * text, void * user) {
 }
 
 static int is_sfmp(enum ggml_type type) {
-    return (int) type >= 100 && (int) type < GGML_TYPE_COUNT;
+    return (int) type >= SFMP_FIRST_TYPE_ID && (int) type < SFMP_TYPE_ID_END;
 }
 
 // Dequantize and dot the first row of an SFMP tensor; 0 if every value is finite.

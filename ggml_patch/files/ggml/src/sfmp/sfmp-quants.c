@@ -559,38 +559,124 @@ static int64_t sub_block_dot(const sfmp_layout * L, const uint8_t * block, uint3
     return m * acc * (L->grid == SFMP_GRID_UNIFORM && bits == L->base_bits ? 2 : 1);
 }
 
-void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy) {
-    const sfmp_layout * L = sfmp_get_layout(type);
-    const uint8_t * block = (const uint8_t *) vx;
+// One activation block every y_stride bytes (a Q8_K block per _k block, a Q8_0 block per sub-block
+// of an _s block). With fine activations each is a two-level pair: its integer is 256 * T(hi) + T(lo)
+// at hi's scale over 256.
+static float row_dot(const sfmp_layout * L, int n, const uint8_t * block, const uint8_t * vy, size_t y_stride) {
     const int nb = n / L->block_size;
-    const float unit = 1.0f / (float) (1 << L->unit_shift);
+    const float unit = 1.0f / (float) (1 << L->unit_shift) / (float) (L->fine ? SFMP_RESIDUAL_STEPS : 1);
     float sumf = 0.0f;
     if (L->block_size == 256) {
-        const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
+            const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) (vy + (size_t) i * y_stride);
             const uint32_t upgraded = sfmp_upgrade_mask(L, block);
-            int64_t acc = 0;
+            int64_t acc = 0, lo = 0;
             for (int j = 0; j < L->n_sub; ++j) {
-                acc += sub_block_dot(L, block, upgraded, j, y[i].qs + SFMP_SUB_BLOCK * j);
+                acc += sub_block_dot(L, block, upgraded, j, y->qs + SFMP_SUB_BLOCK * j);
+                if (L->fine) {
+                    lo += sub_block_dot(L, block, upgraded, j, y[1].qs + SFMP_SUB_BLOCK * j);
+                }
             }
-            sumf += (sfmp_block_d(block) * y[i].d) * ((float) acc * unit);
+            acc = L->fine ? SFMP_RESIDUAL_STEPS * acc + lo : acc;
+            sumf += (sfmp_block_d(block) * y->d) * ((float) acc * unit);
         }
     } else {
-        const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
         for (int i = 0; i < nb; ++i, block += L->type_size) {
             const uint32_t upgraded = sfmp_upgrade_mask(L, block);
             const float d = sfmp_block_d(block);
             float block_sum = 0.0f;  // per block first, then into the row: the SIMD paths add in this order
             for (int j = 0; j < L->n_sub; ++j) {
-                const sfmp_block_q8_0 * yb = &y[L->n_sub * i + j];
-                const int64_t acc = sub_block_dot(L, block, upgraded, j, yb->qs);
+                const sfmp_block_q8_0 * yb = (const sfmp_block_q8_0 *) (vy + (size_t) (L->n_sub * i + j) * y_stride);
+                int64_t acc = sub_block_dot(L, block, upgraded, j, yb->qs);
+                if (L->fine) {
+                    acc = SFMP_RESIDUAL_STEPS * acc + sub_block_dot(L, block, upgraded, j, yb[1].qs);
+                }
                 block_sum = j ? block_sum + (d * sfmp_fp16_to_fp32(yb->d)) * ((float) acc * unit)
                               : (d * sfmp_fp16_to_fp32(yb->d)) * ((float) acc * unit);
             }
             sumf += block_sum;
         }
     }
-    *s = sumf;
+    return sumf;
+}
+
+bool sfmp_fine_activations(int type) {
+    const sfmp_layout * L = sfmp_get_layout(type);
+    return L != NULL && L->fine;
+}
+
+size_t sfmp_activation_block_size(int type) {
+    const sfmp_layout * L = sfmp_get_layout(type);
+    return L == NULL ? 0 : (L->block_size == 256 ? sizeof(sfmp_block_q8_K) : sizeof(sfmp_block_q8_0));
+}
+
+void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy) {
+    const sfmp_layout * L = sfmp_get_layout(type);
+    *s = row_dot(L, n, (const uint8_t *) vx, (const uint8_t *) vy, (L->fine ? 2 : 1) * sfmp_activation_block_size(type));
+}
+
+// ---- two-level activations ------------------------------------------------------------------------
+
+// Round half to even below 2^22 in magnitude, as numpy's rint (sfmp_gguf/quant/activations.py), without
+// a libm call: adding and subtracting 1.5 * 2^23 leaves the nearest integer (IEEE arithmetic, which
+// this file's build keeps: no fast-math).
+static inline float round_even(float v) {
+    const float shift = 12582912.0f;
+    return (v + shift) - shift;
+}
+
+static inline int8_t clamp_int8(float v) {
+    return (int8_t) (v > 127.0f ? 127 : (v < -127.0f ? -127 : (int) v));
+}
+
+// One level pair of `group` values at scale `scale`: hi = x / scale, lo = the residual / (scale / 256).
+static void two_levels(const float * x, int group, float scale, int8_t * hi, int8_t * lo) {
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const float inv_lo = inv * (float) SFMP_RESIDUAL_STEPS;
+    for (int i = 0; i < group; ++i) {
+        hi[i] = clamp_int8(round_even(x[i] * inv));
+        lo[i] = clamp_int8(round_even((x[i] - scale * (float) hi[i]) * inv_lo));
+    }
+}
+
+static float block_amax(const float * x, int group) {
+    float amax = 0.0f;
+    for (int i = 0; i < group; ++i) {
+        amax = fmaxf(amax, fabsf(x[i]));
+    }
+    return amax;
+}
+
+static void block_sums(const int8_t * qs, int16_t * bsums) {
+    for (int g = 0; g < 16; ++g) {
+        int sum = 0;
+        for (int i = 0; i < 16; ++i) {
+            sum += qs[16 * g + i];
+        }
+        bsums[g] = (int16_t) sum;
+    }
+}
+
+void sfmp_quantize_row_Q8_K_x2(const float * x, void * vy, int64_t n) {
+    sfmp_block_q8_K_x2 * y = (sfmp_block_q8_K_x2 *) vy;
+    for (int64_t i = 0; i < n / 256; ++i, x += 256) {
+        const float d = block_amax(x, 256) / 127.0f;
+        two_levels(x, 256, d, y[i].hi.qs, y[i].lo.qs);
+        y[i].hi.d = d;
+        y[i].lo.d = d / (float) SFMP_RESIDUAL_STEPS;
+        block_sums(y[i].hi.qs, y[i].hi.bsums);
+        block_sums(y[i].lo.qs, y[i].lo.bsums);
+    }
+}
+
+void sfmp_quantize_row_Q8_0_x2(const float * x, void * vy, int64_t n) {
+    sfmp_block_q8_0_x2 * y = (sfmp_block_q8_0_x2 *) vy;
+    for (int64_t i = 0; i < n / 32; ++i, x += 32) {
+        y[i].hi.d = sfmp_fp32_to_fp16(block_amax(x, 32) / 127.0f);
+        const float d = sfmp_fp16_to_fp32(y[i].hi.d);  // the scale the kernels read
+        two_levels(x, 32, d, y[i].hi.qs, y[i].lo.qs);
+        y[i].lo.d = sfmp_fp32_to_fp16(d / (float) SFMP_RESIDUAL_STEPS);
+    }
 }
 
 // ---- per-type entry points ----------------------------------------------------------------------

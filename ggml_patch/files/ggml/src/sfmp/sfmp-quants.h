@@ -32,11 +32,15 @@ typedef struct {
     int32_t type_size;     // bytes per block
     int32_t grid;          // SFMP_GRID_UNIFORM or SFMP_GRID_NONLINEAR
     int32_t unit_shift;    // a block's integer dot product is in units of d_w * d_y / 2^unit_shift
+    int32_t fine;          // 1: the CPU pairs it with two-level activations (sfmp_block_q8_*_x2)
 } sfmp_layout;
+
+#define SFMP_FINE_ACTIVATIONS(nsub, budget) ((budget) / (nsub) >= SFMP_FINE_ACTIVATION_MIN_BITS)
+#define SFMP_RESIDUAL_STEPS 256  // a two-level activation's residual step: its value step / 256
 
 #define SFMP_LAYOUT(bs, nsub, budget, tsize, grid)                                                      \
     {(bs), (nsub), (budget) / (nsub), (budget) % (nsub), 2 + (nsub) + (bs) * ((budget) / (nsub)) / 8, (tsize), \
-     (grid), (grid) == SFMP_GRID_NONLINEAR ? 6 : (budget) / (nsub) + 1}
+     (grid), (grid) == SFMP_GRID_NONLINEAR ? 6 : (budget) / (nsub) + 1, SFMP_FINE_ACTIVATIONS(nsub, budget)}
 
 // Nonlinear levels by precision (2..4), in 1/64ths of the amplitude; biased and spread as the
 // SFMP_NL_BIASED_* and SFMP_NL_SPREAD_* lists in ggml-sfmp-types.inc.
@@ -55,6 +59,30 @@ typedef struct {
     uint16_t d;  // fp16
     int8_t   qs[32];
 } sfmp_block_q8_0;
+
+// Two-level activations (SFMP_ACTIVATION in ggml-sfmp-types.inc): the values as an 8-bit block (hi,
+// scale d), then the residual they leave in steps of d / 256 (lo), so hi + lo / 256 carries about
+// 15 bits per value at hi's scale: a dot product takes the exact integer 256 * T(hi) + T(lo) once.
+// lo.d holds d / 256 for readers; the kernels use hi.d.
+typedef struct {
+    sfmp_block_q8_K hi, lo;
+} sfmp_block_q8_K_x2;
+
+typedef struct {
+    sfmp_block_q8_0 hi, lo;
+} sfmp_block_q8_0_x2;
+
+#ifdef __cplusplus
+#define SFMP_STATIC_ASSERT static_assert
+#else
+#define SFMP_STATIC_ASSERT _Static_assert
+#endif
+SFMP_STATIC_ASSERT(sizeof(sfmp_block_q8_K) == 292 && sizeof(sfmp_block_q8_0) == 34, "ggml's Q8_K and Q8_0 blocks");
+#define SFMP_ACTIVATION(id, lname, uname, base, bs, tsize)                                              \
+    SFMP_STATIC_ASSERT(((bs) == 256 ? sizeof(sfmp_block_q8_K_x2) : sizeof(sfmp_block_q8_0_x2)) == (tsize), \
+                       "activation block size differs from format.py");
+#include "ggml-sfmp-types.inc"
+#undef SFMP_ACTIVATION
 
 static inline int sfmp_popcount(uint32_t v) {
     int n = 0;
@@ -114,7 +142,14 @@ size_t sfmp_quantize(int type, const float * src, void * dst, int64_t nrows, int
 void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k);
 // True if every block is well formed: finite d, exactly `upgrades` sub-blocks flagged.
 bool sfmp_validate_row(int type, const void * data, size_t nbytes);
-// Dot product of n weights against Q8_K (_k types) or Q8_0 (_s types) activations.
+// The activation blocks a type's dot product takes: Q8_K (_k types) or Q8_0 (_s types), or their
+// two-level pairs for types with fine activations.
+bool sfmp_fine_activations(int type);
+size_t sfmp_activation_block_size(int type);  // bytes of one 8-bit activation block (one level)
+// Quantize n floats to a two-level activation row (n a multiple of the base block).
+void sfmp_quantize_row_Q8_K_x2(const float * x, void * y, int64_t n);
+void sfmp_quantize_row_Q8_0_x2(const float * x, void * y, int64_t n);
+// Dot product of n weights against the type's activations.
 void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const void * vy);
 
 // Per-type entry points with ggml's function-pointer signatures.

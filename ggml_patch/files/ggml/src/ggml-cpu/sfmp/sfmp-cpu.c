@@ -1,7 +1,10 @@
-// CPU dot products of SFMP weights with Q8_K / Q8_0 activations: AVX2, NEON, or the scalar reference.
+// CPU dot products of SFMP weights with Q8_K / Q8_0 activations, or their two-level pairs (types with
+// fine activations): AVX2, NEON, or the scalar reference.
 //
-// Every path computes the same exact integers per sub-block (see sub_block_dot in sfmp-quants.c)
-// and then the same float operations in the same order, so all paths return bit-identical results.
+// Every path computes the same exact integers per sub-block (see sub_block_dot in sfmp-quants.c), with
+// two-level activations 256 * T(hi) + T(lo). _k types then take the same float operations in the same
+// order on every path, so their results are bit-identical; the AVX2 _s kernels sum in float lanes
+// (block_s_avx2).
 // Each type gets its own copy of the kernel with B (base bits), U (upgrades) and NL (nonlinear grid)
 // as constants: the loops over pieces and sub-blocks unroll, and no branch depends on the data.
 #include "sfmp-cpu.h"
@@ -214,20 +217,26 @@ SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U, c
     }
 }
 
-// `nr` weight rows (bx bytes apart) against `nr` activation columns (by bytes apart): a 1x1 or
-// 2x2 tile, written as ggml's mul_mat expects: s[r + c * bs].
-SFMP_INLINE void tile_k_avx2(const int B, const int U, const int NL, const int nr, int n, float * s, size_t bs,
-                             const void * vx, size_t bx, const void * vy, size_t by) {
+// `nr` weight rows (bx bytes apart) against `nr` activation columns (by bytes apart), written as
+// ggml's mul_mat expects: s[r + c * bs]. With two-level activations (FINE, nr 1) the decoded block
+// meets hi and lo as two columns, whose integers combine before the one float step.
+SFMP_INLINE void tile_k_avx2(const int B, const int U, const int NL, const int FINE, const int nr, int n, float * s,
+                             size_t bs, const void * vx, size_t bx, const void * vy, size_t by) {
     const int type_size = 10 + 32 * B + 4 * U;
-    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B);
+    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
+    const size_t y_stride = FINE ? sizeof(sfmp_block_q8_K_x2) : sizeof(sfmp_block_q8_K);
+    const size_t y_column = FINE ? sizeof(sfmp_block_q8_K) : by;
     float sums[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
     for (int i = 0; i < n / 256; ++i) {
-        const sfmp_block_q8_K * ys[2] = {(const sfmp_block_q8_K *) vy + i,
-                                         (const sfmp_block_q8_K *) ((const uint8_t *) vy + by) + i};
+        const uint8_t * y = (const uint8_t *) vy + (size_t) i * y_stride;
+        const sfmp_block_q8_K * ys[2] = {(const sfmp_block_q8_K *) y, (const sfmp_block_q8_K *) (y + y_column)};
         for (int r = 0; r < nr; ++r) {
             const uint8_t * block = (const uint8_t *) vx + r * bx + (size_t) i * type_size;
             int64_t total[2];
-            block_k_avx2(block, B, U, NL, ys, nr, total);
+            block_k_avx2(block, B, U, NL, ys, FINE ? 2 : nr, total);
+            if (FINE) {
+                total[0] = SFMP_RESIDUAL_STEPS * total[0] + total[1];
+            }
             for (int c = 0; c < nr; ++c) {
                 sums[r][c] += (half_to_float(block) * ys[c]->d) * ((float) total[c] * unit);
             }
@@ -240,12 +249,12 @@ SFMP_INLINE void tile_k_avx2(const int B, const int U, const int NL, const int n
     }
 }
 
-SFMP_INLINE void vec_dot_k_avx2(const int B, const int U, const int NL, int n, float * s, size_t bs,
+SFMP_INLINE void vec_dot_k_avx2(const int B, const int U, const int NL, const int FINE, int n, float * s, size_t bs,
                                 const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
-    if (nrc == 2) {
-        tile_k_avx2(B, U, NL, 2, n, s, bs, vx, bx, vy, by);
+    if (nrc == 2 && !FINE) {
+        tile_k_avx2(B, U, NL, 0, 2, n, s, bs, vx, bx, vy, by);
     } else {
-        tile_k_avx2(B, U, NL, 1, n, s, bs, vx, bx, vy, by);
+        tile_k_avx2(B, U, NL, FINE, 1, n, s, bs, vx, bx, vy, by);
     }
 }
 
@@ -260,14 +269,17 @@ SFMP_INLINE float hsum_f32(__m256 v) {
 // t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)), o = 2q + 1 - 2^B, in units of d * y_d / 2^(B+1),
 // is scaled and summed in float lanes like ggml's Q8_0 kernel: the result differs from the scalar
 // reference only by float rounding. Nonlinear grid: t = sum(y L), in units of d * y_d / 64.
-// One weight block against `ncols` activation columns.
-SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, const int NL,
-                              const sfmp_block_q8_0 * const * ys, const int ncols, __m256 * acc) {
+// One weight block against `ncols` activation columns, sub-block j's Q8_0 block y_stride * j bytes on.
+// With two-level activations (FINE) the columns are hi and lo, and the lanes take 256 * t(hi) + t(lo)
+// (|t| < 2^18 per lane) at hi's scale over 256 into acc[0].
+SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, const int NL, const int FINE,
+                              const uint8_t * const * ys, size_t y_stride, const int ncols, __m256 * acc) {
     const __m256i one = _mm256_set1_epi8(1);
     const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
     const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + 4 + 8 * B), 1), one)
                          : _mm256_setzero_si256();  // 2e - 1
-    const float d = half_to_float(block) * (1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B));
+    const float d = half_to_float(block) * (1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) /
+                                            (float) (FINE ? SFMP_RESIDUAL_STEPS : 1));
     for (int j = 0; j < 2; ++j) {
         const __m256i up = _mm256_set1_epi8((char) -(int) (mask >> j & 1));
         const float dm = d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX);
@@ -286,8 +298,10 @@ SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, c
             code = _mm256_add_epi8(_mm256_add_epi8(_mm256_slli_epi16(q, 2), _mm256_set1_epi8((char) (2 - (2 << B)))),
                                    _mm256_and_si256(pm, up));
         }
+        __m256i ts[2];
         for (int c = 0; c < ncols; ++c) {
-            const __m256i yj = _mm256_loadu_si256((const __m256i *) ys[c][j].qs);
+            const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) (ys[c] + j * y_stride);
+            const __m256i yj = _mm256_loadu_si256((const __m256i *) y->qs);
             __m256i t;
             if (B == 8 && !NL) {
                 const __m256i ones16 = _mm256_set1_epi16(1);
@@ -301,21 +315,31 @@ SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, c
             } else {
                 t = dot_i8(code, yj);
             }
-            const float scale = dm * half_to_float((const uint8_t *) &ys[c][j].d);
-            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(scale), acc[c]);
+            ts[c] = t;
+        }
+        if (FINE) {
+            ts[0] = _mm256_add_epi32(_mm256_slli_epi32(ts[0], 8), ts[1]);  // SFMP_RESIDUAL_STEPS * hi + lo
+        }
+        for (int c = 0; c < (FINE ? 1 : ncols); ++c) {
+            const float scale = dm * half_to_float((const uint8_t *) &((const sfmp_block_q8_0 *) (ys[c] + j * y_stride))->d);
+            acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ts[c]), _mm256_set1_ps(scale), acc[c]);
         }
     }
 }
 
-SFMP_INLINE void tile_s_avx2(const int B, const int U, const int NL, const int nr, int n, float * s, size_t bs,
-                             const void * vx, size_t bx, const void * vy, size_t by) {
+// `nr` weight rows against `nr` activation columns (by bytes apart): s[r + c * bs]. With two-level
+// activations (FINE, nr 1) hi and lo are block_s_avx2's two columns.
+SFMP_INLINE void tile_s_avx2(const int B, const int U, const int NL, const int FINE, const int nr, int n, float * s,
+                             size_t bs, const void * vx, size_t bx, const void * vy, size_t by) {
     const int type_size = 4 + 8 * B + 4 * U;
+    const size_t y_stride = FINE ? sizeof(sfmp_block_q8_0_x2) : sizeof(sfmp_block_q8_0);
     __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
     for (int i = 0; i < n / 64; ++i) {
-        const sfmp_block_q8_0 * ys[2] = {(const sfmp_block_q8_0 *) vy + 2 * i,
-                                         (const sfmp_block_q8_0 *) ((const uint8_t *) vy + by) + 2 * i};
+        const uint8_t * y = (const uint8_t *) vy + (size_t) (2 * i) * y_stride;
+        const uint8_t * ys[2] = {y, y + (FINE ? sizeof(sfmp_block_q8_0) : by)};
         for (int r = 0; r < nr; ++r) {
-            block_s_avx2((const uint8_t *) vx + r * bx + (size_t) i * type_size, B, U, NL, ys, nr, acc[r]);
+            block_s_avx2((const uint8_t *) vx + r * bx + (size_t) i * type_size, B, U, NL, FINE, ys, y_stride,
+                         FINE ? 2 : nr, acc[r]);
         }
     }
     for (int r = 0; r < nr; ++r) {
@@ -325,12 +349,12 @@ SFMP_INLINE void tile_s_avx2(const int B, const int U, const int NL, const int n
     }
 }
 
-SFMP_INLINE void vec_dot_s_avx2(const int B, const int U, const int NL, int n, float * s, size_t bs,
+SFMP_INLINE void vec_dot_s_avx2(const int B, const int U, const int NL, const int FINE, int n, float * s, size_t bs,
                                 const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
-    if (nrc == 2) {
-        tile_s_avx2(B, U, NL, 2, n, s, bs, vx, bx, vy, by);
+    if (nrc == 2 && !FINE) {
+        tile_s_avx2(B, U, NL, 0, 2, n, s, bs, vx, bx, vy, by);
     } else {
-        tile_s_avx2(B, U, NL, 1, n, s, bs, vx, bx, vy, by);
+        tile_s_avx2(B, U, NL, FINE, 1, n, s, bs, vx, bx, vy, by);
     }
 }
 
@@ -469,13 +493,13 @@ SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int 
     return dot_neon(add2_neon(add2_neon(o, o), pm), y);
 }
 
-SFMP_INLINE void vec_dot_k_neon(const int B, const int U, const int NL, int n, float * s, size_t bs,
-                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
-    (void) bs; (void) bx; (void) by; (void) nrc;  // SFMP_CPU_NROWS is 1 here
-    const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy;
+// One Q8_K block (FINE: a two-level pair, 256 * hi + lo) per weight block.
+SFMP_INLINE float row_k_neon(const int B, const int U, const int NL, const int FINE, int n, const void * vx,
+                             const uint8_t * vy) {
+    const size_t y_stride = FINE ? sizeof(sfmp_block_q8_K_x2) : sizeof(sfmp_block_q8_K);
     const uint8_t * block = (const uint8_t *) vx;
     const int type_size = 10 + 32 * B + 4 * U;
-    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B);
+    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
     float sumf = 0.0f;
     for (int i = 0; i < n / 256; ++i, block += type_size) {
         uint32_t flags = 0;
@@ -483,33 +507,59 @@ SFMP_INLINE void vec_dot_k_neon(const int B, const int U, const int NL, int n, f
             flags |= (uint32_t) (block[2 + j] >> 7) << j;
         }
         const uint32_t mask = first_flags(flags, U);
-        int64_t total = 0;
+        const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) (vy + (size_t) i * y_stride);
+        int64_t total = 0, lo = 0;
         for (int j = 0; j < 8; ++j) {
-            total += (int64_t) (block[2 + j] & SFMP_AMPLITUDE_MAX) *
-                     sub_block_dot_neon(block, 256, B, U, NL, j, mask, y[i].qs + 32 * j);
+            const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+            total += m * sub_block_dot_neon(block, 256, B, U, NL, j, mask, y->qs + 32 * j);
+            if (FINE) {
+                lo += m * sub_block_dot_neon(block, 256, B, U, NL, j, mask, y[1].qs + 32 * j);
+            }
         }
-        sumf += (sfmp_block_d(block) * y[i].d) * ((float) total * unit);
+        total = FINE ? SFMP_RESIDUAL_STEPS * total + lo : total;
+        sumf += (sfmp_block_d(block) * y->d) * ((float) total * unit);
     }
-    *s = sumf;
+    return sumf;
 }
 
-SFMP_INLINE void vec_dot_s_neon(const int B, const int U, const int NL, int n, float * s, size_t bs,
-                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
-    (void) bs; (void) bx; (void) by; (void) nrc;
-    const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy;
+// One Q8_0 block (FINE: a two-level pair, 256 * hi + lo) per sub-block.
+SFMP_INLINE float row_s_neon(const int B, const int U, const int NL, const int FINE, int n, const void * vx,
+                             const uint8_t * vy) {
+    const size_t y_stride = FINE ? sizeof(sfmp_block_q8_0_x2) : sizeof(sfmp_block_q8_0);
     const uint8_t * block = (const uint8_t *) vx;
     const int type_size = 4 + 8 * B + 4 * U;
-    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B);
+    const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
     float sumf = 0.0f;
     for (int i = 0; i < n / 64; ++i, block += type_size) {
-        const sfmp_block_q8_0 * yb = y + 2 * i;
+        const sfmp_block_q8_0 * yb[2] = {(const sfmp_block_q8_0 *) (vy + (size_t) (2 * i) * y_stride),
+                                         (const sfmp_block_q8_0 *) (vy + (size_t) (2 * i + 1) * y_stride)};
         const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
         const float d = sfmp_block_d(block);
-        const int64_t a0 = (int64_t) (block[2] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, NL, 0, mask, yb[0].qs);
-        const int64_t a1 = (int64_t) (block[3] & SFMP_AMPLITUDE_MAX) * sub_block_dot_neon(block, 64, B, U, NL, 1, mask, yb[1].qs);
-        sumf += (d * sfmp_fp16_to_fp32(yb[0].d)) * ((float) a0 * unit) + (d * sfmp_fp16_to_fp32(yb[1].d)) * ((float) a1 * unit);
+        int64_t a[2];
+        for (int j = 0; j < 2; ++j) {
+            const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+            a[j] = m * sub_block_dot_neon(block, 64, B, U, NL, j, mask, yb[j]->qs);
+            if (FINE) {
+                a[j] = SFMP_RESIDUAL_STEPS * a[j] + m * sub_block_dot_neon(block, 64, B, U, NL, j, mask, yb[j][1].qs);
+            }
+        }
+        const int64_t a0 = a[0], a1 = a[1];
+        sumf += (d * sfmp_fp16_to_fp32(yb[0]->d)) * ((float) a0 * unit) + (d * sfmp_fp16_to_fp32(yb[1]->d)) * ((float) a1 * unit);
     }
-    *s = sumf;
+    return sumf;
+}
+
+// SFMP_CPU_NROWS is 1 here.
+SFMP_INLINE void vec_dot_k_neon(const int B, const int U, const int NL, const int FINE, int n, float * s, size_t bs,
+                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+    (void) bs; (void) bx; (void) by; (void) nrc;
+    *s = row_k_neon(B, U, NL, FINE, n, vx, (const uint8_t *) vy);
+}
+
+SFMP_INLINE void vec_dot_s_neon(const int B, const int U, const int NL, const int FINE, int n, float * s, size_t bs,
+                                const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+    (void) bs; (void) bx; (void) by; (void) nrc;
+    *s = row_s_neon(B, U, NL, FINE, n, vx, (const uint8_t *) vy);
 }
 
 #define SFMP_VEC_DOT_K vec_dot_k_neon
@@ -523,11 +573,11 @@ SFMP_INLINE void vec_dot_s_neon(const int B, const int U, const int NL, int n, f
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,               \
                                   const void * vy, size_t by, int nrc) {                                  \
         if ((bs) == 256) {                                                                                \
-            SFMP_VEC_DOT_K((budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, n, s, bs_, \
-                           vx, bx, vy, by, nrc);                                                          \
+            SFMP_VEC_DOT_K((budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR,           \
+                           SFMP_FINE_ACTIVATIONS(nsub, budget), n, s, bs_, vx, bx, vy, by, nrc);          \
         } else {                                                                                          \
-            SFMP_VEC_DOT_S((budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, n, s, bs_, \
-                           vx, bx, vy, by, nrc);                                                          \
+            SFMP_VEC_DOT_S((budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR,           \
+                           SFMP_FINE_ACTIVATIONS(nsub, budget), n, s, bs_, vx, bx, vy, by, nrc);          \
         }                                                                                                 \
     }
 #else
@@ -550,6 +600,10 @@ void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * v
 #undef SFMP_TYPE
         default: break;
     }
+}
+
+int sfmp_cpu_nrows(int type) {
+    return sfmp_fine_activations(type) ? 1 : SFMP_CPU_NROWS;
 }
 
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy) {

@@ -1,4 +1,4 @@
-// sfmp-gguf: CPU dot products of SFMP weights with Q8_K / Q8_0 activations.
+// sfmp-gguf: CPU dot products of SFMP weights with Q8_K / Q8_0 activations or their two-level pairs.
 // Compiled into ggml-cpu with the backend's architecture flags, and into libsfmp_kernels for tests.
 #pragma once
 
@@ -19,11 +19,13 @@ extern "C" {
 #define SFMP_CPU_NROWS 1
 #endif
 
+// Rows per vec_dot call of this type: 1 for types with two-level activations, else SFMP_CPU_NROWS.
+int sfmp_cpu_nrows(int type);
 // Which implementation sfmp_cpu_vec_dot uses in this build: "avx2", "neon" or "generic".
 const char * sfmp_cpu_path(void);
 // Dot product of n weights of SFMP type `type` with activations vy, by the best path built in.
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
-// ggml's vec_dot contract: nrc (1 or SFMP_CPU_NROWS) rows bx bytes apart by nrc columns by bytes
+// ggml's vec_dot contract: nrc (1 or sfmp_cpu_nrows(type)) rows bx bytes apart by nrc columns by bytes
 // apart, result (row r, column c) in s[r + c * bs].
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
                            const void * vy, size_t by, int nrc);
