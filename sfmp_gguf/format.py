@@ -35,7 +35,9 @@ nonlinear type's sub-blocks never exceed 4 bits, so every table fits one 16-entr
 
 Two variants share that coding: ``_k`` with 256-weight blocks (8 sub-blocks, paired with Q8_K
 activations: the fast path) and ``_s`` with 64-weight blocks (2 sub-blocks, paired with Q8_0), for
-rows that are a multiple of 64 but not of 256. A type's name gives its average code bits per weight
+rows that are a multiple of 64 but not of 256. From ``FINE_ACTIVATION_MIN_BITS`` base bits up, the CPU
+pairs a type with two-level activations instead (``ActivationType``: each 8-bit block plus its
+residual at 1/256 of its step), which llama.cpp never writes to a file. A type's name gives its average code bits per weight
 times 100 (``sfmp425_k``: B = 4 with two of eight sub-blocks at 5 bits).
 """
 
@@ -55,7 +57,7 @@ HEADER_BYTES = 2  # the fp16 super-scale
 GGUF_VERSION_KEY = "sfmp.format_version"
 # From this base precision up a type pairs with two-level activations (ActivationType): llama.cpp's
 # 8-bit activations would otherwise add more error than the weights' codes (bench-results/gaps.md).
-FINE_ACTIVATION_MIN_BITS = 6
+FINE_ACTIVATION_MIN_BITS = 5
 
 
 GRID_UNIFORM, GRID_NONLINEAR = "uniform", "nonlinear"

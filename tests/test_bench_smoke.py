@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -138,3 +139,16 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     temporary = float(cost_rows[0][cost_header.index("temporary disk")].split()[0])
     assert len(ratios) == 2 and all(math.isfinite(r) and r > 0 for r in ratios)
     assert temporary > 0  # the model copy llama-imatrix reads was seen
+
+
+def test_activations_probe_scores_each_file_as_run_and_with_f32_matmuls(build, tmp_path):
+    """The smoke size (8 bpw) is all two-level activations, which leave little to the F32 run."""
+    out = tmp_path / "activations"
+    result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.activations", "--smoke", "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    raw = json.loads((out / "activations.json").read_text())
+    real, exact = raw["kld"]["as llama.cpp runs it"]["8"], raw["kld"]["same weights, F32 matmuls"]["8"]
+    assert 0 < exact and 0 < real < 2 * exact
+    assert raw["fine_share"]["8"] > 0.9
+    assert (out / "activations.png").stat().st_size > 0 and "| 8 |" in (out / "activations.md").read_text()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from sfmp_gguf.paths import REPO_ROOT, cache_dir
 
@@ -45,3 +46,27 @@ def cached_file(name: str, key: str, suffix: str, make: Callable[[Path], object]
         make(tmp)
         tmp.replace(out)
     return out
+
+
+def probe_main(argv: list[str] | None, doc: str, run: Callable[..., object], result: str) -> int:
+    """The command line of a probe on the demo model (bench.gaps, bench.activations): run it into the
+    output folder, then print its Markdown ``result``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_output_args(parser, "one size, a short evaluation (checks the pipeline, not the numbers)")
+    args = parser.parse_args(argv)
+    out = output_dir(parser, args)
+    run(out, args.smoke, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print((out / result).read_text())
+    return 0
+
+
+def grouped_bars(ax, sizes: Sequence[str], series: dict[str, Sequence[float]]) -> None:
+    """One group of bars per target size, one bar per series, labelled by bpw."""
+    import numpy as np
+
+    x = np.arange(len(sizes))
+    width = 0.8 / len(series)
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x, [f"{s} bpw" for s in sizes])
+    ax.legend(fontsize=8)

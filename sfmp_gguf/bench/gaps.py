@@ -15,7 +15,6 @@ that only the probed part differs. Writes ``bench-results/gaps.{md,json,png}``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sfmp_gguf.atomic import save_figure, write_text
-from sfmp_gguf.bench import add_output_args, cpu_name, output_dir
+from sfmp_gguf.bench import cpu_name, grouped_bars, probe_main
 
 SIZES = (4.25, 6.5, 8.0)
 PATHS = ("converter", "exact pricing", "per-row Fisher in the quantizer")
@@ -147,27 +146,17 @@ def render(out_dir: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    x = np.arange(len(sizes))
-    for k, path in enumerate(PATHS):
-        ax.bar(x + (k - 1) * 0.27, [kld[path][s] / kld[PATHS[0]][s] for s in sizes], 0.27, label=path)
+    grouped_bars(ax, sizes, {path: [kld[path][s] / kld[PATHS[0]][s] for s in sizes] for path in PATHS})
     ax.axhline(1.0, color="gray", linewidth=0.8)
-    ax.set_xticks(x, [f"{s} bpw" for s in sizes])
     ax.set_ylabel("KLD / KLD of the converter's path")
     ax.set_title("Known quality gaps on the demo model (Fisher)", fontsize=9)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out_dir / "gaps.png")
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_output_args(parser, "one size, a short evaluation (checks the pipeline, not the numbers)")
-    args = parser.parse_args(argv)
-    out = output_dir(parser, args)
-    run(out, args.smoke, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
-    print((out / "gaps.md").read_text())
-    return 0
+    return probe_main(argv, __doc__, run, "gaps.md")
 
 
 if __name__ == "__main__":
