@@ -46,13 +46,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-FORMAT_VERSION = 3  # 3: the nonlinear grid
+FORMAT_VERSION = 4  # 3: the nonlinear grid; 4: type ids from FIRST_TYPE_ID
 SUB_BLOCK = 32
 MIN_BITS, MAX_BITS = 2, 8
 AMPLITUDE_MAX = 127  # m is 7 bits; the top bit of a scale byte flags an upgraded sub-block
 UPGRADE_FLAG = 0x80
-FIRST_TYPE_ID = 100  # far above upstream's GGML_TYPE_COUNT (43), so no future type collides
-UPSTREAM_TYPE_COUNT = 43
+# No public ggml has a type at 400 or above: mainline ends at 42, ik_llama.cpp uses 97-99, 133-158,
+# 202-233, 335-353 and 397-399, ROCmFPX 100-110, PrismML 142-143 (README, "Type ids"). Ids size
+# ggml's two type-traits tables (a row per id), so the family stays near the free range's start.
+FIRST_TYPE_ID = 1024
+# Files of format versions 2 and 3 numbered the family from 100 in the same order (version 2 had the
+# uniform types only): version -> (first id, types). Readers map them with type_for_file_id.
+LEGACY_TYPE_IDS = {2: (100, 26), 3: (100, 36)}
 HEADER_BYTES = 2  # the fp16 super-scale
 GGUF_VERSION_KEY = "sfmp.format_version"
 # From this base precision up a type pairs with two-level activations (ActivationType): llama.cpp's
@@ -69,6 +74,24 @@ NL_LEVELS: dict[int, tuple[int, ...]] = {
     3: (-55, -32, -17, -5, 5, 17, 32, 55),
     4: (-63, -48, -37, -28, -21, -14, -8, -2, 2, 8, 14, 21, 28, 37, 48, 63),
 }
+
+
+# The block layout. codegen renders these formulas as the C macros SFMP_*_OFFSET that every kernel
+# uses, and asserts at compile time that they give this module's numbers for every type.
+SCALE_OFFSET = 0  # ggml_half d
+AMPLITUDE_OFFSET = SCALE_OFFSET + HEADER_BYTES  # uint8 sc[n_sub]
+EXTRA_BYTES = SUB_BLOCK // 8  # one upgraded sub-block's extra bits
+
+
+def code_offset(block_size: int, n_sub: int, bits_before: int) -> int:
+    """Where the base-code piece starts that follows ``bits_before`` bits of more significant pieces
+    (a piece of width w spans the block in block_size * w / 8 bytes)."""
+    return AMPLITUDE_OFFSET + n_sub + block_size * bits_before // 8
+
+
+def extra_offset(block_size: int, n_sub: int, base_bits: int, rank: int) -> int:
+    """Where the extra bits of the ``rank``-th upgraded sub-block start (rank = upgrades: the block's end)."""
+    return code_offset(block_size, n_sub, base_bits) + EXTRA_BYTES * rank
 
 
 @dataclass(frozen=True)
@@ -145,19 +168,25 @@ class SfmpType:
 
     @property
     def sc_offset(self) -> int:
-        return HEADER_BYTES
+        return AMPLITUDE_OFFSET
 
     @property
     def base_offset(self) -> int:
-        return HEADER_BYTES + self.n_sub
+        return code_offset(self.block_size, self.n_sub, 0)
+
+    @property
+    def piece_offsets(self) -> tuple[int, ...]:
+        """Byte offset of each base-code piece (``pieces(base_bits)``), most significant first."""
+        widths = pieces(self.base_bits)
+        return tuple(code_offset(self.block_size, self.n_sub, sum(widths[:k])) for k in range(len(widths)))
 
     @property
     def extra_offset(self) -> int:
-        return self.base_offset + self.block_size * self.base_bits // 8
+        return extra_offset(self.block_size, self.n_sub, self.base_bits, 0)
 
     @property
     def type_size(self) -> int:
-        return self.extra_offset + 4 * self.upgrades
+        return extra_offset(self.block_size, self.n_sub, self.base_bits, self.upgrades)
 
     @property
     def bpw(self) -> float:
@@ -191,6 +220,12 @@ ACTIVATIONS = {base: ActivationType(_ACTIVATIONS_FROM + i, base, block, size)
 TYPE_COUNT = _ACTIVATIONS_FROM + len(ACTIVATIONS)  # the patched GGML_TYPE_COUNT
 BY_NAME = {t.name: t for t in SFMP_TYPES}
 BY_ID = {t.type_id: t for t in SFMP_TYPES}
+
+
+def type_for_file_id(file_id: int, format_version: int) -> SfmpType | None:
+    """The SFMP type a tensor type id names in a file of ``format_version``; None if it names none."""
+    first, count = LEGACY_TYPE_IDS.get(format_version, (FIRST_TYPE_ID, len(SFMP_TYPES)))
+    return SFMP_TYPES[file_id - first] if first <= file_id < first + count else None
 
 
 def pieces(bits: int) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ embedding, looked up rather than multiplied, unless it is tied to the output) ge
 all entries' mean importance, so that its errors count on the same scale.
 
 Stacked experts get importance per expert. An imatrix counts the tokens each expert saw; an expert
-with few is pulled towards the tensor's pooled mean (``assets/imatrix.py``, EXPERT_PRIOR_TOKENS),
+with few is pulled towards the tensor's pooled mean (``imatrix_io.py``, EXPERT_PRIOR_TOKENS),
 and one with none takes that mean. Under Fisher, an expert no calibration token reached has zero
 gradient everywhere; it takes the per-column mean of the other experts' Fisher (the experts share
 their input, so their columns matter alike), spread over its rows.
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sfmp_gguf.assets.imatrix import load_imatrix, run_imatrix
 from sfmp_gguf.errors import InputError
+from sfmp_gguf.imatrix_io import load_imatrix, run_imatrix
 from sfmp_gguf.model_source import ModelSource
 
 BUILTIN_TEXT = Path(__file__).parent / "data" / "calibration.txt"  # its source: data/SOURCE.md

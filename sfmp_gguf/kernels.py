@@ -1,11 +1,14 @@
 """Our C kernels, loaded through cffi from the standalone library built from ggml_patch/.
 
 The library is compiled from the very files the patch puts into ggml, so a test of it is a test of
-what llama.cpp runs.
+what llama.cpp runs. ``load`` finds it by an explicit path, else $SFMP_KERNELS_LIB, else in the
+build folder of ``python -m sfmp_gguf.llama.build`` (``paths.build_folder``, computed without
+importing ``sfmp_gguf.llama`` and without fetching anything).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +17,9 @@ import cffi
 import numpy as np
 
 from sfmp_gguf.format import ACTIVATIONS, SfmpType
-from sfmp_gguf.llama.build import current_build
+from sfmp_gguf.paths import KERNEL_LIBRARY, build_folder
+
+LIBRARY_ENV = "SFMP_KERNELS_LIB"
 
 CDEF = """
 int32_t sfmp_format_version(void);
@@ -187,12 +192,28 @@ class Kernels:
         return self.ffi.string(self.lib.sfmp_x8_path()).decode()
 
 
-@lru_cache(maxsize=None)
-def load(path: Path | None = None) -> Kernels:
-    """The loaded library; ``path`` defaults to the cached build's copy."""
-    library = path or current_build().kernel_library
+def library_path(path: Path | str | None = None) -> Path:
+    """The library to load: ``path``, else $SFMP_KERNELS_LIB, else the CPU build folder's copy.
+    FileNotFoundError, one line saying how to get it, when that file is not there."""
+    if path is not None:
+        library, origin = Path(path), ""
+    elif os.environ.get(LIBRARY_ENV):
+        library, origin = Path(os.environ[LIBRARY_ENV]), f" (from {LIBRARY_ENV})"
+    else:
+        library, origin = build_folder() / KERNEL_LIBRARY, ""
     if not library.is_file():
-        raise FileNotFoundError(f"{library}: kernel library not built; run `python -m sfmp_gguf.llama.build`")
+        raise FileNotFoundError(f"{library}{origin}: SFMP kernel library not found; build it with "
+                                f"`python -m sfmp_gguf.llama.build`, or set {LIBRARY_ENV} to its path")
+    return library
+
+
+def load(path: Path | str | None = None) -> Kernels:
+    """The loaded library (one copy per file), found by ``library_path``."""
+    return _load(library_path(path).resolve())
+
+
+@lru_cache(maxsize=None)
+def _load(library: Path) -> Kernels:
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     return Kernels(ffi, ffi.dlopen(str(library)))

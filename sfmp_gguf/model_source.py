@@ -4,35 +4,28 @@ A Hugging Face folder goes through the pinned llama.cpp's own converter classes 
 next to ``convert_hf_to_gguf.py``): they map the architecture, the metadata and the tokenizer, and
 hand out tensors lazily, so nothing is written to disk and one tensor at a time is in memory. We
 never rewrite that mapping. The converter needs its own ``gguf-py``, which is the same package as
-the installed ``gguf`` at a newer commit, so the CLI puts it first on ``sys.path`` before anything
-imports ``gguf`` (``use_pinned_gguf_py``).
+the installed ``gguf`` at a newer commit, so the CLI makes sure that copy is the one imported
+(``use_pinned_gguf_py``; ``gguf_package`` tells why and when).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from sfmp_gguf import gguf_package
 from sfmp_gguf.errors import InputError
 
 
 def use_pinned_gguf_py() -> None:
-    """Make ``import gguf`` load the pinned tree's gguf-py; call before anything imports gguf."""
-    from sfmp_gguf.llama.source import llama_tree
-
-    tree = llama_tree()
-    for path in (str(tree / "gguf-py"), str(tree)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    loaded = sys.modules.get("gguf")
-    if loaded is not None and not str(loaded.__file__).startswith(str(tree)):
-        raise RuntimeError("gguf was imported before use_pinned_gguf_py(); call it first")
+    """Make ``import gguf`` load the pinned tree's gguf-py; call before anything imports gguf. The
+    tree must be on disk (the build fetches it): this never downloads."""
+    gguf_package.require_pinned()
 
 
 @dataclass(frozen=True)
@@ -103,6 +96,7 @@ def _check_hf_folder(model_dir: Path) -> dict[str, Any]:
 
 def _open_hf(model_dir: Path) -> ModelSource:
     _check_hf_folder(model_dir)
+    gguf_package.select()
     import gguf
     try:
         import torch
@@ -171,6 +165,7 @@ _FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
 def _open_gguf(path: Path) -> ModelSource:
+    gguf_package.select()
     import gguf
 
     try:

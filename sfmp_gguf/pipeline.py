@@ -1,7 +1,8 @@
 """The conversion phases as functions: prepare (load, importance, analysis), allocate, write.
 
 The command line runs them once; the benchmark analyses a model once per sensitivity and writes
-it at many sizes. Call ``model_source.use_pinned_gguf_py()`` before importing this module.
+it at many sizes. Importing it imports gguf (``gguf_package.select`` chooses the copy); a caller that
+reads Hugging Face folders calls ``model_source.use_pinned_gguf_py()`` first.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from tqdm import tqdm
 
 from sfmp_gguf import allocation, analysis, native_analysis, permutation, units
 from sfmp_gguf.allocation import Allocation
-from sfmp_gguf.assets.imatrix import load_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.gguf_io import OutputTensor, write_gguf
+from sfmp_gguf.imatrix_io import load_imatrix
 from sfmp_gguf.importance import (BUILTIN_TEXT, SILENT_EXPERTS, column_importance, fill_silent_experts,
                                   imatrix_from_text, match_imatrix)
 from sfmp_gguf.model_source import ModelSource, open_model

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sfmp_gguf import allocation, analysis
-from sfmp_gguf.assets.imatrix import load_imatrix, teacher_imatrix
+from sfmp_gguf.assets.imatrix import teacher_imatrix
+from sfmp_gguf.imatrix_io import load_imatrix
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.bench.allocation import llama3_8b_shapes, synthetic_profiles
 from sfmp_gguf.errors import InputError
@@ -26,6 +27,7 @@ def inventory_8b():
     return synthetic_profiles(llama3_8b_shapes())
 
 
+@pytest.mark.unit
 def test_8b_inventory_hits_every_rate_and_raising_the_budget_never_lowers_a_tensor(inventory_8b):
     previous = None
     for bpw in BUDGETS:
@@ -38,6 +40,7 @@ def test_8b_inventory_hits_every_rate_and_raising_the_budget_never_lowers_a_tens
         previous = bits
 
 
+@pytest.mark.unit
 def test_allocation_only_uses_types_on_each_tensors_convex_hull(inventory_8b):
     p = inventory_8b[5]
     hull = allocation._hull(p)
@@ -50,6 +53,7 @@ def test_allocation_only_uses_types_on_each_tensors_convex_hull(inventory_8b):
     assert all(p.candidates.index(plan.types[p.name]) in allocation._hull(p) for p in inventory_8b)
 
 
+@pytest.mark.unit
 def test_a_rate_outside_the_family_is_refused(inventory_8b):
     low, high = allocation.bpw_range(inventory_8b)
     with pytest.raises(InputError, match="--bpw 2"):
@@ -59,6 +63,7 @@ def test_a_rate_outside_the_family_is_refused(inventory_8b):
     assert 2.5 < low < 2.7 and 8.3 <= high <= 8.5
 
 
+@pytest.mark.unit
 def test_measured_errors_follow_the_precision():
     rng = np.random.default_rng(0)
     w = rng.standard_t(4, size=(8, 256)).astype(np.float32)
@@ -99,6 +104,7 @@ def _weighted_error(weights, columns, types) -> float:
     return total
 
 
+@pytest.mark.integration
 def test_imatrix_allocation_errs_less_than_uniform_at_the_same_budget(teacher_case):
     weights, columns, profiles = teacher_case
     uniform_plan = allocation.uniform(profiles, 4.5)
@@ -111,6 +117,7 @@ def test_imatrix_allocation_errs_less_than_uniform_at_the_same_budget(teacher_ca
     assert measured[0] < 0.9 * measured[1], measured
 
 
+@pytest.mark.integration
 def test_teacher_rates_are_hit_even_with_its_large_embedding(teacher_case):
     _, _, profiles = teacher_case
     for bpw in BUDGETS[::4]:

@@ -86,11 +86,13 @@ def rds(body: bytes, version: int = 3) -> bytes:
 # ---- rdata unit tests --------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("version", [2, 3])
 def test_null_in_both_versions(version: int) -> None:
     assert read_rds(rds(NULL, version)) is None
 
 
+@pytest.mark.unit
 def test_integer_and_logical_vectors() -> None:
     v = read_rds(rds(ints(1, NA_INTEGER, -3)))
     assert isinstance(v, np.ndarray) and v.dtype == np.int32
@@ -98,6 +100,7 @@ def test_integer_and_logical_vectors() -> None:
     assert read_rds(rds(flags(10) + i32(3, 1, 0, NA_INTEGER))) == [True, False, None]
 
 
+@pytest.mark.unit
 def test_real_and_complex_vectors() -> None:
     v = read_rds(rds(reals(1.5, -2.0, float("nan"))))
     assert v.dtype == np.float64 and v[:2].tolist() == [1.5, -2.0] and np.isnan(v[2])
@@ -105,18 +108,21 @@ def test_real_and_complex_vectors() -> None:
     assert c.tolist() == [1 - 2j]
 
 
+@pytest.mark.unit
 def test_strings_na_and_encodings() -> None:
     latin1 = char("é", LATIN1, "latin-1")
     body = flags(16) + i32(4) + char("a", ASCII) + char(None) + char("é", UTF8) + latin1
     assert read_rds(rds(body)) == ["a", None, "é", "é"]
 
 
+@pytest.mark.unit
 def test_raw_and_long_length() -> None:
     assert read_rds(rds(flags(24) + i32(3) + b"\x00\x01\xff")) == b"\x00\x01\xff"
     # length -1 announces a long vector: upper and lower 32 bits follow
     assert read_rds(rds(flags(13) + i32(-1, 0, 2) + i32(7, 8))).tolist() == [7, 8]
 
 
+@pytest.mark.unit
 def test_named_lists_and_symbol_back_references() -> None:
     # list(a = list(x = 1L), b = "s"): the second use of the symbol `names` is a REFSXP to ref 1
     inner = named_list(sym("names"), x=ints(1))
@@ -126,18 +132,21 @@ def test_named_lists_and_symbol_back_references() -> None:
     assert value["a"]["x"].tolist() == [1] and value["b"] == ["s"]
 
 
+@pytest.mark.unit
 def test_unnamed_list_and_duplicate_names_stay_lists() -> None:
     assert read_rds(rds(flags(19) + i32(2) + NULL + strs("z"))) == [None, ["z"]]
     dup = flags(19, attr=True) + i32(2) + ints(1) + ints(2) + names_attr(sym("names"), "k", "k")
     assert [v.tolist() for v in read_rds(rds(dup))] == [[1], [2]]
 
 
+@pytest.mark.unit
 def test_pairlists_and_symbols() -> None:
     value = read_rds(rds(pairlist((sym("x"), ints(1)), (sym("y"), sym("z")))))
     assert list(value) == ["x", "y"] and isinstance(value["y"], Symbol) and value["y"] == "z"
     assert read_rds(rds(pairlist((None, strs("a")), (None, NULL)))) == [["a"], None]
 
 
+@pytest.mark.unit
 def test_attributes_other_than_names_are_dropped() -> None:
     body = ints(1, 2, attr=True) + pairlist((sym("dim"), ints(1, 2)))
     assert read_rds(rds(body)).tolist() == [1, 2]
@@ -148,12 +157,14 @@ def altrep(cls: str, state: bytes, attr: bytes = NULL) -> bytes:
     return i32(238) + info + state + attr
 
 
+@pytest.mark.unit
 def test_altrep_compact_sequences() -> None:
     v = read_rds(rds(altrep("compact_intseq", reals(5, 10, -1))))
     assert v.dtype == np.int32 and v.tolist() == [10, 9, 8, 7, 6]
     assert read_rds(rds(altrep("compact_realseq", reals(3, 0.5, 1)))).tolist() == [0.5, 1.5, 2.5]
 
 
+@pytest.mark.unit
 def test_altrep_wrappers_and_deferred_strings() -> None:
     meta = ints(0, 0)
     assert read_rds(rds(altrep("wrap_string", pairlist((None, strs("p", "q")), (None, meta))))) == ["p", "q"]
@@ -164,12 +175,14 @@ def test_altrep_wrappers_and_deferred_strings() -> None:
     assert read_rds(rds(deferred)) == ["3", None]
 
 
+@pytest.mark.unit
 def test_compressed_rds_files() -> None:
     data = rds(strs("x"))
     for packed in (gzip.compress(data, mtime=0), bz2.compress(data), lzma.compress(data)):
         assert read_rds(packed) == ["x"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("body", "name"),
     [(flags(3), "CLOSXP"), (flags(4), "ENVSXP"), (i32(253), "GLOBALENV_SXP"), (flags(6), "LANGSXP")],
@@ -179,11 +192,13 @@ def test_unsupported_types_are_named(body: bytes, name: str) -> None:
         read_rds(rds(body))
 
 
+@pytest.mark.unit
 def test_unsupported_altrep_class_is_named() -> None:
     with pytest.raises(RDataError, match="ALTREP_SXP.*mmap_integer"):
         read_rds(rds(altrep("mmap_integer", NULL)))
 
 
+@pytest.mark.unit
 def test_bad_streams() -> None:
     with pytest.raises(RDataError, match="XDR"):
         read_rds(b"A\n1\n")
@@ -205,6 +220,7 @@ def _compress(kind: int, data: bytes) -> bytes:
     return size + b"Z" + lzma.compress(data, format=lzma.FORMAT_RAW, filters=raw_lzma2)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", [0, 1, 2, 3])
 def test_lazyload_db(tmp_path: Path, kind: int) -> None:
     values = {"first": rds(strs("one", "two")), "second": rds(reals(2.5))}
@@ -223,6 +239,7 @@ def test_lazyload_db(tmp_path: Path, kind: int) -> None:
     assert db["first"] == ["one", "two"] and db["second"].tolist() == [2.5]
 
 
+@pytest.mark.unit
 def test_lazyload_db_stored_entry(tmp_path: Path) -> None:
     data = rds(strs("plain"))
     blob = struct.pack(">I", len(data)) + b"0" + data  # method '0': compression did not pay off
@@ -240,6 +257,7 @@ def texts() -> austen.AustenTexts:
     return austen.austen_texts()
 
 
+@pytest.mark.integration
 def test_six_novels_present_and_plausible(texts: austen.AustenTexts) -> None:
     assert sorted(p.name for p in texts.folder.glob("*.txt")) == sorted(
         [f"{n}.txt" for n in austen.NOVELS] + ["eval.txt", "calib.txt"])
@@ -259,6 +277,7 @@ def test_six_novels_present_and_plausible(texts: austen.AustenTexts) -> None:
         texts.novel("middlemarch")
 
 
+@pytest.mark.integration
 def test_eval_and_calib_split(texts: austen.AustenTexts) -> None:
     pp = texts.novel("prideprejudice").read_text(encoding="utf-8")
     eval_text = texts.eval_text.read_text(encoding="utf-8")
@@ -276,6 +295,7 @@ def test_eval_and_calib_split(texts: austen.AustenTexts) -> None:
     assert long_lines and not long_lines & set(calib.splitlines())
 
 
+@pytest.mark.integration
 def test_the_built_in_calibration_text_is_persuasion_as_its_source_note_says(texts: austen.AustenTexts) -> None:
     from sfmp_gguf.importance import BUILTIN_TEXT
 
@@ -285,6 +305,7 @@ def test_the_built_in_calibration_text_is_persuasion_as_its_source_note_says(tex
     assert not eval_lines & set(BUILTIN_TEXT.read_text(encoding="utf-8").splitlines())
 
 
+@pytest.mark.integration
 def test_rebuild_is_byte_identical(texts: austen.AustenTexts) -> None:
     before = artifact_files(austen.ARTIFACT)
     assert before["eval.txt"] == sha256_file(texts.eval_text)
@@ -294,6 +315,7 @@ def test_rebuild_is_byte_identical(texts: austen.AustenTexts) -> None:
     assert artifact_files(austen.ARTIFACT) == before
 
 
+@pytest.mark.integration
 def test_fetch_deb_verifies_and_reuses(tmp_path: Path) -> None:
     deb = austen.fetch_deb(tmp_path)
     assert deb == tmp_path / austen.DEB_FILE and sha256_file(deb) == austen.DEB_SHA256

@@ -19,6 +19,7 @@ def _table_rows(text: str) -> list[list[str]]:
             for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]
 
 
+@pytest.mark.integration
 def test_smoke_mode_writes_a_finite_table_and_a_plot(build, tmp_path):
     out = tmp_path / "results"
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.roundtrip", "--smoke", "--out", str(out)],
@@ -45,6 +46,7 @@ def test_smoke_mode_writes_a_finite_table_and_a_plot(build, tmp_path):
     assert errors and all(0 < e < 0.1 for e in errors)
 
 
+@pytest.mark.integration
 def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
     out = tmp_path / "speed"
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.speed", "--smoke", "--out", str(out)],
@@ -58,6 +60,7 @@ def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
         assert values and all(math.isfinite(v) and v > 0 for v in values), name
 
 
+@pytest.mark.unit
 def test_the_frontier_drops_dominated_files_and_interpolates_log_kld_in_size():
     from sfmp_gguf.bench.quality import Score, frontier, interpolate
 
@@ -71,6 +74,7 @@ def test_the_frontier_drops_dominated_files_and_interpolates_log_kld_in_size():
     assert interpolate(points, 99) is None and interpolate(points, 141) is None
 
 
+@pytest.mark.unit
 def test_the_frontier_gives_the_size_at_a_kld_and_both_ratios():
     from sfmp_gguf.bench.quality import Score, frontier, size_at, versus
 
@@ -94,6 +98,7 @@ def test_the_frontier_gives_the_size_at_a_kld_and_both_ratios():
     assert outside.frontier is None and outside.frontier_size is None and outside.nearest is None
 
 
+@pytest.mark.unit
 def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
     from sfmp_gguf.bench.speed import pairs
 
@@ -102,6 +107,7 @@ def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
         ("Q4_K", "sfmp425_k"), ("Q6_K", "sfmp625_k")]
 
 
+@pytest.mark.integration
 def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path):
     out = tmp_path / "all"
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.all", "--smoke", "--out", str(out)],
@@ -138,9 +144,10 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     ratios = [float(v) for h, v in zip(cost_header, cost_rows[0]) if h == "ratio"]
     temporary = float(cost_rows[0][cost_header.index("temporary disk")].split()[0])
     assert len(ratios) == 2 and all(math.isfinite(r) and r > 0 for r in ratios)
-    assert temporary > 0  # the model copy llama-imatrix reads was seen
+    assert temporary > 0  # the benchmark counts the model copy llama-imatrix reads
 
 
+@pytest.mark.integration
 def test_activations_probe_scores_each_file_as_run_and_with_f32_matmuls(build, tmp_path):
     """The smoke size (8 bpw) is all two-level activations, which leave little to the F32 run."""
     out = tmp_path / "activations"

@@ -21,6 +21,8 @@ from sfmp_gguf.format import BY_ID
 from tests.convert_helpers import (assert_nothing_written, assert_one_line_error, legacy_imatrix,
                                     make_tiny_model, quantized_bpw, run_convert)
 
+pytestmark = pytest.mark.integration
+
 
 RATES = (3.5, 4.5, 6.0)
 

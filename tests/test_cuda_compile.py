@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sfmp_gguf.llama import cuda
 
 
+@pytest.mark.unit
 def test_changed_cuda_files_include_ours_and_the_hooks():
     files = cuda.changed_cuda_files()
     assert "ggml/src/ggml-cuda/sfmp-cuda.cu" in files
@@ -12,6 +15,7 @@ def test_changed_cuda_files_include_ours_and_the_hooks():
             "ggml/src/ggml-cuda/ggml-cuda.cu"} <= set(files)
 
 
+@pytest.mark.gpu
 def test_cuda_code_compiles_for_sm80_and_sm90(tmp_path):
     objects = cuda.compile_check((80, 90), out_dir=tmp_path)
     assert len(objects) == len(cuda.changed_cuda_files())

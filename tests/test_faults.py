@@ -23,6 +23,8 @@ from sfmp_gguf.gguf_io import PARTIAL_MARK
 from sfmp_gguf.paths import CONVERTER
 from tests.convert_helpers import assert_nothing_written, assert_one_line_error, make_tiny_model, run_convert
 
+pytestmark = pytest.mark.integration
+
 
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}

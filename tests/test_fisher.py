@@ -12,6 +12,8 @@ from sfmp_gguf import fisher
 from sfmp_gguf.assets.austen import austen_texts
 from sfmp_gguf.assets.teacher import teacher
 
+pytestmark = pytest.mark.integration
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFWriter
 
-from sfmp_gguf import codegen, gguf_types
-from sfmp_gguf.format import (ACTIVATIONS, BY_NAME, GRID_NONLINEAR, GRID_UNIFORM, NL_LEVELS, NL_MAX_BITS, NL_UNIT, SFMP_TYPES, TYPE_COUNT,
-                              UPSTREAM_TYPE_COUNT, VARIANT_S, fallback, types_for_row)
+from sfmp_gguf import gguf_types
+from sfmp_gguf.format import (ACTIVATIONS, BY_NAME, FIRST_TYPE_ID, GRID_NONLINEAR, GRID_UNIFORM, LEGACY_TYPE_IDS, NL_LEVELS,
+                              NL_MAX_BITS, NL_UNIT, SFMP_TYPES, TYPE_COUNT, VARIANT_S, code_offset, fallback, pieces,
+                              type_for_file_id, types_for_row)
 from sfmp_gguf.quant.reference import dequantize_blocks, quantize_blocks
 
+pytestmark = pytest.mark.unit
 
-def test_generated_c_table_is_current():
-    assert codegen.TYPES_INC.read_text() == codegen.render_types_inc()
+
+# Type ids in use by public ggml forks (README, "Type ids"): the family must stay clear of all of them.
+FORK_TYPE_IDS = {"ggml-org": range(0, 43), "ik_llama.cpp": (*range(97, 100), *range(133, 159), *range(202, 234),
+                                                            *range(335, 354), *range(397, 400)),
+                 "ROCmFPX": range(100, 111), "PrismML": range(142, 144)}
+
+
+def test_type_ids_avoid_every_fork_and_map_older_files():
+    ids = {t.type_id for t in SFMP_TYPES} | {a.type_id for a in ACTIVATIONS.values()}
+    assert ids == set(range(FIRST_TYPE_ID, TYPE_COUNT))
+    for fork, used in FORK_TYPE_IDS.items():
+        assert not ids & set(used), fork
+    for t in SFMP_TYPES:
+        assert type_for_file_id(t.type_id, 4) is t
+    # format 2 held the 26 uniform types at 100..125, format 3 appended the nonlinear ones up to 135
+    assert [type_for_file_id(i, 2) for i in range(100, 126)] == [t for t in SFMP_TYPES if t.grid == GRID_UNIFORM]
+    assert [type_for_file_id(i, 3) for i in range(100, 136)] == list(SFMP_TYPES)
+    assert type_for_file_id(126, 2) is None and type_for_file_id(136, 3) is None
+    assert type_for_file_id(100, 4) is None and type_for_file_id(FIRST_TYPE_ID, 3) is None
+    assert set(LEGACY_TYPE_IDS) == {2, 3}
+
+
+def test_pieces_tile_the_code_bytes():
+    for t in SFMP_TYPES:
+        widths = pieces(t.base_bits)
+        assert sum(widths) == t.base_bits and t.piece_offsets[0] == t.base_offset == t.sc_offset + t.n_sub
+        ends = [o + t.block_size * w // 8 for o, w in zip(t.piece_offsets, widths)]
+        assert list(t.piece_offsets[1:]) + [t.extra_offset] == ends
+        assert t.extra_offset == code_offset(t.block_size, t.n_sub, t.base_bits)
 
 
 def test_family_covers_the_rate_ladder():
@@ -20,8 +50,6 @@ def test_family_covers_the_rate_ladder():
         rates = sorted(t.bpw for t in SFMP_TYPES if t.variant.suffix == variant)
         assert rates[0] <= 2.6 and rates[-1] >= 8.3  # "about 2.5 to 8.5 bpw"
         assert max(b - a for a, b in zip(rates, rates[1:])) <= 0.5
-    ids = [t.type_id for t in SFMP_TYPES]
-    assert min(ids) >= 100 > UPSTREAM_TYPE_COUNT and TYPE_COUNT == max(ids) + 1 + len(ACTIVATIONS)
 
 
 def test_every_type_mixes_two_precisions_and_names_its_rate():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from sfmp_gguf.assets.imatrix import ImatrixError, load_imatrix, teacher_imatrix
+from sfmp_gguf.assets.imatrix import teacher_imatrix
+from sfmp_gguf.imatrix_io import ImatrixError, load_imatrix
 from sfmp_gguf.assets.teacher import teacher
 
 
@@ -17,6 +18,7 @@ def imatrix_path(build):
     return teacher_imatrix()
 
 
+@pytest.mark.integration
 def test_teacher_imatrix_covers_every_block_matrix(imatrix_path):
     means = load_imatrix(imatrix_path)
     weights = [t for t in GGUFReader(teacher().gguf_path).tensors
@@ -42,6 +44,7 @@ def _write_legacy(path, entries, ncall, trailer=True):
     path.write_bytes(out)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("trailer", [True, False])
 def test_legacy_dat_round_trips(tmp_path, trailer):
     rng = np.random.default_rng(0)
@@ -55,6 +58,7 @@ def test_legacy_dat_round_trips(tmp_path, trailer):
         np.testing.assert_allclose(loaded[name], values, rtol=1e-6)
 
 
+@pytest.mark.unit
 def test_legacy_dat_with_no_calls_keeps_raw_values(tmp_path):
     path = tmp_path / "imatrix.dat"
     _write_legacy(path, {"w": np.array([0.5, 2.0], dtype=np.float32)}, ncall=0)
@@ -69,6 +73,7 @@ def _one_line_error(path) -> str:
     return message
 
 
+@pytest.mark.integration
 def test_malformed_files_give_one_line_errors(tmp_path, imatrix_path):
     truncated = tmp_path / "truncated.dat"
     good = tmp_path / "good.dat"
@@ -91,6 +96,7 @@ def test_malformed_files_give_one_line_errors(tmp_path, imatrix_path):
     _one_line_error(tmp_path / "missing.gguf")
 
 
+@pytest.mark.unit
 def test_gguf_without_imatrix_tensors_is_rejected(tmp_path):
     from gguf import GGUFWriter
 
@@ -104,11 +110,12 @@ def test_gguf_without_imatrix_tensors_is_rejected(tmp_path):
     assert "no imatrix entries" in _one_line_error(path)
 
 
+@pytest.mark.integration
 def test_the_copy_llama_imatrix_reads_holds_f16_matrices_and_f32_vectors(build, tmp_path):
     """The temporary model behind ``--sensitivity imatrix`` on a Hugging Face folder: 2 bytes per
     matrix weight on disk, and llama-imatrix runs on it."""
     from sfmp_gguf.assets.austen import austen_texts
-    from sfmp_gguf.assets.imatrix import run_imatrix
+    from sfmp_gguf.imatrix_io import run_imatrix
     from tests.convert_helpers import make_tiny_model, write_float_copy
 
     model, copy = make_tiny_model(tmp_path / "hf"), tmp_path / "copy.gguf"

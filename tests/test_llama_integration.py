@@ -15,7 +15,10 @@ from sfmp_gguf import gguf_types
 from sfmp_gguf.assets.austen import austen_texts
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.evaluate import perplexity
-from sfmp_gguf.format import BY_NAME, FORMAT_VERSION, GGUF_VERSION_KEY, SFMP_TYPES, UPGRADE_FLAG
+from sfmp_gguf.format import (BY_NAME, FIRST_TYPE_ID, FORMAT_VERSION, GGUF_VERSION_KEY, LEGACY_TYPE_IDS, SFMP_TYPES,
+                              UPGRADE_FLAG)
+
+pytestmark = pytest.mark.integration
 
 OVERRIDES = {"ffn_down": "sfmp425_k", "attn_v": "sfmp600_s", "attn_q": "sfmp250_s", "attn_k": "sfmp350n_s"}
 
@@ -36,6 +39,11 @@ def _generate(build, model: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [str(build.tool("llama-cli")), "-m", str(model), "-p", "The capital of France is", "-n", "12",
            "--single-turn", "--temp", "0", "-t", "2", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+
+
+def _continuation(result: subprocess.CompletedProcess) -> str:
+    """The generated text: after the prompt, before the speed line."""
+    return result.stdout.split("The capital of France is", 1)[-1].split("[ Prompt:", 1)[0]
 
 
 def test_quantized_file_holds_sfmp_tensors_and_the_format_version(sfmp_model):
@@ -71,8 +79,7 @@ def test_llama_quantize_writes_the_bytes_of_the_kernel_library(build, sfmp_model
 def test_llama_cli_loads_and_generates(build, sfmp_model):
     result = _generate(build, sfmp_model, "--check-tensors")
     assert result.returncode == 0, result.stderr[-3000:]
-    text = result.stdout.split("The capital of France is", 1)[-1]
-    assert len(text.strip()) > 5
+    assert len(_continuation(result).strip()) > 5
 
 
 def _copy_with(tmp_path: Path, model: Path, edit) -> Path:
@@ -90,6 +97,25 @@ def test_loader_refuses_a_newer_format_version(build, sfmp_model, tmp_path):
     result = _generate(build, _copy_with(tmp_path, sfmp_model, bump))
     assert result.returncode != 0
     assert f"SFMP format version {FORMAT_VERSION + 1}" in result.stderr
+
+
+def test_a_format_3_file_loads_with_its_old_type_ids(build, sfmp_model, tmp_path):
+    first, _ = LEGACY_TYPE_IDS[3]
+    written = set()
+
+    def renumber(reader):
+        field = reader.fields[GGUF_VERSION_KEY]
+        field.parts[field.data[0]][0] = 3
+        for tensor in reader.tensors:
+            raw_type = tensor.field.parts[4]  # name length, name, n_dims, dims, type, offset
+            if raw_type[0] >= FIRST_TYPE_ID:
+                raw_type[0] = raw_type[0] - FIRST_TYPE_ID + first
+                written.add(int(raw_type[0]))
+    legacy = _copy_with(tmp_path, sfmp_model, renumber)
+    assert written == {BY_NAME[n].type_id - FIRST_TYPE_ID + first for n in OVERRIDES.values()}
+    current, old = _generate(build, sfmp_model), _generate(build, legacy, "--check-tensors")
+    assert old.returncode == 0, old.stderr[-3000:]
+    assert len(_continuation(current).strip()) > 5 and _continuation(old) == _continuation(current)
 
 
 def test_check_tensors_rejects_a_malformed_block(build, sfmp_model, tmp_path):
@@ -160,3 +186,27 @@ def test_llama_tools_put_sfmp_weights_in_the_x8_buffer_and_score_like_the_plain_
     # Rounding-level differences move this model's PPL by tenths of a percent (stock IQ4_XS with and
     # without CPU_REPACK does the same); a wrong kernel would move it by far more.
     assert abs(interleaved / plain - 1) < 0.02
+
+
+def test_a_program_builds_against_the_installed_headers_alone(build, tmp_path):
+    """ggml.h and llama.h include the generated type list: it installs with them."""
+    prefix, cmake_dir = tmp_path / "prefix", build.folder / "llama.cpp"
+    for cmd in (["cmake", "--install", str(cmake_dir / "ggml"), "--prefix", str(prefix)],
+                ["cmake", "-DCMAKE_INSTALL_LOCAL_ONLY=ON", f"-DCMAKE_INSTALL_PREFIX={prefix}",
+                 "-P", str(cmake_dir / "cmake_install.cmake")]):
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+    t = BY_NAME["sfmp425_k"]
+    source = tmp_path / "uses_sfmp.c"
+    source.write_text('#include <stdio.h>\n#include "llama.h"\n'
+                      f'int main(void) {{ printf("%s %zu %d", ggml_type_name(GGML_TYPE_{t.name.upper()}), '
+                      f'ggml_type_size(GGML_TYPE_{t.name.upper()}), (int) GGML_TYPE_{t.name.upper()}); }}\n')
+    for compiler, language in (("cc", "c"), ("c++", "c++")):
+        program = tmp_path / f"uses_sfmp_{language}"
+        result = subprocess.run([compiler, "-x", language, str(source), "-I", str(prefix / "include"),
+                                 "-L", str(prefix / "lib"), "-lllama", "-lggml-base", "-o", str(program)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        ran = subprocess.run([str(program)], capture_output=True, text=True, check=True,
+                             env={"LD_LIBRARY_PATH": str(prefix / "lib")})
+        assert ran.stdout == f"{t.name} {t.type_size} {t.type_id}"

@@ -15,7 +15,7 @@ import pytest
 
 from sfmp_gguf import analysis, importance
 from sfmp_gguf.assets.austen import austen_texts
-from sfmp_gguf.assets.imatrix import EXPERT_PRIOR_TOKENS, load_imatrix
+from sfmp_gguf.imatrix_io import EXPERT_PRIOR_TOKENS, load_imatrix
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.format import BY_ID, BY_NAME
 from sfmp_gguf.quantize import quantize_tensor
@@ -51,6 +51,7 @@ def converted(request, tmp_path_factory):
     return family, model, f32, out, result
 
 
+@pytest.mark.integration
 def test_every_expert_tensor_gets_an_sfmp_type_and_the_file_lands_near_the_target(converted):
     family, _, _, out, result = converted
     assert "fisher sensitivity" in result.stdout
@@ -65,6 +66,7 @@ def test_every_expert_tensor_gets_an_sfmp_type_and_the_file_lands_near_the_targe
     assert abs(llama_bpw(types) - 4.5) <= 0.3, llama_bpw(types)
 
 
+@pytest.mark.integration
 def test_llama_cli_generates_and_kld_is_no_worse_than_q4_k_m_of_the_same_size(build, converted):
     family, model, f32, _, _ = converted
     folder = f32.parent
@@ -114,6 +116,7 @@ def _imatrix_file(path, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> No
     writer.close()
 
 
+@pytest.mark.unit
 def test_an_imatrix_missing_some_experts_gives_the_pooled_fallback(tmp_path):
     n, experts = 64, 4
     rng = np.random.default_rng(0)
@@ -134,6 +137,7 @@ def test_an_imatrix_missing_some_experts_gives_the_pooled_fallback(tmp_path):
     np.testing.assert_array_equal(means["blk.0.ffn_down_exps.weight"], 1.0)  # none at all: as llama-quantize
 
 
+@pytest.mark.integration
 def test_the_converter_takes_an_imatrix_with_silent_experts_and_rejects_a_misfit_one(tmp_path):
     model = write_moe(tmp_path / "hf", "qwen3_moe")
     experts, hidden, ffn = EXPERTS["qwen3_moe"], SHAPES["hidden_size"], 256
@@ -156,6 +160,7 @@ def test_the_converter_takes_an_imatrix_with_silent_experts_and_rejects_a_misfit
 
 # ---- the pure parts ---------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_stacked_experts_are_quantizable_and_routers_stay_f32():
     assert analysis.quantizable("blk.0.ffn_up_exps.weight", (8, 512, 256))
     assert analysis.matrix_shape((8, 512, 256)) == (4096, 256)
@@ -163,6 +168,7 @@ def test_stacked_experts_are_quantizable_and_routers_stay_f32():
     assert analysis.quantizable("blk.0.ffn_up_shexp.weight", (512, 256))  # a shared expert is a matrix
 
 
+@pytest.mark.native
 def test_per_expert_importance_weighs_each_experts_rows_with_its_own_columns():
     rng = np.random.default_rng(1)
     experts, rows, n = 4, 16, 256
@@ -179,6 +185,7 @@ def test_per_expert_importance_weighs_each_experts_rows_with_its_own_columns():
     np.testing.assert_array_equal(stacked, np.concatenate(one_by_one))
 
 
+@pytest.mark.unit
 def test_silent_experts_take_the_column_mean_of_the_others_under_fisher():
     rng = np.random.default_rng(2)
     h = rng.uniform(0, 1, (4, 8, 32)).astype(np.float32)
@@ -191,6 +198,7 @@ def test_silent_experts_take_the_column_mean_of_the_others_under_fisher():
     assert importance.fill_silent_experts(np.zeros((4, 8, 32)))[1] == 0  # nothing to borrow from: left alone
 
 
+@pytest.mark.unit
 def test_match_imatrix_takes_per_expert_and_flat_legacy_entries_and_names_a_misfit():
     shapes = {"blk.0.ffn_up_exps.weight": (4, 64, 32), "blk.0.attn_q.weight": (32, 32)}
     per_expert = np.arange(4 * 32, dtype=np.float32).reshape(4, 32) + 1

@@ -11,6 +11,7 @@ import pytest
 
 from sfmp_gguf import analysis, kernels, native_analysis
 from sfmp_gguf.format import SUB_BLOCK
+from tests.seeds import stable_seed
 
 KINDS = ("random", "heavy_tailed", "zeros", "constant", "outliers", "mixed_scales")
 SUM_ORDER = 1e-12  # per-type totals add the same terms in another order
@@ -48,41 +49,47 @@ def _importance(mode: str, rng: np.random.Generator, shape: tuple[int, int]) -> 
 
 
 @pytest.fixture(scope="module")
-def lib(build) -> kernels.Kernels:
-    return kernels.load(build.kernel_library)
+def lib() -> kernels.Kernels:
+    return kernels.load()
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("mode", ["none", "columns", "weights"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_sub_block_errors_equal_the_numpy_analysis_bit_for_bit(lib, kind, mode):
-    rng = np.random.default_rng([KINDS.index(kind), len(mode)])
+    seed = stable_seed("sub-block errors", kind, mode)
+    rng = np.random.default_rng(seed)
     shape = (24, 576)
     w, h = _weights(kind, rng, shape), _importance(mode, rng, shape)
     got, _ = lib.sub_block_errors(w, h, per_row=mode == "weights")
     expected = analysis.sub_block_errors(w, h)
     assert got.shape == expected.shape == (w.size // SUB_BLOCK, len(analysis.COLUMNS))
-    assert np.array_equal(got, expected)
+    assert np.array_equal(got, expected), f"seed {seed}"
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("mode", ["none", "columns", "weights", "experts"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n", [256, 576])  # the _k family, and the _s family
 def test_every_type_error_and_statistic_equals_the_numpy_analysis(kind, mode, n):
-    rng = np.random.default_rng([KINDS.index(kind), len(mode), n])
+    seed = stable_seed("type errors", kind, mode, n)
+    rng = np.random.default_rng(seed)
     shape = (64, n)
     w, h = _weights(kind, rng, shape), _importance(mode, rng, shape)
     expected = analysis.profile_tensor("t", w, h)
     with ThreadPoolExecutor(max_workers=2) as pool:
         got = native_analysis.profile_tensor("t", w, h, pool)
     assert got.candidates == expected.candidates
-    np.testing.assert_allclose(got.errors, expected.errors, rtol=SUM_ORDER, atol=0)
-    np.testing.assert_allclose(got.energy, expected.energy, rtol=SUM_ORDER, atol=0)
+    np.testing.assert_allclose(got.errors, expected.errors, rtol=SUM_ORDER, atol=0, err_msg=f"seed {seed}")
+    np.testing.assert_allclose(got.energy, expected.energy, rtol=SUM_ORDER, atol=0, err_msg=f"seed {seed}")
     # the moments sum E[w^2] - mean^2 rather than numpy's two-pass variance: a report figure
     np.testing.assert_allclose([got.stats.range_to_rms, got.stats.variance],
-                               [expected.stats.range_to_rms, expected.stats.variance], rtol=1e-6, atol=1e-30)
-    assert got.stats.outlier_share == expected.stats.outlier_share
+                               [expected.stats.range_to_rms, expected.stats.variance], rtol=1e-6, atol=1e-30,
+                               err_msg=f"seed {seed}")
+    assert got.stats.outlier_share == expected.stats.outlier_share, f"seed {seed}"
 
 
+@pytest.mark.native
 def test_the_result_does_not_depend_on_the_thread_count(monkeypatch):
     monkeypatch.setattr(native_analysis, "CHUNK_WEIGHTS", 4096)  # many chunks, finished in any order
     rng = np.random.default_rng(3)
@@ -97,6 +104,7 @@ def test_the_result_does_not_depend_on_the_thread_count(monkeypatch):
         assert p.stats == profiles[0].stats
 
 
+@pytest.mark.unit
 def test_chunks_cover_every_row_once_and_never_straddle_an_expert(monkeypatch):
     monkeypatch.setattr(native_analysis, "CHUNK_WEIGHTS", 3 * 256)
     spans = native_analysis.chunks(rows=4 * 10, n=256, experts=4)
@@ -104,6 +112,7 @@ def test_chunks_cover_every_row_once_and_never_straddle_an_expert(monkeypatch):
     assert all(start // 10 == (stop - 1) // 10 for start, stop in spans)
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_weight_that_is_not_finite_is_refused(bad):
     w = np.zeros((8, 256), dtype=np.float32)

@@ -14,6 +14,8 @@ from sfmp_gguf.format import SFMP_TYPES, UPGRADE_FLAG
 from sfmp_gguf.quant import activations
 from tests.native_build import AARCH64_TARGETS, QEMU, compile_driver
 
+pytestmark = pytest.mark.qemu
+
 OBJDUMP = "aarch64-linux-gnu-objdump"
 
 
@@ -50,7 +52,7 @@ def test_neon_matches_the_scalar_reference(neon_binary):
     assert len(pairs) == len(x86_generic)
     for (generic, simd), reference in zip(pairs, x86_generic):
         assert simd == generic  # NEON is bit-identical to the scalar code on the same machine
-        assert generic == pytest.approx(reference, rel=1e-6, abs=1e-6)  # and to x86
+        assert generic == pytest.approx(reference, rel=1e-6, abs=1e-6)  # and within 1e-6 of x86's scalar result
 
 
 def test_dotprod_build_uses_sdot(neon_binary):

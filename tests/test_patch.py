@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sfmp_gguf import codegen
+from sfmp_gguf.format import FIRST_TYPE_ID
 from sfmp_gguf.llama import patch
 from sfmp_gguf.llama.build import prepare_tree
 from sfmp_gguf.llama.source import checkout_source, SourceError
@@ -27,6 +29,7 @@ def _snapshot(tree: Path) -> dict[str, tuple[bytes, int]]:
             for p in tree.rglob("*") if p.is_file()}
 
 
+@pytest.mark.integration
 def test_apply_then_reapply_is_a_noop(source, tmp_path):
     pristine = _mini_pristine(source, tmp_path / "pristine")
     tree = tmp_path / "tree"
@@ -44,6 +47,7 @@ def test_apply_then_reapply_is_a_noop(source, tmp_path):
     assert _snapshot(tree) == before
 
 
+@pytest.mark.integration
 def test_apply_repairs_a_hand_edited_tree(source, tmp_path):
     pristine = _mini_pristine(source, tmp_path / "pristine")
     tree = tmp_path / "tree"
@@ -58,6 +62,7 @@ def test_apply_repairs_a_hand_edited_tree(source, tmp_path):
     assert {k: v[0] for k, v in _snapshot(tree).items()} == {k: v[0] for k, v in expected.items()}
 
 
+@pytest.mark.integration
 def test_different_tree_fails_naming_the_hunk_and_writes_nothing(source, tmp_path):
     pristine = _mini_pristine(source, tmp_path / "pristine")
     target = pristine / "ggml/src/CMakeLists.txt"
@@ -71,6 +76,7 @@ def test_different_tree_fails_naming_the_hunk_and_writes_nothing(source, tmp_pat
     assert _snapshot(tree) == before
 
 
+@pytest.mark.integration
 def test_cached_tree_carries_the_current_patch(source):
     tree = prepare_tree(source)
     state = json.loads((tree / patch.STATE_FILE).read_text())
@@ -78,6 +84,7 @@ def test_cached_tree_carries_the_current_patch(source):
     assert set(patch.our_files()) <= set(state["touched"])
 
 
+@pytest.mark.unit
 def test_checkout_at_another_commit_warns(tmp_path, capsys):
     checkout = tmp_path / "llama.cpp"
     (checkout / "ggml/include").mkdir(parents=True)
@@ -92,6 +99,16 @@ def test_checkout_at_another_commit_warns(tmp_path, capsys):
     assert "not the pinned 0c1e570" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_checkout_that_is_not_llama_cpp_is_refused(tmp_path):
     with pytest.raises(SourceError, match="not a llama.cpp checkout"):
         checkout_source(tmp_path)
+
+
+@pytest.mark.integration
+def test_generated_c_table_is_current(source):
+    upstream = codegen.upstream_type_count(source.tree)
+    assert upstream == 43  # the pinned sdist's ggml.h
+    assert codegen.TYPES_INC.read_text() == codegen.render_types_inc(upstream)
+    with pytest.raises(ValueError, match="past SFMP's first id"):
+        codegen.render_types_inc(FIRST_TYPE_ID + 1)

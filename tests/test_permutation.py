@@ -19,6 +19,7 @@ from sfmp_gguf.assets.austen import austen_texts
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.format import SUB_BLOCK
 from tests.convert_helpers import write_dense, write_float_copy, write_moe, write_permuted_copy
+from tests.seeds import stable_seed
 
 KLD_LIMIT = 1e-6
 
@@ -30,22 +31,24 @@ def _is_bijection(index: np.ndarray) -> bool:
     return all(np.array_equal(np.sort(row), np.arange(index.shape[-1])) for row in index.reshape(-1, index.shape[-1]))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n, block", [(1024, 256), (576, 64), (256, 256), (128, 256), (96, 64), (50, 64)])
 def test_dealt_is_a_bijection_and_gives_every_block_one_sub_block_of_each_tier(n, block):
-    salience = np.random.default_rng(n + block).random(n)
+    seed = stable_seed("dealt", n, block)
+    salience = np.random.default_rng(seed).random(n)
     order = permutation.dealt(salience, block)
-    assert _is_bijection(order)
+    assert _is_bijection(order), f"seed {seed}"
     rank = np.empty(n, dtype=int)
     rank[np.argsort(-salience, kind="stable")] = np.arange(n)
     tiers = rank[order]  # each new position's salience rank
     if n % block or n < block:
-        assert np.array_equal(tiers, np.arange(n))  # under a block (or ragged): sorted only
+        assert np.array_equal(tiers, np.arange(n)), f"seed {seed}"  # under a block (or ragged): sorted only
         return
     sub_tiers = (tiers // SUB_BLOCK).reshape(n // block, block // SUB_BLOCK, SUB_BLOCK)
-    assert (sub_tiers == sub_tiers[..., :1]).all()  # a sub-block holds one tier
+    assert (sub_tiers == sub_tiers[..., :1]).all(), f"seed {seed}"  # a sub-block holds one tier
     n_blocks = n // block
     for slot in range(block // SUB_BLOCK):  # slot k of every block holds the k-th band of tiers
-        assert sorted(sub_tiers[:, slot, 0]) == list(range(slot * n_blocks, (slot + 1) * n_blocks))
+        assert sorted(sub_tiers[:, slot, 0]) == list(range(slot * n_blocks, (slot + 1) * n_blocks)), f"seed {seed}"
 
 
 def _llama_like(n_embd=256, n_ff=512, n_head=4, n_head_kv=2, head_dim=64, layers=2, experts=0):
@@ -74,6 +77,7 @@ def _random_salience(shapes, seed=0):
     return lambda name: None if "norm" in name or "gate_inp" in name else rng.random(shapes[name][:-2] + shapes[name][-1:])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("experts", [0, 4])
 def test_plan_moves_matching_axes_together_and_undoes_exactly(experts):
     shapes, metadata = _llama_like(experts=experts)
@@ -108,6 +112,7 @@ def test_plan_moves_matching_axes_together_and_undoes_exactly(experts):
             assert np.allclose(perm.apply_columns(name, x.sum(axis=-2)), moved.sum(axis=-2))
 
 
+@pytest.mark.unit
 def test_an_unproven_architecture_or_an_unknown_tensor_skips_the_kind_with_the_reason():
     shapes, metadata = _llama_like()
     perm = permutation.plan("phi3", {k.replace("llama", "phi3"): v for k, v in metadata.items()}, shapes,
@@ -162,6 +167,7 @@ def teacher_base(build, tmp_path_factory):
     return folder, base
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kinds", ["ffn", "heads", "residual", "ffn,heads,residual"])
 def test_each_kind_keeps_the_teachers_logits(build, teacher_base, kinds):
     folder, base = teacher_base
@@ -173,6 +179,7 @@ def test_each_kind_keeps_the_teachers_logits(build, teacher_base, kinds):
     out.unlink()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("family", ["llama", "gemma3", "qwen3_moe", "mixtral"])
 def test_all_kinds_keep_the_logits_of_every_proven_architecture(build, tmp_path, family):
     model = (write_moe if family in ("qwen3_moe", "mixtral") else write_dense)(tmp_path / "hf", family)
@@ -186,6 +193,7 @@ def test_all_kinds_keep_the_logits_of_every_proven_architecture(build, tmp_path,
 # ---- the converter ------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_converter_permutes_by_default_from_7_bpw_and_says_so(build, tmp_path):
     from gguf import GGUFReader
 
@@ -216,8 +224,9 @@ def test_the_converter_permutes_by_default_from_7_bpw_and_says_so(build, tmp_pat
     assert not (tmp_path / "bad.gguf").exists()
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("importance", ["none", "column", "weight", "expert"])
-def test_upgraded_shares_count_the_importance_on_the_sub_blocks_with_the_largest_gains(build, importance):
+def test_upgraded_shares_count_the_importance_on_the_sub_blocks_with_the_largest_gains(importance):
     from concurrent.futures import ThreadPoolExecutor
 
     from sfmp_gguf import analysis, native_analysis

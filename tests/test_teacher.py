@@ -36,6 +36,7 @@ def built() -> Teacher:
     return teacher()
 
 
+@pytest.mark.integration
 def test_layout(built: Teacher) -> None:
     assert built.gguf_path.is_file()
     for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -47,6 +48,7 @@ def test_layout(built: Teacher) -> None:
     assert [t.name for t in reader.tensors] == [t.name for t in GGUFReader(source_gguf()).tensors]
 
 
+@pytest.mark.integration
 def test_convert_hf_to_gguf_round_trip(built: Teacher, tmp_path: Path) -> None:
     script = llama_tree() / "convert_hf_to_gguf.py"
     out = tmp_path / "converted.gguf"
@@ -73,6 +75,7 @@ def test_convert_hf_to_gguf_round_trip(built: Teacher, tmp_path: Path) -> None:
     out.unlink()  # 540 MB; pytest keeps old tmp dirs around
 
 
+@pytest.mark.integration
 def test_hf_folder_is_a_working_model(built: Teacher) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,6 +88,7 @@ def test_hf_folder_is_a_working_model(built: Teacher) -> None:
     assert tok.decode(logits.argmax()) == " Paris"
 
 
+@pytest.mark.integration
 def test_within_half_step_and_off_grid(built: Teacher) -> None:
     source = GGUFReader(source_gguf())
     ours = {t.name: np.asarray(t.data) for t in GGUFReader(built.gguf_path).tensors}
@@ -108,6 +112,7 @@ def test_within_half_step_and_off_grid(built: Teacher) -> None:
     assert np.mean(roundtrip(ours[t.name]) != ours[t.name]) > 0.9
 
 
+@pytest.mark.integration
 def test_deterministic(built: Teacher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     expected = artifact_files(ARTIFACT)
     monkeypatch.setenv("SFMP_CACHE_DIR", str(tmp_path))
@@ -119,6 +124,7 @@ def test_deterministic(built: Teacher, tmp_path: Path, monkeypatch: pytest.Monke
     shutil.rmtree(second.folder)  # 1 GB; pytest keeps old tmp dirs around
 
 
+@pytest.mark.unit
 def test_missing_package_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(teacher_mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="setup"):

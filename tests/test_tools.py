@@ -12,6 +12,8 @@ from sfmp_gguf.llama.build import TOOLS
 from sfmp_gguf.format import BY_NAME, FORMAT_VERSION
 from sfmp_gguf.llama.patch import FILES_DIR
 
+pytestmark = pytest.mark.integration
+
 USER_TOOLS = [t for t in TOOLS if t.startswith("llama-")]
 # llama-quantize prints its usage and exits 1 by design.
 HELP_EXIT_CODE = {"llama-quantize": 1}

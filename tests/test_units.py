@@ -8,6 +8,8 @@ import pytest
 from sfmp_gguf import allocation, analysis, report, units
 from sfmp_gguf.format import BY_NAME
 
+pytestmark = pytest.mark.unit
+
 TARGETS = (3.0, 4.0, 4.5, 5.5, 6.5)
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from sfmp_gguf.paths import REPO_ROOT
 
+pytestmark = pytest.mark.integration
+
 SIZES = ("3.25", "4.25")  # where bench.quality shows every sensitivity clear of uniform (README)
 SENSITIVITIES = ("weights", "imatrix", "fisher")
 

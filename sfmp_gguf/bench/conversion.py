@@ -163,9 +163,9 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print, timings: dict[str, 
 
     from sfmp_gguf.allocation import allocate
     from sfmp_gguf.assets.austen import austen_texts
-    from sfmp_gguf.assets.imatrix import run_imatrix
     from sfmp_gguf.bench.allocation import llama3_8b_shapes, synthetic_profiles
     from sfmp_gguf.bench.roundtrip import _sha256
+    from sfmp_gguf.imatrix_io import run_imatrix
     from sfmp_gguf.llama.build import current_build
 
     calib = austen_texts().calib_text

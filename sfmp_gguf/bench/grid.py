@@ -34,10 +34,11 @@ import time
 import numpy as np
 from gguf import GGUFReader
 
-from sfmp_gguf.assets.imatrix import load_imatrix, teacher_imatrix
+from sfmp_gguf.assets.imatrix import teacher_imatrix
 from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.bench import DEFAULT_OUT
 from sfmp_gguf.atomic import write_text
+from sfmp_gguf.imatrix_io import load_imatrix
 from sfmp_gguf.quant import reference
 
 KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -40,11 +40,11 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
     use_pinned_gguf_py()
     from sfmp_gguf import allocation, pipeline
     from sfmp_gguf.assets.austen import austen_texts
-    from sfmp_gguf.assets.imatrix import run_imatrix
     from sfmp_gguf.assets.synthetic import synthetic_moe, teacher_vocab, write_hf_model
     from sfmp_gguf.bench import quality, speed
     from sfmp_gguf.bench.roundtrip import _sha256, quantize_model
     from sfmp_gguf.format import GRIDS
+    from sfmp_gguf.imatrix_io import run_imatrix
     from sfmp_gguf.model_source import open_model
 
     settings = SMOKE if smoke else FULL

@@ -416,3 +416,41 @@ def render(out_dir: Path) -> list[Score]:
     if any(is_ablation(s.family) for s in scores):
         permutation_plot(scores, out_dir / "quality-permutation.png", raw["title"] + ": channel permutation")
     return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score GGUF files of the demo teacher as this benchmark scores its own:
+    ``python -m sfmp_gguf.bench.quality FILE [FILE ...]`` prints the table."""
+    import argparse
+    import os
+    import sys
+
+    from sfmp_gguf import gguf_package
+    from sfmp_gguf.assets.austen import austen_texts
+    from sfmp_gguf.assets.teacher import teacher
+
+    parser = argparse.ArgumentParser(prog="python -m sfmp_gguf.bench.quality",
+                                     description="KLD, PPL ratio and same-top-token share of GGUF files of the demo "
+                                                 "teacher against its F32 logits")
+    parser.add_argument("files", nargs="+", type=Path, help="GGUF files made from the demo teacher")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    gguf_package.select()
+    from gguf import GGUFReader
+
+    model, texts = teacher(), austen_texts()
+    n_weights = sum(t.n_elements for t in GGUFReader(model.gguf_path).tensors)
+    try:
+        base = teacher_logits(model.gguf_path, texts.eval_text, CTX, CHUNKS, args.threads)
+        scores = [score(f, base, texts.eval_text, str(f), "file", n_weights, CTX, CHUNKS, args.threads)
+                  for f in args.files]
+    except BenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(markdown(scores, "KLD to the F32 teacher",
+                   f"`llama-perplexity --kl-divergence -c {CTX} --chunks {CHUNKS}` on the Austen evaluation text"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

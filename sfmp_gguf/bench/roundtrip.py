@@ -312,8 +312,9 @@ def run(out_dir: Path, smoke: bool = False, threads: int = 2) -> dict[str, dict[
     from gguf import GGUFReader
 
     from sfmp_gguf.assets.cache import artifact_files
-    from sfmp_gguf.assets.imatrix import load_imatrix, teacher_imatrix
+    from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import ARTIFACT, GGUF_NAME, _write_gguf, teacher
+    from sfmp_gguf.imatrix_io import load_imatrix
 
     model = teacher().gguf_path
     model_sha = artifact_files(ARTIFACT)[GGUF_NAME]
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     add_output_args(parser, f"only {', '.join(SMOKE_TYPES)} on two tensors")
     args = parser.parse_args(argv)
     out_dir = output_dir(parser, args)
-    from sfmp_gguf.assets.imatrix import ImatrixError
+    from sfmp_gguf.imatrix_io import ImatrixError
 
     try:
         run(out_dir, smoke=args.smoke, threads=args.threads)

@@ -193,9 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     from sfmp_gguf import pipeline
     from sfmp_gguf.assets.austen import austen_texts
     from sfmp_gguf.assets.gemma_variant import gemma_variant
-    from sfmp_gguf.assets.imatrix import run_imatrix, teacher_imatrix
+    from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import teacher
     from sfmp_gguf.atomic import write_text
+    from sfmp_gguf.imatrix_io import run_imatrix
     from sfmp_gguf.model_source import open_model
 
     def log(message: str) -> None:

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         result = convert(args)
-    except InputError as err:
+    except (InputError, FileNotFoundError) as err:  # FileNotFoundError: e.g. llama-imatrix not built
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

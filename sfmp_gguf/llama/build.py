@@ -16,14 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sfmp_gguf import paths
 from sfmp_gguf.llama.patch import PatchError, apply_patch, sync_tree
 from sfmp_gguf.llama.source import LlamaSource, SourceError, llama_source
-from sfmp_gguf.paths import REPO_ROOT, cache_dir
+from sfmp_gguf.paths import KERNEL_LIBRARY, KERNEL_LIBRARY_VNNI, REPO_ROOT, cache_dir
 
 TOOLS = ("llama-cli", "llama-server", "llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench",
          "test-quantize-fns", "test-backend-ops")
-KERNEL_LIBRARY = "libsfmp_kernels.so"
-KERNEL_LIBRARY_VNNI = "libsfmp_kernels_vnni.so"  # built only where the host runs AVX512-VNNI
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class Build:
 
 def patched_tree(source: LlamaSource) -> Path:
     """Where the patched copy of ``source`` lives (not brought up to date)."""
-    return cache_dir() / source.key / "patched"
+    return paths.patched_tree(source.key)
 
 
 def prepare_tree(source: LlamaSource) -> Path:
@@ -66,7 +65,8 @@ def prepare_tree(source: LlamaSource) -> Path:
 
 
 def build_folder(source: LlamaSource, cuda: bool = False, sanitize: bool = False) -> Path:
-    return cache_dir() / source.key / ("build-asan" if sanitize else "build-cuda" if cuda else "build-cpu")
+    """paths.build_folder, where the core (kernels.py) looks for the library without importing this module."""
+    return paths.build_folder(source.key, cuda, sanitize)
 
 
 def _build_env() -> dict[str, str]:
@@ -102,8 +102,8 @@ def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] 
 
 
 def current_build(cuda: bool = False, sanitize: bool = False) -> Build:
-    """The cached build for the current source, without building."""
-    return Build(build_folder(llama_source(), cuda, sanitize))
+    """The cached build for the current source, without building or fetching the source."""
+    return Build(paths.build_folder(cuda=cuda, sanitize=sanitize))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sfmp_gguf.paths import REPO_ROOT
+from sfmp_gguf.paths import FILES_DIR, HUNKS_FILE, REPO_ROOT, patched_tree
 
-PATCH_DIR = REPO_ROOT / "ggml_patch"
-FILES_DIR = PATCH_DIR / "files"
-HUNKS_FILE = PATCH_DIR / "register.patch"
 STATE_FILE = ".sfmp-patch.json"
 _PATCHED_FILE = re.compile(r"^\+\+\+ b/(\S+)", re.M)
 
@@ -156,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from sfmp_gguf.llama.build import patched_tree
     from sfmp_gguf.llama.source import llama_source
 
     parser = argparse.ArgumentParser(description="Regenerate ggml_patch/register.patch from hand edits "
@@ -165,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = llama_source()
     paths = patched_paths(HUNKS_FILE.read_text()) + list(args.paths)
-    HUNKS_FILE.write_text(render_hunks(source.tree, patched_tree(source), paths))
+    HUNKS_FILE.write_text(render_hunks(source.tree, patched_tree(source.key), paths))
     print(f"wrote {HUNKS_FILE} ({len(set(paths))} files)", file=sys.stderr)
     return 0
 

@@ -6,7 +6,6 @@ not the pinned commit, since the patch is written against that exact tree.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sfmp_gguf.assets.cache import sha256_file
-from sfmp_gguf.paths import cache_dir
+from sfmp_gguf.paths import (COMPLETE_MARKER, LLAMA_CPP_DIR_ENV, PINNED_SDIST_SHA256, cache_dir, checkout_key, pinned_key,
+                             pinned_tree)
 
 SDIST_PACKAGE = "llama-cpp-python"
 SDIST_VERSION = "0.3.36"
 SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"
-SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+SDIST_SHA256 = PINNED_SDIST_SHA256  # in paths.py, whose cache keys it names
 SDIST_VENDOR_PREFIX = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
 PINNED_COMMIT = "0c1e570"
-CHECKOUT_ENV = "SFMP_LLAMA_CPP_DIR"
-COMPLETE_MARKER = ".sfmp-complete"
+CHECKOUT_ENV = LLAMA_CPP_DIR_ENV
 
 
 class SourceError(RuntimeError):
@@ -84,8 +83,8 @@ def pinned_source() -> LlamaSource:
     """The pristine pinned tree, downloaded and extracted on first use."""
     downloads = cache_dir() / "downloads"
     downloads.mkdir(exist_ok=True)
-    key = f"pinned-{SDIST_SHA256[:12]}"
-    tree = cache_dir() / key / "pristine"
+    key = pinned_key()
+    tree = pinned_tree()
     marker = tree / COMPLETE_MARKER
     if not (marker.is_file() and marker.read_text().strip() == SDIST_SHA256):
         tree.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +107,7 @@ def checkout_source(tree: Path) -> LlamaSource:
         found = commit[:7] if commit else "unknown (not a git checkout)"
         print(f"warning: {tree} is at commit {found}, not the pinned {PINNED_COMMIT}; "
               "the patch may not apply", file=sys.stderr)
-    key = "checkout-" + hashlib.sha256(str(tree).encode()).hexdigest()[:12]
-    return LlamaSource(tree=tree, key=key, pinned=False)
+    return LlamaSource(tree=tree, key=checkout_key(tree), pinned=False)
 
 
 def llama_source() -> LlamaSource:

@@ -28,15 +28,15 @@ static __device__ void sfmp_decode_sub_block(const uint8_t * block, const sfmp_c
                                              float * out) {
     int rank = 0;  // flagged sub-blocks before j: this one's slot in the extra bits
     for (int i = 0; i < j; ++i) {
-        rank += block[2 + i] >> 7;
+        rank += block[SFMP_AMPLITUDE_OFFSET + i] >> 7;
     }
-    const bool upgraded = (block[2 + j] >> 7) && rank < L.upgrades;
+    const bool upgraded = (block[SFMP_AMPLITUDE_OFFSET + j] >> 7) && rank < L.upgrades;
     const int bits = L.base_bits + (upgraded ? 1 : 0);
     const float d = __half2float(*(const half *) block);
     const bool nonlinear = L.grid == SFMP_GRID_NONLINEAR;
-    const float scale = (d * (float) (block[2 + j] & 127)) / (float) (nonlinear ? SFMP_NL_UNIT : 1 << bits);
-    const uint8_t * base = block + 2 + L.n_sub;
-    const uint8_t * extra = base + L.block_size * L.base_bits / 8 + 4 * rank;
+    const float scale = (d * (float) (block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX)) / (float) (nonlinear ? SFMP_NL_UNIT : 1 << bits);
+    const uint8_t * base = block + SFMP_CODE_OFFSET(L.block_size, L.n_sub, 0);
+    const uint8_t * extra = block + SFMP_EXTRA_OFFSET(L.block_size, L.n_sub, L.base_bits, rank);
     for (int t = 0; t < 32; ++t) {
         const int i = 32 * j + t;
         int q = 0;

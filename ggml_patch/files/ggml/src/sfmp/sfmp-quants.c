@@ -27,6 +27,16 @@ int32_t sfmp_format_version(void) {
     return SFMP_FORMAT_VERSION;
 }
 
+int sfmp_type_from_file(int file_type, int64_t format_version) {
+#define SFMP_LEGACY_IDS(version, first, count)                                    \
+    if (format_version == (version) && file_type >= (first) && file_type < (first) + (count)) { \
+        return file_type - (first) + SFMP_FIRST_TYPE_ID;                          \
+    }
+#include "ggml-sfmp-types.inc"
+#undef SFMP_LEGACY_IDS
+    return file_type;
+}
+
 bool sfmp_is_type(int type) {
     return type >= SFMP_FIRST_TYPE_ID && type < SFMP_TYPE_ID_END;
 }
@@ -134,13 +144,13 @@ static void unpack_pieces(const uint8_t * in, int n, int bits, int first, int co
 // Sub-block j's codes and precision, as sfmp_gguf/quant/reference.py decodes them.
 static int sub_block_codes(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j,
                            int q[SFMP_SUB_BLOCK]) {
-    unpack_pieces(block + 2 + L->n_sub, L->block_size, L->base_bits, SFMP_SUB_BLOCK * j, SFMP_SUB_BLOCK, q);
+    unpack_pieces(block + SFMP_CODE_OFFSET(L->block_size, L->n_sub, 0), L->block_size, L->base_bits, SFMP_SUB_BLOCK * j, SFMP_SUB_BLOCK, q);
     if (!(upgraded >> j & 1)) {
         return L->base_bits;
     }
     int e[SFMP_SUB_BLOCK];
     const int rank = sfmp_popcount(upgraded & ((1u << j) - 1));
-    unpack_pieces(block + L->extra_offset + 4 * rank, SFMP_SUB_BLOCK, 1, 0, SFMP_SUB_BLOCK, e);
+    unpack_pieces(block + SFMP_EXTRA_OFFSET(L->block_size, L->n_sub, L->base_bits, rank), SFMP_SUB_BLOCK, 1, 0, SFMP_SUB_BLOCK, e);
     for (int i = 0; i < SFMP_SUB_BLOCK; ++i) {
         q[i] = 2 * q[i] + e[i];
     }
@@ -467,11 +477,11 @@ static void quantize_block(const sfmp_layout * L, const grid_levels levels[2], c
             }
         }
         n_extra += up;
-        out[2 + j] = (uint8_t) ((up ? SFMP_UPGRADE_FLAG : 0) | (int) m);
+        out[SFMP_AMPLITUDE_OFFSET + j] = (uint8_t) ((up ? SFMP_UPGRADE_FLAG : 0) | (int) m);
     }
-    pack_pieces(base, n, B, out + 2 + L->n_sub);
+    pack_pieces(base, n, B, out + SFMP_CODE_OFFSET(n, L->n_sub, 0));
     for (int u = 0; u < n_extra; ++u) {
-        pack_pieces(extra + SFMP_SUB_BLOCK * u, SFMP_SUB_BLOCK, 1, out + L->extra_offset + 4 * u);
+        pack_pieces(extra + SFMP_SUB_BLOCK * u, SFMP_SUB_BLOCK, 1, out + SFMP_EXTRA_OFFSET(n, L->n_sub, B, u));
     }
 }
 
@@ -509,7 +519,7 @@ void sfmp_dequantize_row(int type, const void * src, float * dst, int64_t k) {
             int q[SFMP_SUB_BLOCK];
             const int bits = sub_block_codes(L, block, upgraded, j, q);
             const int unit = L->grid == SFMP_GRID_NONLINEAR ? SFMP_NL_UNIT : 1 << bits;
-            const float scale = (d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX)) / (float) unit;
+            const float scale = (d * (float) (block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX)) / (float) unit;
             float * y = dst + SFMP_SUB_BLOCK * j;
             for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
                 y[t] = scale * (float) sfmp_level(L, bits, q[t]);
@@ -530,7 +540,7 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes) {
         }
         int flagged = 0;
         for (int j = 0; j < L->n_sub; ++j) {
-            flagged += (block[2 + j] & SFMP_UPGRADE_FLAG) != 0;
+            flagged += (block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_UPGRADE_FLAG) != 0;
         }
         if (flagged != L->upgrades) {
             return false;  // the upgrade count is part of the type
@@ -555,7 +565,7 @@ static int64_t sub_block_dot(const sfmp_layout * L, const uint8_t * block, uint3
     for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
         acc += (int64_t) sfmp_level(L, bits, q[t]) * y[t];
     }
-    const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+    const int64_t m = block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX;
     return m * acc * (L->grid == SFMP_GRID_UNIFORM && bits == L->base_bits ? 2 : 1);
 }
 

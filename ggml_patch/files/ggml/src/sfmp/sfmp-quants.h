@@ -14,12 +14,6 @@
 extern "C" {
 #endif
 
-#define SFMP_SUB_BLOCK 32
-#define SFMP_MIN_BITS 2
-#define SFMP_MAX_BITS 8
-#define SFMP_AMPLITUDE_MAX 127
-#define SFMP_UPGRADE_FLAG 0x80
-#define SFMP_NL_MAX_BITS 4
 #define SFMP_NL_BIAS SFMP_NL_UNIT  // nonlinear level + bias lies in 1..127: a byte maddubs cannot saturate
 
 // Geometry of one family member (see sfmp_gguf/format.py). budget = n_sub * base_bits + upgrades.
@@ -28,7 +22,6 @@ typedef struct {
     int32_t n_sub;         // 32-weight sub-blocks per block
     int32_t base_bits;     // B: every sub-block's precision
     int32_t upgrades;      // U: sub-blocks per block at B + 1 bits
-    int32_t extra_offset;  // byte offset of the upgrades' extra bits
     int32_t type_size;     // bytes per block
     int32_t grid;          // SFMP_GRID_UNIFORM or SFMP_GRID_NONLINEAR
     int32_t unit_shift;    // a block's integer dot product is in units of d_w * d_y / 2^unit_shift
@@ -39,8 +32,8 @@ typedef struct {
 #define SFMP_RESIDUAL_STEPS 256  // a two-level activation's residual step: its value step / 256
 
 #define SFMP_LAYOUT(bs, nsub, budget, tsize, grid)                                                      \
-    {(bs), (nsub), (budget) / (nsub), (budget) % (nsub), 2 + (nsub) + (bs) * ((budget) / (nsub)) / 8, (tsize), \
-     (grid), (grid) == SFMP_GRID_NONLINEAR ? 6 : (budget) / (nsub) + 1, SFMP_FINE_ACTIVATIONS(nsub, budget)}
+    {(bs), (nsub), (budget) / (nsub), (budget) % (nsub), (tsize), (grid),                            \
+     (grid) == SFMP_GRID_NONLINEAR ? 6 : (budget) / (nsub) + 1, SFMP_FINE_ACTIVATIONS(nsub, budget)}
 
 // Nonlinear levels by precision (2..4), in 1/64ths of the amplitude; biased and spread as the
 // SFMP_NL_BIASED_* and SFMP_NL_SPREAD_* lists in ggml-sfmp-types.inc.
@@ -84,6 +77,16 @@ SFMP_STATIC_ASSERT(sizeof(sfmp_block_q8_K) == 292 && sizeof(sfmp_block_q8_0) == 
 #include "ggml-sfmp-types.inc"
 #undef SFMP_ACTIVATION
 
+// The layout macros give format.py's offsets for every piece and type size.
+#define SFMP_PIECE(uname, bs, nsub, bits_before, offset)                                                 \
+    SFMP_STATIC_ASSERT(SFMP_CODE_OFFSET(bs, nsub, bits_before) == (offset), "SFMP_CODE_OFFSET differs from format.py");
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                          \
+    SFMP_STATIC_ASSERT(SFMP_EXTRA_OFFSET(bs, nsub, (budget) / (nsub), (budget) % (nsub)) == (tsize),         \
+                       "SFMP_EXTRA_OFFSET differs from format.py");
+#include "ggml-sfmp-types.inc"
+#undef SFMP_TYPE
+#undef SFMP_PIECE
+
 static inline int sfmp_popcount(uint32_t v) {
     int n = 0;
     for (; v; v &= v - 1) {
@@ -98,7 +101,7 @@ static inline uint32_t sfmp_upgrade_mask(const sfmp_layout * L, const uint8_t * 
     uint32_t mask = 0;
     int left = L->upgrades;
     for (int j = 0; j < L->n_sub && left > 0; ++j) {
-        if (block[2 + j] & SFMP_UPGRADE_FLAG) {
+        if (block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_UPGRADE_FLAG) {
             mask |= 1u << j;
             --left;
         }
@@ -125,7 +128,7 @@ float sfmp_fp16_to_fp32(uint16_t h);
 
 // The block's fp16 super-scale, read byte-wise (blocks are only 2-byte aligned).
 static inline uint16_t sfmp_block_d_bits(const uint8_t * block) {
-    return (uint16_t) (block[0] | (block[1] << 8));
+    return (uint16_t) (block[SFMP_SCALE_OFFSET] | (block[SFMP_SCALE_OFFSET + 1] << 8));
 }
 
 static inline float sfmp_block_d(const uint8_t * block) {
@@ -133,6 +136,9 @@ static inline float sfmp_block_d(const uint8_t * block) {
 }
 
 bool sfmp_is_type(int type);
+// The ggml type a tensor's type id names in a file of SFMP format `format_version` (0: no SFMP key):
+// older versions numbered the family from another id (SFMP_LEGACY_IDS); other ids pass through.
+int sfmp_type_from_file(int file_type, int64_t format_version);
 const sfmp_layout * sfmp_get_layout(int type);  // NULL if not an SFMP type
 
 // Whole rows: nrows x n_per_row floats, n_per_row a multiple of the block size. quant_weights is

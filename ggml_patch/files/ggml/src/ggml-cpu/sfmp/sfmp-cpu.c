@@ -2,9 +2,10 @@
 // fine activations): AVX2, NEON, or the scalar reference.
 //
 // Every path computes the same exact integers per sub-block (see sub_block_dot in sfmp-quants.c), with
-// two-level activations 256 * T(hi) + T(lo). _k types then take the same float operations in the same
-// order on every path, so their results are bit-identical; the AVX2 _s kernels sum in float lanes
-// (block_s_avx2).
+// two-level activations 256 * T(hi) + T(lo). _k types (every path) and NEON _s types then take the
+// same float operations in the same order as the reference, so their results are bit-identical. The
+// AVX2 _s kernels sum blocks in float lanes (block_s_avx2): within 64 * 2^-24 * sum |w * y| of the
+// reference (tests/test_kernels.py, tests/native/fuzz_kernels.c).
 // Each type gets its own copy of the kernel with B (base bits), U (upgrades) and NL (nonlinear grid)
 // as constants: the loops over pieces and sub-blocks unroll, and no branch depends on the data.
 #include "sfmp-cpu.h"
@@ -47,6 +48,11 @@ SFMP_INLINE uint32_t first_flags(uint32_t flags, int U) {
         flags ^= low;
     }
     return mask;
+}
+
+// A 64-weight block's two upgrade flags, as bits 0 and 1.
+SFMP_INLINE uint32_t flags_s(const uint8_t * block) {
+    return (uint32_t) (block[SFMP_AMPLITUDE_OFFSET] >> 7 | (block[SFMP_AMPLITUDE_OFFSET + 1] >> 7) << 1);
 }
 
 // The rank among upgraded sub-blocks that locates sub-block j's extra bits; a plain sub-block gets
@@ -115,12 +121,12 @@ SFMP_INLINE __m256i base_code(const uint8_t * base, int block_size, int B, int j
 // Nonlinear grid: sub-block j's levels plus SFMP_NL_BIAS (1..127), by one 16-entry shuffle. An
 // upgraded sub-block's code 2q + e indexes the (B + 1)-bit table, a plain one's 2q the spread B-bit one.
 SFMP_INLINE __m256i nl_levels_avx2(const uint8_t * block, int n, int B, int U, int j, uint32_t mask) {
-    const uint8_t * base = block + 2 + n / 32;
+    const uint8_t * base = block + SFMP_CODE_OFFSET(n, n / SFMP_SUB_BLOCK, 0);
     __m256i code = base_code(base, n, B, j);
     const uint8_t * table = sfmp_nl_biased[B];
     if (U) {
         const int up = (int) (mask >> j & 1);
-        const __m256i e = extra_bits(base + n * B / 8 + 4 * extra_slot(mask, U, j));
+        const __m256i e = extra_bits(block + SFMP_EXTRA_OFFSET(n, n / SFMP_SUB_BLOCK, B, extra_slot(mask, U, j)));
         code = _mm256_or_si256(_mm256_add_epi8(code, code), _mm256_and_si256(e, _mm256_set1_epi8((char) -up)));
         table = up ? sfmp_nl_biased[B + 1] : sfmp_nl_spread[B];
     }
@@ -166,16 +172,16 @@ SFMP_INLINE int lowest_bit(uint32_t v) {
 // One weight block against `ncols` activation blocks: the decoded codes serve every column.
 SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U, const int NL,
                               const sfmp_block_q8_K * const * ys, const int ncols, int64_t * total) {
-    const __m128i sc = _mm_loadl_epi64((const __m128i *) (block + 2));
+    const __m128i sc = _mm_loadl_epi64((const __m128i *) (block + SFMP_AMPLITUDE_OFFSET));
     const __m128i m16 = _mm_cvtepu8_epi16(_mm_and_si128(sc, _mm_set1_epi8(0x7f)));
     const __m256i mm = _mm256_broadcastsi128_si256(m16);
-    const uint8_t * base = block + 10;
+    const uint8_t * base = block + SFMP_CODE_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, 0);
     const uint32_t mask = first_flags((uint32_t) _mm_movemask_epi8(sc) & 0xffu, U);
     __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int j = 0; j < 8; ++j) {
         const __m256i mj = _mm256_shuffle_epi8(mm, _mm256_set1_epi16((short) ((2 * j + 1) << 8 | 2 * j)));
         if (B == 8) {  // 8-bit codes would saturate maddubs: take the nibbles apart
-            const __m256i hi = piece_k(base, 4, j), lo = piece_k(base + 128, 4, j);
+            const __m256i hi = piece_k(base, 4, j), lo = piece_k(block + SFMP_CODE_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, 4), 4, j);
             for (int c = 0; c < ncols; ++c) {
                 const __m256i yj = _mm256_loadu_si256((const __m256i *) (ys[c]->qs + 32 * j));
                 const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, yj), mj);
@@ -203,8 +209,8 @@ SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U, c
         uint32_t left = mask;
         for (int u = 0; u < U && left; ++u, left &= left - 1) {
             const int j = lowest_bit(left);
-            const int m = block[2 + j] & SFMP_AMPLITUDE_MAX;
-            const __m256i e = extra_bits(block + 10 + 32 * B + 4 * u);
+            const int m = block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX;
+            const __m256i e = extra_bits(block + SFMP_EXTRA_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, B, u));
             for (int c = 0; c < ncols; ++c) {
                 const __m256i yj = _mm256_loadu_si256((const __m256i *) (ys[c]->qs + 32 * j));
                 acc_e[c] = _mm256_add_epi32(acc_e[c], _mm256_madd_epi16(_mm256_maddubs_epi16(e, yj), _mm256_set1_epi16((short) m)));
@@ -222,7 +228,7 @@ SFMP_INLINE void block_k_avx2(const uint8_t * block, const int B, const int U, c
 // meets hi and lo as two columns, whose integers combine before the one float step.
 SFMP_INLINE void tile_k_avx2(const int B, const int U, const int NL, const int FINE, const int nr, int n, float * s,
                              size_t bs, const void * vx, size_t bx, const void * vy, size_t by) {
-    const int type_size = 10 + 32 * B + 4 * U;
+    const int type_size = SFMP_EXTRA_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, B, U);
     const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
     const size_t y_stride = FINE ? sizeof(sfmp_block_q8_K_x2) : sizeof(sfmp_block_q8_K);
     const size_t y_column = FINE ? sizeof(sfmp_block_q8_K) : by;
@@ -275,26 +281,26 @@ SFMP_INLINE float hsum_f32(__m256 v) {
 SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, const int NL, const int FINE,
                               const uint8_t * const * ys, size_t y_stride, const int ncols, __m256 * acc) {
     const __m256i one = _mm256_set1_epi8(1);
-    const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
-    const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + 4 + 8 * B), 1), one)
+    const uint32_t mask = first_flags(flags_s(block), U);
+    const __m256i pm = U ? _mm256_sub_epi8(_mm256_slli_epi16(extra_bits(block + SFMP_EXTRA_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, B, 0)), 1), one)
                          : _mm256_setzero_si256();  // 2e - 1
     const float d = half_to_float(block) * (1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) /
                                             (float) (FINE ? SFMP_RESIDUAL_STEPS : 1));
     for (int j = 0; j < 2; ++j) {
         const __m256i up = _mm256_set1_epi8((char) -(int) (mask >> j & 1));
-        const float dm = d * (float) (block[2 + j] & SFMP_AMPLITUDE_MAX);
+        const float dm = d * (float) (block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX);
         __m256i code, hi, lo;
         if (NL) {
             code = _mm256_sub_epi8(nl_levels_avx2(block, 64, B, U, j, mask), _mm256_set1_epi8(SFMP_NL_BIAS));
         } else if (B == 8) {  // 2 sum(y o) = 4 sum(y q) - 510 sum(y), q = 16 hi + lo taken apart for maddubs
-            hi = piece_s(block + 4, 4, j);
-            lo = piece_s(block + 36, 4, j);
+            hi = piece_s(block + SFMP_CODE_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, 0), 4, j);
+            lo = piece_s(block + SFMP_CODE_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, 4), 4, j);
         } else if (B == 7) {  // 2o + (2e - 1) would not fit a byte: o and 2e - 1 go apart
-            const __m256i q = base_code(block + 4, 64, B, j);
+            const __m256i q = base_code(block + SFMP_CODE_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, 0), SFMP_S_BLOCK, B, j);
             code = _mm256_add_epi8(_mm256_add_epi8(q, q), _mm256_set1_epi8((char) (1 - (1 << B))));
             lo = _mm256_and_si256(pm, up);
         } else {  // 2o + (2e - 1) = 4q + 2 - 2^(B+1) + (2e - 1)
-            const __m256i q = base_code(block + 4, 64, B, j);
+            const __m256i q = base_code(block + SFMP_CODE_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, 0), SFMP_S_BLOCK, B, j);
             code = _mm256_add_epi8(_mm256_add_epi8(_mm256_slli_epi16(q, 2), _mm256_set1_epi8((char) (2 - (2 << B)))),
                                    _mm256_and_si256(pm, up));
         }
@@ -331,7 +337,7 @@ SFMP_INLINE void block_s_avx2(const uint8_t * block, const int B, const int U, c
 // activations (FINE, nr 1) hi and lo are block_s_avx2's two columns.
 SFMP_INLINE void tile_s_avx2(const int B, const int U, const int NL, const int FINE, const int nr, int n, float * s,
                              size_t bs, const void * vx, size_t bx, const void * vy, size_t by) {
-    const int type_size = 4 + 8 * B + 4 * U;
+    const int type_size = SFMP_EXTRA_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, B, U);
     const size_t y_stride = FINE ? sizeof(sfmp_block_q8_0_x2) : sizeof(sfmp_block_q8_0);
     __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
     for (int i = 0; i < n / 64; ++i) {
@@ -442,13 +448,13 @@ SFMP_INLINE v32_neon add2_neon(v32_neon a, v32_neon b) {
 }
 
 // Nonlinear grid: sum(y L) over sub-block j by one 16-entry table lookup (see nl_levels_avx2).
-SFMP_INLINE int32_t nl_dot_neon(const uint8_t * base, int n, int B, int U, int j, uint32_t mask, const int8_t * y) {
-    const v32_neon q = base_code_neon(base, n, B, j);
+SFMP_INLINE int32_t nl_dot_neon(const uint8_t * block, int n, int B, int U, int j, uint32_t mask, const int8_t * y) {
+    const v32_neon q = base_code_neon(block + SFMP_CODE_OFFSET(n, n / SFMP_SUB_BLOCK, 0), n, B, j);
     uint8x16_t lo = vreinterpretq_u8_s8(q.lo), hi = vreinterpretq_u8_s8(q.hi);
     const uint8_t * table = sfmp_nl_biased[B];
     if (U) {
         const int up = (int) (mask >> j & 1);
-        const v32_neon e = extra_bits_neon(base + n * B / 8 + 4 * extra_slot(mask, U, j));
+        const v32_neon e = extra_bits_neon(block + SFMP_EXTRA_OFFSET(n, n / SFMP_SUB_BLOCK, B, extra_slot(mask, U, j)));
         const uint8x16_t keep = vdupq_n_u8((uint8_t) -up);
         lo = vorrq_u8(vaddq_u8(lo, lo), vandq_u8(vreinterpretq_u8_s8(e.lo), keep));
         hi = vorrq_u8(vaddq_u8(hi, hi), vandq_u8(vreinterpretq_u8_s8(e.hi), keep));
@@ -465,13 +471,13 @@ SFMP_INLINE int32_t nl_dot_neon(const uint8_t * base, int n, int B, int U, int j
 // integer of sub_block_dot in sfmp-quants.c, without m. Nonlinear grid: sum(y L).
 SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int U, int NL, int j, uint32_t mask,
                                        const int8_t * y) {
-    const int n_sub = n / 32;
-    const uint8_t * base = block + 2 + n_sub;
+    const int n_sub = n / SFMP_SUB_BLOCK;
+    const uint8_t * base = block + SFMP_CODE_OFFSET(n, n_sub, 0);
     if (NL) {
-        return nl_dot_neon(base, n, B, U, j, mask, y);
+        return nl_dot_neon(block, n, B, U, j, mask, y);
     }
     if (B == 8) {  // o = 2 (q - 128) + 1
-        const v32_neon hi = piece_neon(base, n, 4, j), lo = piece_neon(base + n / 2, n, 4, j);
+        const v32_neon hi = piece_neon(base, n, 4, j), lo = piece_neon(block + SFMP_CODE_OFFSET(n, n_sub, 4), n, 4, j);
         const int8x16_t flip = vdupq_n_s8(-128);
         v32_neon sq = {veorq_s8(vorrq_s8(vshlq_n_s8(hi.lo, 4), lo.lo), flip),
                        veorq_s8(vorrq_s8(vshlq_n_s8(hi.hi, 4), lo.hi), flip)};
@@ -485,7 +491,7 @@ SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int 
         return B == 7 ? 2 * dot_neon(o, y) : dot_neon(add2_neon(o, o), y);
     }
     const int rank = sfmp_popcount(mask & ((1u << j) - 1));
-    const v32_neon e = extra_bits_neon(block + 2 + n_sub + n * B / 8 + 4 * rank);
+    const v32_neon e = extra_bits_neon(block + SFMP_EXTRA_OFFSET(n, n_sub, B, rank));
     const v32_neon pm = {vsubq_s8(vaddq_s8(e.lo, e.lo), vdupq_n_s8(1)), vsubq_s8(vaddq_s8(e.hi, e.hi), vdupq_n_s8(1))};
     if (B == 7) {  // 2o + (2e - 1) would not fit a byte
         return 2 * dot_neon(o, y) + dot_neon(pm, y);
@@ -498,19 +504,19 @@ SFMP_INLINE float row_k_neon(const int B, const int U, const int NL, const int F
                              const uint8_t * vy) {
     const size_t y_stride = FINE ? sizeof(sfmp_block_q8_K_x2) : sizeof(sfmp_block_q8_K);
     const uint8_t * block = (const uint8_t *) vx;
-    const int type_size = 10 + 32 * B + 4 * U;
+    const int type_size = SFMP_EXTRA_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, B, U);
     const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
     float sumf = 0.0f;
     for (int i = 0; i < n / 256; ++i, block += type_size) {
         uint32_t flags = 0;
         for (int j = 0; j < 8; ++j) {
-            flags |= (uint32_t) (block[2 + j] >> 7) << j;
+            flags |= (uint32_t) (block[SFMP_AMPLITUDE_OFFSET + j] >> 7) << j;
         }
         const uint32_t mask = first_flags(flags, U);
         const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) (vy + (size_t) i * y_stride);
         int64_t total = 0, lo = 0;
         for (int j = 0; j < 8; ++j) {
-            const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+            const int64_t m = block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX;
             total += m * sub_block_dot_neon(block, 256, B, U, NL, j, mask, y->qs + 32 * j);
             if (FINE) {
                 lo += m * sub_block_dot_neon(block, 256, B, U, NL, j, mask, y[1].qs + 32 * j);
@@ -527,17 +533,17 @@ SFMP_INLINE float row_s_neon(const int B, const int U, const int NL, const int F
                              const uint8_t * vy) {
     const size_t y_stride = FINE ? sizeof(sfmp_block_q8_0_x2) : sizeof(sfmp_block_q8_0);
     const uint8_t * block = (const uint8_t *) vx;
-    const int type_size = 4 + 8 * B + 4 * U;
+    const int type_size = SFMP_EXTRA_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, B, U);
     const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
     float sumf = 0.0f;
     for (int i = 0; i < n / 64; ++i, block += type_size) {
         const sfmp_block_q8_0 * yb[2] = {(const sfmp_block_q8_0 *) (vy + (size_t) (2 * i) * y_stride),
                                          (const sfmp_block_q8_0 *) (vy + (size_t) (2 * i + 1) * y_stride)};
-        const uint32_t mask = first_flags((uint32_t) (block[2] >> 7 | (block[3] >> 7) << 1), U);
+        const uint32_t mask = first_flags(flags_s(block), U);
         const float d = sfmp_block_d(block);
         int64_t a[2];
         for (int j = 0; j < 2; ++j) {
-            const int64_t m = block[2 + j] & SFMP_AMPLITUDE_MAX;
+            const int64_t m = block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX;
             a[j] = m * sub_block_dot_neon(block, 64, B, U, NL, j, mask, yb[j]->qs);
             if (FINE) {
                 a[j] = SFMP_RESIDUAL_STEPS * a[j] + m * sub_block_dot_neon(block, 64, B, U, NL, j, mask, yb[j][1].qs);

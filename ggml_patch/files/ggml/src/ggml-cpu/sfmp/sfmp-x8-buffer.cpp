@@ -8,16 +8,28 @@
 #include "sfmp-x8.h"
 
 #include "../../sfmp/sfmp-quants.h"
+#define GGML_COMMON_DECL_CPP
+#include "../../ggml-common.h"
 #include "../../ggml-impl.h"
 #include "../traits.h"
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <numeric>
 #include <thread>
 #include <utility>
 #include <vector>
+
+// sfmp-quants.h mirrors ggml's activation blocks, as the standalone kernel library has no ggml headers.
+static_assert(sizeof(sfmp_block_q8_K) == sizeof(block_q8_K) && offsetof(sfmp_block_q8_K, d) == offsetof(block_q8_K, d) &&
+                  offsetof(sfmp_block_q8_K, qs) == offsetof(block_q8_K, qs) &&
+                  offsetof(sfmp_block_q8_K, bsums) == offsetof(block_q8_K, bsums),
+              "sfmp_block_q8_K differs from ggml's block_q8_K");
+static_assert(sizeof(sfmp_block_q8_0) == sizeof(block_q8_0) && offsetof(sfmp_block_q8_0, d) == offsetof(block_q8_0, d) &&
+                  offsetof(sfmp_block_q8_0, qs) == offsetof(block_q8_0, qs),
+              "sfmp_block_q8_0 differs from ggml's block_q8_0");
 
 namespace {
 

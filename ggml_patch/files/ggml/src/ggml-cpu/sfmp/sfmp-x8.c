@@ -105,7 +105,7 @@ SFMP_X8_INLINE uint64_t load64(const uint8_t * p) {
 // word c (little-endian). Eight weights of a piece always share one byte shift, so each word is one
 // load, shift and mask; bytes never carry into each other because every code fits a byte.
 static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j, uint64_t code[4]) {
-    const uint8_t * piece = block + 2 + L->n_sub;
+    const uint8_t * piece = block + SFMP_CODE_OFFSET(L->block_size, L->n_sub, 0);
     memset(code, 0, 4 * sizeof(uint64_t));
     for (int w = 4; w >= 1; w /= 2) {
         const int span = L->block_size * w / 8;  // weight i of a piece: byte i % span, bit w * (i / span)
@@ -119,7 +119,8 @@ static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t up
     if (L->upgrades) {  // weight i's extra bit: byte i % 4, bit i / 4; plain sub-blocks get a 0 bit
         uint32_t e = 0;
         if (upgraded >> j & 1) {
-            memcpy(&e, block + L->extra_offset + 4 * sfmp_popcount(upgraded & ((1u << j) - 1)), sizeof(e));
+            const int rank = sfmp_popcount(upgraded & ((1u << j) - 1));
+            memcpy(&e, block + SFMP_EXTRA_OFFSET(L->block_size, L->n_sub, L->base_bits, rank), sizeof(e));
         }
         for (int c = 0; c < 4; ++c) {
             const uint64_t lo = (e >> (2 * c)) & 0x01010101u, hi = (e >> (2 * c + 1)) & 0x01010101u;
@@ -139,10 +140,10 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
         for (int r = 0; r < SFMP_X8_ROWS; ++r) {
             const uint8_t * block = (const uint8_t *) src + r * row_stride + i * L->type_size;
             const uint32_t upgraded = sfmp_upgrade_mask(L, block);
-            memcpy(out + 2 * r, block, 2);
+            memcpy(out + 2 * r, block + SFMP_SCALE_OFFSET, 2);
             for (int j = 0; j < L->n_sub; ++j) {
                 out[amplitudes_at(j) + r] =
-                    (uint8_t) ((block[2 + j] & SFMP_AMPLITUDE_MAX) | ((upgraded >> j & 1) ? SFMP_UPGRADE_FLAG : 0));
+                    (uint8_t) ((block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX) | ((upgraded >> j & 1) ? SFMP_UPGRADE_FLAG : 0));
                 uint64_t code[4];
                 code_words(L, block, upgraded, j, code);
                 uint8_t * piece = out + codes_at(L->n_sub, W, j);
