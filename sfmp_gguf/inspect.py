@@ -3,7 +3,7 @@
     python -m sfmp_gguf.inspect FILE [--json]
     python -m sfmp_gguf.inspect FILE --compare OTHER   # same tensors, types and data bytes?
 
-The header is read here, not by gguf-py's GGUFReader, so files that stock readers reject still
+The header is read by ``gguf_header``, not by gguf-py's GGUFReader, so files that stock readers reject still
 open: SFMP type ids gguf-py does not know, and files of older format versions, whose ids
 ``format.type_for_file_id`` maps to the current types. Only the header and, of SFMP tensors, the
 scale bytes are read. A sub-block is upgraded when its scale byte has ``UPGRADE_FLAG`` set (the
@@ -17,27 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from sfmp_gguf import gguf_package
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.format import FIRST_TYPE_ID, FORMAT_VERSION, GGUF_VERSION_KEY, UPGRADE_FLAG, SfmpType, type_for_file_id
+from sfmp_gguf.gguf_header import read_header
 
 EXIT_BAD_INPUT = 2
-GGUF_MAGIC = b"GGUF"
-DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 4  # GGML_MAX_DIMS
 _CHUNK_BLOCKS = 1 << 20  # blocks of scale bytes read at a time
-
-# GGUF metadata value types: id -> struct format of a fixed-size value (STRING = 8, ARRAY = 9)
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
@@ -100,55 +93,6 @@ class FileInfo:
                 "upgraded_share": self.upgraded_share, "tensors": [asdict(t) for t in self.tensors]}
 
 
-class _Header:
-    """Bounds-checked little-endian reads from the start of a file."""
-
-    def __init__(self, path: Path, f: BinaryIO, size: int) -> None:
-        self.path, self.f, self.size = path, f, size
-
-    def _check(self, n: int, what: str) -> None:
-        pos = self.f.tell()
-        if n < 0 or pos + n > self.size:
-            raise InputError(f"{self.path}: truncated: {what} at byte {pos} runs past the end of the file "
-                             f"({self.size} bytes)")
-
-    def take(self, n: int, what: str) -> bytes:
-        self._check(n, what)
-        return self.f.read(n)
-
-    def skip(self, n: int, what: str) -> None:
-        self._check(n, what)
-        self.f.seek(n, 1)
-
-    def unpack(self, fmt: str, what: str) -> Any:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
-
-    def string(self, what: str) -> str:
-        raw = self.take(self.unpack("<Q", f"{what}'s length"), what)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{self.path}: {what} is not UTF-8 (a damaged file?)") from None
-
-    def value(self, kind: int, what: str) -> Any:
-        if kind in _SCALARS:
-            return self.unpack(_SCALARS[kind], what)
-        if kind == _STRING:
-            return self.string(what)
-        if kind == _ARRAY:
-            item = self.unpack("<I", f"{what}'s item type")
-            count = self.unpack("<Q", f"{what}'s length")
-            if item in _SCALARS:  # skipped: no array is needed here
-                self.skip(count * struct.calcsize(_SCALARS[item]), what)
-            elif item in (_STRING, _ARRAY):
-                for _ in range(count):
-                    self.value(item, f"an item of {what}")
-            else:
-                raise InputError(f"{self.path}: {what} is an array of unknown value type {item} (a damaged file?)")
-            return None
-        raise InputError(f"{self.path}: {what} has unknown value type {kind} (a damaged file?)")
-
-
 def _type_of(type_id: int, format_version: int | None) -> tuple[str, SfmpType | None, tuple[int, int] | None]:
     """(name, the SFMP type or None, (block size, bytes per block) or None when unknown)."""
     sfmp = type_for_file_id(type_id, FORMAT_VERSION if format_version is None else format_version)
@@ -180,49 +124,12 @@ def _upgraded(path: Path, offset: int, n_blocks: int, t: SfmpType) -> int:
 def inspect_file(path: Path) -> FileInfo:
     """The file's summary; InputError, one line naming the file, on anything unreadable."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a GGUF file")
-    try:
-        f = open(path, "rb")
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
-    with f:
-        size = path.stat().st_size
-        h = _Header(path, f, size)
-        magic = f.read(4)
-        if magic != GGUF_MAGIC:
-            raise InputError(f"{path}: not a GGUF file (it starts with {magic!r}, not {GGUF_MAGIC!r})")
-        version = h.unpack("<I", "the GGUF version")
-        if version not in (2, 3):
-            raise InputError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
-        n_tensors = h.unpack("<Q", "the tensor count")
-        n_kv = h.unpack("<Q", "the metadata count")
-        if n_tensors > size or n_kv > size:  # every entry takes bytes
-            raise InputError(f"{path}: truncated or damaged: the header claims {n_tensors} tensors and {n_kv} "
-                             f"metadata entries in {size} bytes")
-        metadata: dict[str, Any] = {}
-        for i in range(n_kv):
-            key = h.string(f"metadata key {i + 1}")
-            metadata[key] = h.value(h.unpack("<I", f"{key}'s type"), key)
-        raw_tensors = []
-        for i in range(n_tensors):
-            name = h.string(f"tensor {i + 1}'s name")
-            n_dims = h.unpack("<I", f"{name}'s dimension count")
-            if not 1 <= n_dims <= MAX_DIMS:
-                raise InputError(f"{path}: tensor {name} has {n_dims} dimensions (a damaged file?)")
-            shape = tuple(h.unpack("<Q", f"{name}'s shape") for _ in range(n_dims))
-            raw_tensors.append((name, shape, h.unpack("<I", f"{name}'s type"), h.unpack("<Q", f"{name}'s offset")))
-        header_end = f.tell()
-    format_version = metadata.get(GGUF_VERSION_KEY)
+    header = read_header(path, arrays=False)
+    size, data_start = header.size, header.data_start
+    format_version = header.get(GGUF_VERSION_KEY)
     format_version = format_version if isinstance(format_version, int) else None
-    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0:
-        raise InputError(f"{path}: general.alignment is {alignment!r} (a damaged file?)")
-    data_start = -(-header_end // alignment) * alignment
     tensors = []
-    for name, shape, type_id, offset in raw_tensors:
+    for name, shape, type_id, offset in ((t.name, t.shape, t.type_id, t.offset) for t in header.tensors):
         type_name, sfmp, sizes = _type_of(type_id, format_version)
         n_elements = int(np.prod(shape, dtype=object))
         n_bytes = bpw = share = upgraded = sub_blocks = None
@@ -244,8 +151,8 @@ def inspect_file(path: Path) -> FileInfo:
                 share = upgraded / sub_blocks if sub_blocks else 0.0
         tensors.append(TensorInfo(name, type_name, type_id, shape, n_elements, n_bytes, bpw, share, upgraded,
                                   sub_blocks, data_start + offset))
-    architecture = metadata.get("general.architecture")
-    return FileInfo(str(path), version, format_version, architecture if isinstance(architecture, str) else None,
+    architecture = header.get("general.architecture")
+    return FileInfo(str(path), header.version, format_version, architecture if isinstance(architecture, str) else None,
                     size, tuple(tensors))
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from sfmp_gguf import allocation, analysis, native_analysis, permutation, units
+from sfmp_gguf import allocation, analysis, derive, native_analysis, permutation, units
 from sfmp_gguf.allocation import Allocation
 from sfmp_gguf.errors import InputError
 from sfmp_gguf.gguf_io import OutputTensor, write_gguf
@@ -310,6 +310,7 @@ def write(prepared: Prepared, plan: Allocation, out: Path, threads: int) -> None
     dominant = max(weights_of, key=lambda t: (weights_of[t], -t.type_id))
     metadata["general.file_type"] = gguf.GGUFValue(dominant.type_id, gguf.GGUFValueType.UINT32)
     metadata[permutation.METADATA_KEY] = gguf.GGUFValue(prepared.permutation.metadata(), gguf.GGUFValueType.STRING)
+    metadata.update(derive.profile_metadata(prepared.profiles, plan.types, prepared.sensitivity, columns))
     outputs = [OutputTensor(t.name, t.shape, plan.types.get(t.name)) for t in source.tensors]
     loaded = prefetched(outputs, lambda o: by_name[o.name].load())
     with ThreadPoolExecutor(max_workers=threads) as pool, closing(loaded):

@@ -114,7 +114,7 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("quality.md", "quality.png", "quality-permutation.png", "speed.md", "kernels.md", "conversion.md", "conversion.png", "moe.md",
-                 "moe-quality.png", "moe-speed.png"):
+                 "moe-quality.png", "moe-speed.png", "derive.md", "derive.png", "rpc.md", "rpc.png"):
         assert (out / name).is_file(), name
     moe_rows = _table_rows((out / "moe.md").read_text().split("## Each SFMP file")[0])
     assert {row[0] for row in moe_rows[1:]} == {"llama.cpp + imatrix", "SFMP fisher"}
@@ -147,15 +147,40 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     assert temporary > 0  # the benchmark counts the model copy llama-imatrix reads
 
 
+def _smoke(name: str, tmp_path) -> tuple:
+    """``python -m sfmp_gguf.bench.NAME --smoke`` into a fresh folder: the folder and its NAME.json."""
+    out = tmp_path / name
+    result = subprocess.run([sys.executable, "-m", f"sfmp_gguf.bench.{name}", "--smoke", "--out", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, json.loads((out / f"{name}.json").read_text())
+
+
 @pytest.mark.integration
 def test_activations_probe_scores_each_file_as_run_and_with_f32_matmuls(build, tmp_path):
     """The smoke size (8 bpw) is all two-level activations, which leave little to the F32 run."""
-    out = tmp_path / "activations"
-    result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.activations", "--smoke", "--out", str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    raw = json.loads((out / "activations.json").read_text())
+    out, raw = _smoke("activations", tmp_path)
     real, exact = raw["kld"]["as llama.cpp runs it"]["8"], raw["kld"]["same weights, F32 matmuls"]["8"]
     assert 0 < exact and 0 < real < 2 * exact
     assert raw["fine_share"]["8"] > 0.9
     assert (out / "activations.png").stat().st_size > 0 and "| 8 |" in (out / "activations.md").read_text()
+
+
+@pytest.mark.integration
+def test_derive_benchmark_times_and_scores_derived_and_direct_files(build, tmp_path):
+    out, raw = _smoke("derive", tmp_path)
+    scores = {kind: raw["scores"][kind]["4.5"] for kind in ("requantize", "cut", "direct")}
+    assert all(s["kld"] > 0 and abs(s["size"] - scores["direct"]["size"]) < 0.02 * scores["direct"]["size"]
+               for s in scores.values())
+    assert scores["requantize"]["kld"] < 1.5 * scores["direct"]["kld"]  # the decoded 8 bpw values stand in well
+    assert all(raw["seconds"][kind]["4.5"] > 0 for kind in scores)
+    assert (out / "derive.png").stat().st_size > 0 and "| 4.5 |" in (out / "derive.md").read_text()
+
+
+@pytest.mark.integration
+def test_rpc_benchmark_measures_each_file_local_and_through_the_server(build, tmp_path):
+    out, raw = _smoke("rpc", tmp_path)
+    assert set(raw["speeds"]) == {"local", "local, no repacking", "through RPC"}
+    for speeds in raw["speeds"].values():
+        assert set(speeds) == {"Q4_K", "sfmp425_k"} and all(pp > 0 and tg > 0 for pp, tg in speeds.values())
+    assert (out / "rpc.png").stat().st_size > 0 and "| sfmp425_k |" in (out / "rpc.md").read_text()

@@ -29,7 +29,7 @@ CORE = {
     "sfmp_gguf.gguf_types", "sfmp_gguf.gguf_package", "sfmp_gguf.imatrix_io", "sfmp_gguf.kernels",
     "sfmp_gguf.native_analysis", "sfmp_gguf.quantize", "sfmp_gguf.permutation", "sfmp_gguf.units",
     "sfmp_gguf.importance", "sfmp_gguf.model_source", "sfmp_gguf.pipeline", "sfmp_gguf.errors", "sfmp_gguf.atomic",
-    "sfmp_gguf.paths", "sfmp_gguf.report", "sfmp_gguf.fisher",
+    "sfmp_gguf.paths", "sfmp_gguf.report", "sfmp_gguf.fisher", "sfmp_gguf.derive", "sfmp_gguf.gguf_header",
 }
 LEAF_PACKAGES = ("sfmp_gguf.llama", "sfmp_gguf.assets", "sfmp_gguf.bench", "sfmp_gguf.cli")
 LEAF_MODULES = {

@@ -17,6 +17,7 @@ from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.evaluate import perplexity
 from sfmp_gguf.format import (BY_NAME, FIRST_TYPE_ID, FORMAT_VERSION, GGUF_VERSION_KEY, LEGACY_TYPE_IDS, SFMP_TYPES,
                               UPGRADE_FLAG)
+from tests.convert_helpers import quantize_with_overrides
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +26,7 @@ OVERRIDES = {"ffn_down": "sfmp425_k", "attn_v": "sfmp600_s", "attn_q": "sfmp250_
 
 @pytest.fixture(scope="module")
 def sfmp_model(build, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sfmp") / "teacher-sfmp.gguf"
-    cmd = [str(build.tool("llama-quantize"))]
-    for pattern, type_name in OVERRIDES.items():
-        cmd += ["--tensor-type", f"{pattern}={type_name}"]
-    cmd += [str(teacher().gguf_path), str(out), "Q8_0", "2"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    return quantize_with_overrides(build, tmp_path_factory.mktemp("sfmp") / "teacher-sfmp.gguf", OVERRIDES)
 
 
 def _generate(build, model: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -49,13 +49,20 @@ def cached_file(name: str, key: str, suffix: str, make: Callable[[Path], object]
 
 
 def probe_main(argv: list[str] | None, doc: str, run: Callable[..., object], result: str) -> int:
-    """The command line of a probe on the demo model (bench.gaps, bench.activations): run it into the
+    """The command line of a probe on the demo model (bench.gaps, bench.activations, ...): run it into the
     output folder, then print its Markdown ``result``."""
+    from sfmp_gguf.bench.roundtrip import BenchError
+    from sfmp_gguf.llama.rpc import RpcError
+
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     add_output_args(parser, "one size, a short evaluation (checks the pipeline, not the numbers)")
     args = parser.parse_args(argv)
     out = output_dir(parser, args)
-    run(out, args.smoke, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        run(out, args.smoke, args.threads, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (BenchError, RpcError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print((out / result).read_text())
     return 0
 

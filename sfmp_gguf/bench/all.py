@@ -1,6 +1,6 @@
-"""Every benchmark in one run: quality (KLD), speed, kernel throughput and conversion cost.
+"""Every benchmark in one run: quality (KLD), speed, kernel throughput, conversion cost, derivation and RPC.
 
-``python -m sfmp_gguf.bench.all`` writes ``bench-results/{quality,speed,kernels,conversion}.md``
+``python -m sfmp_gguf.bench.all`` writes ``bench-results/{quality,speed,kernels,conversion,moe,derive,rpc}.md``
 with their plots, and rewrites the generated block of README.md between its ``bench:begin`` and
 ``bench:end`` markers (only when writing to the default folder). ``--smoke --out DIR`` runs every part on
 tiny settings and leaves README.md alone; ``--render --out DIR`` redraws another run's results.
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import teacher
     from sfmp_gguf.atomic import write_text
-    from sfmp_gguf.bench import conversion, moe, quality, speed
+    from sfmp_gguf.bench import conversion, derive, moe, quality, rpc, speed
     from sfmp_gguf.format import SFMP_TYPES
 
     start = time.monotonic()
@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         moe.run(out_dir, args.smoke, args.threads, log)
         log("conversion cost")
         conversion.run(out_dir, args.smoke, args.threads, log, timings)
+        log("derivation against direct conversion")
+        derive.run(out_dir, args.smoke, args.threads, log)
+        log("speed through the RPC backend")
+        rpc.run(out_dir, args.smoke, args.threads, log)
 
     command = "python -m sfmp_gguf.bench.all" + (" --quality-only" if args.quality_only else "")
     write_text(out_dir / "run.json", json.dumps({"stamp": stamp, "minutes": (time.monotonic() - start) / 60,

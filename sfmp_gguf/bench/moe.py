@@ -97,7 +97,7 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
         matched = speed.pairs(sizes, settings["stock"][:2], sfmp_names)
         measured = {name: files[name] for pair in matched for name in pair}
         log("llama-bench")
-        speeds = speed._bench(measured, settings["prompt"], settings["gen"], settings["reps"], threads)
+        speeds = speed.bench_files(measured, settings["prompt"], settings["gen"], settings["reps"], threads)
         results = {name: speed.Result(name, sizes[name], *speeds[name]) for name in measured}
 
     machine = f"{date.today().isoformat()}, {cpu_name()}, {threads} threads"

@@ -42,9 +42,11 @@ class Result:
     tg: float
 
 
-def _bench(models: dict[str, Path], prompt: int, gen: int, reps: int, threads: int) -> dict[str, tuple[float, float]]:
+def bench_files(models: dict[str, Path], prompt: int, gen: int, reps: int, threads: int,
+                extra: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+    """(pp, tg) tokens per second of each model, from one llama-bench run with ``extra`` arguments."""
     cmd = [str(current_build().tool("llama-bench")), "-t", str(threads), "-p", str(prompt), "-n", str(gen),
-           "-r", str(reps), "-o", "json"]
+           "-r", str(reps), "-o", "json", *extra]
     for path in models.values():
         cmd += ["-m", str(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,7 +107,7 @@ def run(out_dir: Path, smoke: bool, threads: int) -> dict[str, Result]:
     sizes = {name: path.stat().st_size for name, path in files.items()}
     matched = pairs(sizes, stock, candidates) + pairs(sizes, nl_stock, nl_candidates)
     measured = {name: files[name] for pair in matched for name in pair}
-    speeds = _bench(measured, prompt, gen, reps, threads)
+    speeds = bench_files(measured, prompt, gen, reps, threads)
     results = {name: Result(name, sizes[name], *speeds[name]) for name in measured}
     out_dir.mkdir(parents=True, exist_ok=True)
     title = "Speed at equal size" + (" (smoke)" if smoke else "")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sfmp_gguf import paths
+from sfmp_gguf.llama import bindings
 from sfmp_gguf.llama.patch import PatchError, apply_patch, sync_tree
 from sfmp_gguf.llama.source import LlamaSource, SourceError, llama_source
 from sfmp_gguf.paths import KERNEL_LIBRARY, KERNEL_LIBRARY_VNNI, REPO_ROOT, cache_dir
@@ -115,15 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-archs", help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 (default: llama.cpp's list)")
     parser.add_argument("--target", action="append", help="build only these targets (default: all tools)")
     parser.add_argument("--prepare-only", action="store_true", help="print the patched tree's path and stop")
+    parser.add_argument("--python-bindings", action="store_true",
+                        help="build nothing: install llama-cpp-python into this Python, running this build's "
+                             "libraries (the CPU build, or the CUDA one with --cuda)")
     args = parser.parse_args(argv)
+    if args.python_bindings and args.sanitize:
+        parser.error("--python-bindings runs the CPU or CUDA build, not the sanitizer build")
     try:
         if args.prepare_only:
             print(prepare_tree(llama_source()))
             return 0
+        if args.python_bindings:
+            command = bindings.BUILD_COMMAND + (" --cuda" if args.cuda else "")
+            print(bindings.install(current_build(cuda=args.cuda).bin_dir, command))
+            return 0
         start = time.monotonic()
         result = build(cuda=args.cuda, jobs=args.jobs, targets=tuple(args.target or ("sfmp_tools",)),
                        cuda_archs=args.cuda_archs, sanitize=args.sanitize)
-    except (SourceError, PatchError) as err:
+    except (SourceError, PatchError, bindings.BindingsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as err:

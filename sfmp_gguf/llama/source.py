@@ -79,16 +79,21 @@ def _extract_vendor_tree(archive: Path, dest: Path) -> None:
             shutil.rmtree(tmp)
 
 
-def pinned_source() -> LlamaSource:
-    """The pristine pinned tree, downloaded and extracted on first use."""
+def pinned_sdist() -> Path:
+    """The pinned llama-cpp-python sdist, downloaded and hash-checked on first use."""
     downloads = cache_dir() / "downloads"
     downloads.mkdir(exist_ok=True)
+    return _download_sdist(downloads)
+
+
+def pinned_source() -> LlamaSource:
+    """The pristine pinned tree, downloaded and extracted on first use."""
     key = pinned_key()
     tree = pinned_tree()
     marker = tree / COMPLETE_MARKER
     if not (marker.is_file() and marker.read_text().strip() == SDIST_SHA256):
         tree.parent.mkdir(parents=True, exist_ok=True)
-        _extract_vendor_tree(_download_sdist(downloads), tree)
+        _extract_vendor_tree(pinned_sdist(), tree)
     return LlamaSource(tree=tree, key=key, pinned=True)
 
 
