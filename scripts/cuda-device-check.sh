@@ -21,6 +21,6 @@ status=0
 for op in MUL_MAT MUL_MAT_ID GET_ROWS; do
     "$bin/test-backend-ops" -b CUDA0 -o "$op" -p sfmp 2>&1 | tee "$OUT/test-$op.log" | tail -3 || status=1
 done
-"$bin/test-backend-ops" perf -b CUDA0 -o MUL_MAT -p "type_a=(sfmp..|q4_K|iq4_xs|q6_K),.*n=1," \
+"$bin/test-backend-ops" perf -b CUDA0 -o MUL_MAT -p "type_a=(sfmp[0-9a-z_]+|q4_K|iq4_xs|q6_K),.*n=1," \
     2>&1 | tee "$OUT/perf-mul-mat.log" | tail -40 || true
 exit $status

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-apt_packages=(build-essential cmake ninja-build ccache git gcc-aarch64-linux-gnu qemu-user llvm)
+apt_packages=(build-essential cmake ninja-build ccache git gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user llvm)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

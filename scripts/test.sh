@@ -5,4 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The fuzz harness's build: ggml and llama.cpp with AddressSanitizer and UndefinedBehaviorSanitizer.
 python3 -m sfmp_gguf.llama.build --sanitize --target sfmp_fuzz_loader
+# llama-cli and llama-perplexity for aarch64, run under qemu (tests/test_aarch64.py).
+python3 -m sfmp_gguf.llama.build --variant aarch64-dotprod
+python3 -m sfmp_gguf.llama.build --variant aarch64-i8mm
 python3 -m pytest -q tests "$@"

@@ -55,7 +55,7 @@ def harness_path() -> Path:
     """The sanitizer build's harness (``python -m sfmp_gguf.llama.build --sanitize --target sfmp_fuzz_loader``)."""
     from sfmp_gguf.llama.build import current_build
 
-    return current_build(sanitize=True).bin_dir.parent / "sfmp_fuzz_loader"
+    return current_build("asan").bin_dir.parent / "sfmp_fuzz_loader"
 
 
 def sfmp_regions(path: Path) -> list[Region]:

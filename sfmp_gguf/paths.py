@@ -1,8 +1,8 @@
 """Where the project keeps what it downloads and builds: outside the clone, so clones share it.
 
 The llama.cpp source, its patched copy and its builds live in ``cache_dir() / source_key()``:
-``pristine`` (the pinned sdist's llama.cpp, extracted), ``patched``, and ``build-cpu`` /
-``build-cuda`` / ``build-asan``. ``llama/source.py`` fetches the source and ``llama/build.py``
+``pristine`` (the pinned sdist's llama.cpp, extracted), ``patched``, and one ``build-<variant>``
+per ``BUILD_VARIANTS`` entry. ``llama/source.py`` fetches the source and ``llama/build.py``
 builds; this module only names the places, so the core finds the kernel library (``kernels``), the
 built tools (``imatrix_io``) and the tree's gguf-py (``gguf_package``) without importing
 ``sfmp_gguf.llama`` and without downloading anything.
@@ -79,9 +79,16 @@ def patched_tree(key: str | None = None) -> Path:
     return cache_dir() / (key or source_key()) / "patched"
 
 
-def build_folder(key: str | None = None, cuda: bool = False, sanitize: bool = False) -> Path:
-    """The build of the source with cache key ``key`` (default: the source in use); it may not exist."""
-    return cache_dir() / (key or source_key()) / ("build-asan" if sanitize else "build-cuda" if cuda else "build-cpu")
+# The build flavours, each in its own folder ``build-<name>`` (llama/build.py gives each its flags).
+BUILD_VARIANTS = ("cpu", "cuda", "asan", "avx2", "aarch64-dotprod", "aarch64-i8mm")
+
+
+def build_folder(key: str | None = None, variant: str = "cpu") -> Path:
+    """The ``variant`` build of the source with cache key ``key`` (default: the source in use); it may
+    not exist."""
+    if variant not in BUILD_VARIANTS:
+        raise ValueError(f"unknown build variant {variant!r}; one of {', '.join(BUILD_VARIANTS)}")
+    return cache_dir() / (key or source_key()) / f"build-{variant}"
 
 
 def built_tool(name: str) -> Path:

@@ -173,13 +173,13 @@ def write_dense(folder, family: str):
     return folder
 
 
-def quantize_with_overrides(build, out: Path, overrides: dict[str, str]) -> Path:
-    """The F32 teacher through the build's llama-quantize: Q8_0, with ``--tensor-type PATTERN=TYPE`` for
-    each of ``overrides`` (a quick SFMP file of several types)."""
+def quantize_with_overrides(build, out: Path, overrides: dict[str, str], base: str = "Q8_0") -> Path:
+    """The F32 teacher through the build's llama-quantize: ``base``, with ``--tensor-type PATTERN=TYPE``
+    for each of ``overrides`` (a quick SFMP file of several types)."""
     cmd = [str(build.tool("llama-quantize"))]
     for pattern, type_name in overrides.items():
         cmd += ["--tensor-type", f"{pattern}={type_name}"]
-    result = subprocess.run([*cmd, str(teacher().gguf_path), str(out), "Q8_0", "2"], capture_output=True, text=True,
+    result = subprocess.run([*cmd, str(teacher().gguf_path), str(out), base, "2"], capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return out

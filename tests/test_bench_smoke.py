@@ -55,7 +55,7 @@ def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
     assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header, *body = _table_rows((out / "speed.md").read_text())
     assert [(row[0], row[4]) for row in body] == [("Q4_K", "sfmp425_k"), ("Q4_K", "sfmp400n_k")]
-    for name in ("pp512 t/s", "tg128 t/s", "pp ratio", "tg ratio"):
+    for name in ("pp16 t/s", "tg4 t/s", "pp ratio", "tg ratio"):  # the smoke run's prompt and generation
         values = [float(row[i]) for row in body for i, h in enumerate(header) if h == name]
         assert values and all(math.isfinite(v) and v > 0 for v in values), name
 
@@ -105,6 +105,16 @@ def test_speed_pairs_each_stock_type_with_the_nearest_sfmp_file():
     sizes = {"Q4_K": 100, "Q6_K": 150, "sfmp375_k": 90, "sfmp425_k": 104, "sfmp625_k": 140}
     assert pairs(sizes, ("Q4_K", "Q6_K"), ("sfmp375_k", "sfmp425_k", "sfmp625_k")) == [
         ("Q4_K", "sfmp425_k"), ("Q6_K", "sfmp625_k")]
+
+
+@pytest.mark.unit
+def test_speed_pairs_each_rung_with_the_nearest_stock_file():
+    from sfmp_gguf.bench.speed import RUNGS, neighbours
+
+    sizes = {"Q4_K": 100, "Q6_K": 150, "sfmp375_k": 90, "sfmp425_k": 104, "sfmp625_k": 140, "sfmp800_k": 190}
+    assert neighbours(sizes, ("Q4_K", "Q6_K"), ("sfmp375_k", "sfmp425_k", "sfmp625_k", "sfmp800_k")) == [
+        ("Q4_K", "sfmp375_k"), ("Q4_K", "sfmp425_k"), ("Q6_K", "sfmp625_k"), ("Q6_K", "sfmp800_k")]
+    assert RUNGS[0] == "sfmp225_k" and RUNGS[-1] == "sfmp800_k" and len(RUNGS) == 13  # 2.56 to 8.31 bpw
 
 
 @pytest.mark.integration

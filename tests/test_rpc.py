@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from sfmp_gguf.assets.austen import austen_texts
 from sfmp_gguf.llama.rpc import RpcError, rpc_server
 from tests.convert_helpers import quantize_with_overrides
+from tests.llama_runs import continuation, eval_text, perplexity
 
 pytestmark = pytest.mark.integration
 
 OVERRIDES = {"ffn_down": "sfmp425_k", "ffn_up": "sfmp675_k", "attn_v": "sfmp600_s", "attn_q": "sfmp350n_s"}
-_PPL = re.compile(r"Final estimate: PPL = ([0-9.]+)")
 
 
 @pytest.fixture(scope="module")
@@ -36,43 +34,19 @@ def server(build):
         yield address
 
 
-def _text(tmp_path: Path) -> Path:
-    path = tmp_path / "eval.txt"
-    path.write_text(austen_texts().eval_text.read_text(encoding="utf-8")[:6000], encoding="utf-8")
-    return path
-
-
-def _perplexity(build, model: Path, text: Path, *extra: str) -> tuple[float, str]:
-    """PPL, and the log (--verbose: it names each layer's device)."""
-    result = subprocess.run([str(build.tool("llama-perplexity")), "-m", str(model), "-f", str(text), "-c", "128",
-                             "-b", "128", "--chunks", "4", "-t", "2", "--verbose", *extra], capture_output=True,
-                            text=True, timeout=900)
-    found = _PPL.search(result.stdout + result.stderr)
-    assert result.returncode == 0 and found, result.stderr[-3000:]
-    return float(found.group(1)), result.stdout + result.stderr
-
-
-def _continuation(build, model: Path, *extra: str) -> str:
-    result = subprocess.run([str(build.tool("llama-cli")), "-m", str(model), "-p", "The capital of France is",
-                             "-n", "12", "--single-turn", "--temp", "0", "-t", "2", *extra],
-                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.split("The capital of France is", 1)[-1].split("[ Prompt:", 1)[0]
-
-
 def test_perplexity_through_rpc_equals_the_local_run(build, sfmp_model, server, tmp_path):
-    text = _text(tmp_path)
-    local, _ = _perplexity(build, sfmp_model, text, "--no-repack")
-    remote, log = _perplexity(build, sfmp_model, text, "--rpc", server, "-ngl", "99")
+    text = eval_text(tmp_path)
+    local, _ = perplexity(build.tool("llama-perplexity"), sfmp_model, text, "--no-repack")
+    remote, log = perplexity(build.tool("llama-perplexity"), sfmp_model, text, "--rpc", server, "-ngl", "99")
     devices = dict(re.findall(r"layer +(\d+) assigned to device (\w+)", log))
     assert len(devices) > 30 and set(devices.values()) == {"RPC0"}  # the teacher's 30 blocks and its output
     assert 1 < local < 1e3 and remote == local
 
 
 def test_llama_cli_through_rpc_generates_the_local_tokens(build, sfmp_model, server):
-    local = _continuation(build, sfmp_model, "--no-repack")
+    local = continuation(build.tool("llama-cli"), sfmp_model, "--no-repack")
     assert len(local.strip()) > 5
-    assert _continuation(build, sfmp_model, "--rpc", server, "-ngl", "99") == local
+    assert continuation(build.tool("llama-cli"), sfmp_model, "--rpc", server, "-ngl", "99") == local
 
 
 def test_the_server_is_gone_after_use_and_a_bad_server_is_one_error(build, tmp_path):

@@ -1,7 +1,7 @@
 """Every benchmark in one run: quality (KLD), speed, kernel throughput, conversion cost, derivation and RPC.
 
-``python -m sfmp_gguf.bench.all`` writes ``bench-results/{quality,speed,kernels,conversion,moe,derive,rpc}.md``
-with their plots, and rewrites the generated block of README.md between its ``bench:begin`` and
+``python -m sfmp_gguf.bench.all`` writes ``bench-results/{quality,speed,speed-avx2,kernels,conversion,moe,derive,
+rpc}.md`` with their plots (speed-avx2 from the plain-AVX2 build, which it builds if needed), and rewrites the generated block of README.md between its ``bench:begin`` and
 ``bench:end`` markers (only when writing to the default folder). ``--smoke --out DIR`` runs every part on
 tiny settings and leaves README.md alone; ``--render --out DIR`` redraws another run's results.
 Stock quantizations are cached (``~/.cache/sfmp-gguf/bench``); on the 2-core machine the full run
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfmp_gguf.assets.teacher import teacher
     from sfmp_gguf.atomic import write_text
     from sfmp_gguf.bench import conversion, derive, moe, quality, rpc, speed
+    from sfmp_gguf.llama.build import build
     from sfmp_gguf.format import SFMP_TYPES
 
     start = time.monotonic()
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quality_only:
         log("speed (llama-bench)")
         speed.run(out_dir, args.smoke, args.threads)
+        if not args.smoke:  # a second full build of llama.cpp: the full run's only
+            log("speed on the plain-AVX2 build (building it if needed)")
+            build("avx2")
+            speed.run(out_dir, False, args.threads, "avx2")
         log("kernels (test-backend-ops)")
         kernel_types = ["q4_K", "iq4_xs", "q6_K"] + [t.name for t in SFMP_TYPES][: 1 if args.smoke else None]
         write_text(out_dir / "kernels.md", f"# CPU dot-product throughput\n\n{stamp}\n\n" + kernel_table(kernel_types))

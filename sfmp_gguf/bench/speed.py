@@ -1,7 +1,19 @@
-"""Speed at equal size: llama-bench pp512 and tg128 of SFMP files against the stock type nearest in size.
+"""Speed at equal size: llama-bench prompt processing and generation of SFMP files against the stock type
+nearest in size, on two models.
 
-Every file is the teacher quantized with ``llama-quantize --pure --imatrix`` (cached by the round-trip
-benchmark), all measured in one llama-bench run. ``python -m sfmp_gguf.bench.speed [--smoke --out DIR]``.
+- The teacher (SmolLM2-135M), quantized with ``llama-quantize --pure --imatrix`` (cached by the
+  round-trip benchmark). Its 576-long rows are not multiples of 256, so llama.cpp itself falls back
+  from Q4_K/Q6_K to Q5_0/Q8_0 on some tensors.
+- A synthetic 0.47B Llama (``assets.synthetic`` "0.5B": hidden 1536, FFN 4096, vocabulary 49152), where
+  every row is a multiple of 256 and every stock type applies fully: every SFMP rung from 2.5 to 8.3
+  bpw (the uniform ``_k`` types), each against the stock type nearest in size, ``--pure``, without an
+  imatrix (it changes no speed).
+
+``--variant avx2`` runs the plain-AVX2 build (``python -m sfmp_gguf.llama.build --variant avx2``: no
+AVX-512, no VNNI, as most laptops), writing ``speed-avx2.md``; the default is this machine's build.
+Each model's files are measured in one llama-bench run.
+
+    python -m sfmp_gguf.bench.speed [--variant cpu|avx2] [--smoke --out DIR]
 """
 
 from __future__ import annotations
@@ -19,9 +31,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sfmp_gguf.bench import add_output_args, cpu_name, output_dir  # noqa: E402
+from sfmp_gguf.bench import add_output_args, cached_file, cpu_name, output_dir  # noqa: E402
 from sfmp_gguf.atomic import save_figure, write_text  # noqa: E402
 from sfmp_gguf.bench.roundtrip import BenchError, quantize_model  # noqa: E402
+from sfmp_gguf.format import SFMP_TYPES  # noqa: E402
 from sfmp_gguf.llama.build import current_build  # noqa: E402
 from sfmp_gguf.paths import cache_dir  # noqa: E402
 
@@ -32,6 +45,11 @@ SFMP_CANDIDATES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_
 # The nonlinear grid (one table lookup more per code) against the stock types of its rates.
 NL_STOCK = ("Q4_K", "IQ4_XS")
 NL_CANDIDATES = ("sfmp325n_k", "sfmp375n_k", "sfmp400n_k")
+SYNTHETIC_SIZE = "0.5B"
+SYNTHETIC_STOCK = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+RUNGS = tuple(t.name for t in SFMP_TYPES if t.block_size == 256 and t.grid == "uniform")
+VARIANT_PATHS = {"cpu": "this machine's build (-march=native: SFMP_X8 takes its AVX512-VNNI path here)",
+                 "avx2": "the plain-AVX2 build (no AVX-512, no VNNI: SFMP_X8 takes its AVX2 path)"}
 
 
 @dataclass(frozen=True)
@@ -43,9 +61,9 @@ class Result:
 
 
 def bench_files(models: dict[str, Path], prompt: int, gen: int, reps: int, threads: int,
-                extra: tuple[str, ...] = ()) -> dict[str, tuple[float, float]]:
+                extra: tuple[str, ...] = (), variant: str = "cpu") -> dict[str, tuple[float, float]]:
     """(pp, tg) tokens per second of each model, from one llama-bench run with ``extra`` arguments."""
-    cmd = [str(current_build().tool("llama-bench")), "-t", str(threads), "-p", str(prompt), "-n", str(gen),
+    cmd = [str(current_build(variant).tool("llama-bench")), "-t", str(threads), "-p", str(prompt), "-n", str(gen),
            "-r", str(reps), "-o", "json", *extra]
     for path in models.values():
         cmd += ["-m", str(path)]
@@ -65,10 +83,17 @@ def pairs(sizes: dict[str, int], stock: tuple[str, ...], candidates: tuple[str, 
     return [(s, min(candidates, key=lambda c: abs(sizes[c] - sizes[s]))) for s in stock]
 
 
-def markdown(results: dict[str, Result], matched: list[tuple[str, str]], title: str, setup: str) -> str:
-    lines = [f"# {title}", "", setup, "",
-             "| stock | size (MiB) | pp512 t/s | tg128 t/s | SFMP | size (MiB) | pp512 t/s | tg128 t/s "
-             "| pp ratio | tg ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+def neighbours(sizes: dict[str, int], stock: tuple[str, ...], rungs: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each SFMP rung with the stock file nearest to it in size."""
+    return [(min(stock, key=lambda s: abs(sizes[s] - sizes[r])), r) for r in rungs]
+
+
+def markdown(results: dict[str, Result], matched: list[tuple[str, str]], title: str, setup: str,
+             heading: str = "#", prompt: int = 512, gen: int = 128) -> str:
+    pp, tg = f"pp{prompt} t/s", f"tg{gen} t/s"
+    lines = [f"{heading} {title}", "", setup, "",
+             f"| stock | size (MiB) | {pp} | {tg} | SFMP | size (MiB) | {pp} | {tg} | pp ratio | tg ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s, c in matched:
         a, b = results[s], results[c]
         lines.append(f"| {s} | {a.size / 2**20:.1f} | {a.pp:.1f} | {a.tg:.1f} | {c} | {b.size / 2**20:.1f} | "
@@ -93,43 +118,84 @@ def plot(results: dict[str, Result], path: Path, title: str) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def run(out_dir: Path, smoke: bool, threads: int) -> dict[str, Result]:
+def synthetic_f32() -> Path:
+    """The synthetic model as an F32 GGUF, made and cached on first use."""
+    from sfmp_gguf import pipeline
+    from sfmp_gguf.assets.synthetic import synthetic_model
+    from sfmp_gguf.model_source import open_model
+
+    hf_dir = synthetic_model(SYNTHETIC_SIZE)
+    return cached_file(f"synthetic-{SYNTHETIC_SIZE}-f32", str(hf_dir) + (hf_dir / "config.json").read_text(), ".gguf",
+                       lambda p: pipeline.write_float(open_model(hf_dir), p))
+
+
+def measure(files: dict[str, Path], matched: list[tuple[str, str]], bench_args: tuple[int, int, int], threads: int,
+            variant: str) -> dict[str, Result]:
+    measured = {name: files[name] for pair in matched for name in pair}
+    speeds = bench_files(measured, *bench_args, threads, variant=variant)
+    return {name: Result(name, measured[name].stat().st_size, *speeds[name]) for name in measured}
+
+
+def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[str, Result]:
     from sfmp_gguf.assets.cache import artifact_files
     from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import ARTIFACT, GGUF_NAME, teacher
+    from sfmp_gguf.assets.cache import sha256_file
 
     model, model_sha, imatrix = teacher().gguf_path, artifact_files(ARTIFACT)[GGUF_NAME], teacher_imatrix()
     stock, candidates = (STOCK[:1], SFMP_CANDIDATES[3:4]) if smoke else (STOCK, SFMP_CANDIDATES)
     nl_stock, nl_candidates = (NL_STOCK[:1], NL_CANDIDATES[2:]) if smoke else (NL_STOCK, NL_CANDIDATES)
-    prompt, gen, reps = (16, 4, 1) if smoke else (512, 128, 3)
+    teacher_args = (16, 4, 1) if smoke else (512, 128, 3)
     files = {name: quantize_model(model, model_sha, imatrix, name, cache_dir() / "bench", threads)
              for name in stock + candidates + nl_candidates}
     sizes = {name: path.stat().st_size for name, path in files.items()}
     matched = pairs(sizes, stock, candidates) + pairs(sizes, nl_stock, nl_candidates)
-    measured = {name: files[name] for pair in matched for name in pair}
-    speeds = bench_files(measured, prompt, gen, reps, threads)
-    results = {name: Result(name, sizes[name], *speeds[name]) for name in measured}
+    results = measure(files, matched, teacher_args, threads, variant)
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = "Speed at equal size" + (" (smoke)" if smoke else "")
-    setup = (f"llama-bench -t {threads} -p {prompt} -n {gen} -r {reps}, one run, teacher SmolLM2-135M "
-             f"quantized with `llama-quantize --pure --imatrix`; {date.today().isoformat()}, "
-             f"{cpu_name()}, {threads} threads.")
-    write_text(out_dir / "speed.md", markdown(results, matched, title, setup))
-    plot(results, out_dir / "speed.png", title)
+    suffix = "" if variant == "cpu" else f"-{variant}"
+    title = "Speed at equal size" + (f", {variant} build" if suffix else "") + (" (smoke)" if smoke else "")
+    machine = f"{date.today().isoformat()}, {cpu_name()}, {threads} threads, {VARIANT_PATHS[variant]}"
+    sections = [markdown(results, matched, title, f"llama-bench -t {threads} -p {teacher_args[0]} -n "
+                         f"{teacher_args[1]} -r {teacher_args[2]}, one run, teacher SmolLM2-135M quantized with "
+                         f"`llama-quantize --pure --imatrix`; {machine}.", prompt=teacher_args[0], gen=teacher_args[1])]
+    plot(results, out_dir / f"speed{suffix}.png", title)
+
+    if not smoke:
+        f32 = synthetic_f32()
+        sha = sha256_file(f32)
+        folder = cache_dir() / "bench" / f"speed-{SYNTHETIC_SIZE}"
+        files = {name: quantize_model(f32, sha, None, name, folder, threads) for name in SYNTHETIC_STOCK + RUNGS}
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        matched = neighbours(sizes, SYNTHETIC_STOCK, RUNGS)
+        synthetic_args = (256, 64, 2)
+        synthetic = measure(files, matched, synthetic_args, threads, variant)
+        sections.append(markdown(synthetic, matched, "Every rung on a model where stock types apply fully",
+                                 f"llama-bench -t {threads} -p {synthetic_args[0]} -n {synthetic_args[1]} -r "
+                                 f"{synthetic_args[2]}, one run, synthetic Llama 0.47B (every row a multiple of "
+                                 f"256) quantized with `llama-quantize --pure`, no imatrix; {machine}. Sorted by "
+                                 f"SFMP rung; each row's stock type is the one nearest in size.", heading="##",
+                                 prompt=synthetic_args[0], gen=synthetic_args[1]))
+        plot(synthetic, out_dir / f"speed{suffix}-synthetic.png", "Every rung, synthetic 0.47B Llama"
+             + (f", {variant} build" if suffix else ""))
+        results = {**results, **{f"synthetic/{k}": v for k, v in synthetic.items()}}
+    write_text(out_dir / f"speed{suffix}.md", "\n".join(sections))
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_output_args(parser, "one pair, tiny prompt and generation")
+    add_output_args(parser, "one pair on the teacher, tiny prompt and generation, no synthetic model")
+    parser.add_argument("--variant", choices=tuple(VARIANT_PATHS), default="cpu",
+                        help="the llama.cpp build to run (avx2: the plain-AVX2 build)")
     args = parser.parse_args(argv)
     out_dir = output_dir(parser, args)
     try:
-        run(out_dir, args.smoke, args.threads)
+        run(out_dir, args.smoke, args.threads, args.variant)
     except (BenchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out_dir / 'speed.md'} and {out_dir / 'speed.png'}")
+    suffix = "" if args.variant == "cpu" else f"-{args.variant}"
+    print(f"wrote {out_dir / f'speed{suffix}.md'} and its plots")
     return 0
 
 

@@ -65,9 +65,46 @@ def prepare_tree(source: LlamaSource) -> Path:
     return tree
 
 
-def build_folder(source: LlamaSource, cuda: bool = False, sanitize: bool = False) -> Path:
+# Debian's cross compiler; the target's libraries live under its sysroot.
+AARCH64_SYSROOT = Path("/usr/aarch64-linux-gnu")
+_AARCH64 = ("-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=aarch64",
+            "-DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc", "-DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++",
+            f"-DCMAKE_FIND_ROOT_PATH={AARCH64_SYSROOT}", "-DCMAKE_FIND_ROOT_PATH_MODE_PROGRAM=NEVER",
+            "-DCMAKE_FIND_ROOT_PATH_MODE_LIBRARY=ONLY", "-DCMAKE_FIND_ROOT_PATH_MODE_INCLUDE=ONLY",
+            "-DSFMP_NATIVE=OFF")
+# x86-64 with AVX2 and nothing newer: what most laptops run (no AVX-512, no VNNI, no AMX).
+_PLAIN_AVX2 = ("-DSFMP_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+               "-DGGML_BMI2=ON", "-DGGML_AVX_VNNI=OFF", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VBMI=OFF",
+               "-DGGML_AVX512_VNNI=OFF", "-DGGML_AVX512_BF16=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
+               "-DGGML_AMX_BF16=OFF")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One build flavour: its CMake options and the targets built when none are named."""
+
+    name: str
+    cmake: tuple[str, ...]
+    targets: tuple[str, ...]
+    cross: bool = False
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("cpu", (), ("sfmp_tools",)),
+    Variant("cuda", ("-DSFMP_CUDA=ON",), ("sfmp_tools",)),
+    Variant("asan", ("-DSFMP_SANITIZE=ON",), ("sfmp_fuzz_loader",)),
+    Variant("avx2", _PLAIN_AVX2, ("llama-bench", "llama-cli")),
+    Variant("aarch64-dotprod", _AARCH64 + ("-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod",),
+            ("llama-cli", "llama-perplexity"), cross=True),
+    Variant("aarch64-i8mm", _AARCH64 + ("-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+i8mm",),
+            ("llama-cli", "llama-perplexity"), cross=True),
+)}
+assert tuple(VARIANTS) == paths.BUILD_VARIANTS
+
+
+def build_folder(source: LlamaSource, variant: str = "cpu") -> Path:
     """paths.build_folder, where the core (kernels.py) looks for the library without importing this module."""
-    return paths.build_folder(source.key, cuda, sanitize)
+    return paths.build_folder(source.key, variant)
 
 
 def _build_env() -> dict[str, str]:
@@ -79,14 +116,14 @@ def _build_env() -> dict[str, str]:
     return env
 
 
-def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] = ("sfmp_tools",),
-          cuda_archs: str | None = None, sanitize: bool = False) -> Build:
+def build(variant: str = "cpu", jobs: int | None = None, targets: tuple[str, ...] | None = None,
+          cuda_archs: str | None = None) -> Build:
+    flavour = VARIANTS[variant]
     source = llama_source()
     tree = prepare_tree(source)
-    folder = build_folder(source, cuda, sanitize)
+    folder = build_folder(source, variant)
     configure = ["cmake", "-S", str(REPO_ROOT), "-B", str(folder), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DSFMP_LLAMA_CPP_DIR={tree}", f"-DSFMP_CUDA={'ON' if cuda else 'OFF'}",
-                 f"-DSFMP_SANITIZE={'ON' if sanitize else 'OFF'}"]
+                 f"-DSFMP_LLAMA_CPP_DIR={tree}", *flavour.cmake]
     if cuda_archs:
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={cuda_archs}")
     if shutil.which("ninja"):
@@ -97,21 +134,26 @@ def build(cuda: bool = False, jobs: int | None = None, targets: tuple[str, ...] 
     env = _build_env()
     if not (folder / "CMakeCache.txt").is_file():
         subprocess.run(configure, check=True, env=env)
-    cmd = ["cmake", "--build", str(folder), "--target", *targets, "-j", str(jobs or os.cpu_count() or 2)]
+    cmd = ["cmake", "--build", str(folder), "--target", *(targets or flavour.targets),
+           "-j", str(jobs or os.cpu_count() or 2)]
     subprocess.run(cmd, check=True, env=env)
     return Build(folder)
 
 
-def current_build(cuda: bool = False, sanitize: bool = False) -> Build:
-    """The cached build for the current source, without building or fetching the source."""
-    return Build(paths.build_folder(cuda=cuda, sanitize=sanitize))
+def current_build(variant: str = "cpu") -> Build:
+    """The cached ``variant`` build for the current source, without building or fetching the source."""
+    return Build(paths.build_folder(variant=variant))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cuda", action="store_true", help="build with GGML_CUDA")
-    parser.add_argument("--sanitize", action="store_true",
-                        help="AddressSanitizer + UndefinedBehaviorSanitizer build in its own folder (the fuzz harness)")
+    parser.add_argument("--variant", choices=tuple(VARIANTS), default="cpu",
+                        help="the build flavour, each in its own folder: cpu (this machine's SIMD), cuda, "
+                             "asan (AddressSanitizer + UndefinedBehaviorSanitizer, the fuzz harness), avx2 (plain "
+                             "AVX2 as on most laptops), aarch64-dotprod and aarch64-i8mm (cross-compiled, run "
+                             "under qemu)")
+    parser.add_argument("--cuda", action="store_const", dest="variant", const="cuda", help="--variant cuda")
+    parser.add_argument("--sanitize", action="store_const", dest="variant", const="asan", help="--variant asan")
     parser.add_argument("--jobs", "-j", type=int, default=None)
     parser.add_argument("--cuda-archs", help="CMAKE_CUDA_ARCHITECTURES, e.g. 90 (default: llama.cpp's list)")
     parser.add_argument("--target", action="append", help="build only these targets (default: all tools)")
@@ -120,19 +162,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="build nothing: install llama-cpp-python into this Python, running this build's "
                              "libraries (the CPU build, or the CUDA one with --cuda)")
     args = parser.parse_args(argv)
-    if args.python_bindings and args.sanitize:
-        parser.error("--python-bindings runs the CPU or CUDA build, not the sanitizer build")
+    if args.python_bindings and args.variant not in ("cpu", "cuda"):
+        parser.error("--python-bindings runs the CPU or CUDA build")
     try:
         if args.prepare_only:
             print(prepare_tree(llama_source()))
             return 0
         if args.python_bindings:
-            command = bindings.BUILD_COMMAND + (" --cuda" if args.cuda else "")
-            print(bindings.install(current_build(cuda=args.cuda).bin_dir, command))
+            command = bindings.BUILD_COMMAND + (" --cuda" if args.variant == "cuda" else "")
+            print(bindings.install(current_build(args.variant).bin_dir, command))
             return 0
         start = time.monotonic()
-        result = build(cuda=args.cuda, jobs=args.jobs, targets=tuple(args.target or ("sfmp_tools",)),
-                       cuda_archs=args.cuda_archs, sanitize=args.sanitize)
+        result = build(args.variant, jobs=args.jobs, targets=tuple(args.target) if args.target else None,
+                       cuda_archs=args.cuda_archs)
     except (SourceError, PatchError, bindings.BindingsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

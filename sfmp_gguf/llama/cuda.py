@@ -29,8 +29,13 @@ DEFAULT_ARCHS = (80, 90)
 CUDA_DIR = "ggml/src/ggml-cuda/"
 NVCC_FLAGS = ["-std=c++17", "-O3", "-use_fast_math", "-extended-lambda"]
 # Parts of the llama.cpp tree a CUDA build needs; the rest (models, docs, web UI assets) stays here.
+# tools/ui keeps only its CMakeLists.txt, which configures a server without the embedded UI.
 DEVICE_TREE_PARTS = ("CMakeLists.txt", "cmake", "common", "ggml", "include", "src", "tests", "tools", "vendor",
-                     "licenses", "LICENSE")
+                     "licenses", "LICENSE", "scripts/ui-assets.cmake")
+
+
+def _device_member(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if "/ui/" in info.name and info.name != "tools/ui/CMakeLists.txt" else info
 
 
 class CudaError(RuntimeError):
@@ -86,7 +91,24 @@ def compile_check(archs: tuple[int, ...] = DEFAULT_ARCHS, out_dir: Path | None =
             errors = [line for line in result.stderr.splitlines() if "error" in line]
             raise CudaError(f"{rel}: nvcc failed: {(errors or result.stderr.splitlines() or ['?'])[0]}")
         objects.append(obj)
+    missing = missing_sfmp_symbols(objects)
+    if missing:
+        name = subprocess.run(["c++filt", missing[0]], capture_output=True, text=True).stdout.strip() or missing[0]
+        raise CudaError(f"{name}: the patched CUDA code calls it but no object defines it (a missing template "
+                        f"instance: the link would fail)")
     return objects
+
+
+def _symbols(obj: Path, which: str) -> set[str]:
+    listing = subprocess.run(["nm", which, str(obj)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1] for line in listing.splitlines() if line.strip()}
+
+
+def missing_sfmp_symbols(objects: list[Path]) -> list[str]:
+    """The SFMP functions that ``objects`` call and none of them defines (mangled names)."""
+    defined = set().union(*(_symbols(obj, "--defined-only") for obj in objects))
+    called = set().union(*(_symbols(obj, "--undefined-only") for obj in objects))
+    return sorted(name for name in called - defined if "sfmp" in name)
 
 
 def pack_device_source(dest: Path) -> Path:
@@ -97,7 +119,7 @@ def pack_device_source(dest: Path) -> Path:
     with tarfile.open(partial, "w:xz") as tar:
         for part in DEVICE_TREE_PARTS:
             if (source.tree / part).exists():
-                tar.add(source.tree / part, arcname=part, filter=lambda info: None if "/ui/" in info.name else info)
+                tar.add(source.tree / part, arcname=part, filter=_device_member)
     partial.replace(dest)
     return dest
 

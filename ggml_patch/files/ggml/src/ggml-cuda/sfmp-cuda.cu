@@ -134,9 +134,11 @@ void sfmp_get_rows_cuda(ggml_type type, const void * src0_d, const int32_t * src
     template void sfmp_get_rows_cuda<dst_t>(ggml_type, const void *, const int32_t *, dst_t *,              \
         int64_t, size_t, size_t, size_t, int64_t, int64_t, int64_t, size_t, size_t, size_t,               \
         size_t, size_t, size_t, cudaStream_t);
+// Every destination type getrows.cu dispatches to, I32 included (as llama.cpp's own quantized types).
 SFMP_GET_ROWS(float)
 SFMP_GET_ROWS(half)
 SFMP_GET_ROWS(nv_bfloat16)
+SFMP_GET_ROWS(int32_t)
 #undef SFMP_GET_ROWS
 
 // ---- mat-vec: one warp per weight row, lanes stride over its sub-blocks ---------------------------

@@ -372,63 +372,7 @@ SFMP_INLINE void vec_dot_s_avx2(const int B, const int U, const int NL, const in
 
 #if defined(__ARM_NEON) && defined(__aarch64__) && !defined(__AVX2__)
 
-// 32 weights as bytes: weights 0..15 in lo, 16..31 in hi.
-typedef struct {
-    int8x16_t lo, hi;
-} v32_neon;
-
-SFMP_INLINE uint8x16_t low_bits_neon(uint8x16_t v, int shift, int w) {
-    return vandq_u8(vshlq_u8(v, vdupq_n_s8((int8_t) -shift)), vdupq_n_u8((uint8_t) ((1 << w) - 1)));
-}
-
-// Weight i of a piece of width w spanning n weights sits in byte i % span at bit w * (i / span).
-SFMP_INLINE v32_neon piece_neon(const uint8_t * piece, int n, int w, int j) {
-    const int span = n * w / 8;
-    v32_neon p;
-    if (span >= 16) {  // each half of the sub-block is 16 consecutive bytes at one shift
-        const int lo = 32 * j, hi = 32 * j + 16;
-        p.lo = vreinterpretq_s8_u8(low_bits_neon(vld1q_u8(piece + lo % span), w * (lo / span), w));
-        p.hi = vreinterpretq_s8_u8(low_bits_neon(vld1q_u8(piece + hi % span), w * (hi / span), w));
-        return p;
-    }
-    // A plane over a 64-weight block (span 8): weight i in byte i % 8 at bit i / 8.
-    static const uint8_t bit_lo[16] = {1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2};
-    uint64_t u;
-    memcpy(&u, piece, sizeof(u));
-    const uint8x16_t v = vreinterpretq_u8_u64(vdupq_n_u64(u));
-    const uint8x16_t b0 = vshlq_u8(vld1q_u8(bit_lo), vdupq_n_s8((int8_t) (4 * j)));
-    const uint8x16_t b1 = vshlq_u8(b0, vdupq_n_s8(2));
-    p.lo = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, b0), vdupq_n_u8(1)));
-    p.hi = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, b1), vdupq_n_u8(1)));
-    return p;
-}
-
-// An upgrade's extra bits: weight i in byte i % 4 at bit i / 4.
-SFMP_INLINE v32_neon extra_bits_neon(const uint8_t * p) {
-    static const uint8_t bit_lo[16] = {1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8};
-    uint32_t u;
-    memcpy(&u, p, sizeof(u));
-    const uint8x16_t v = vreinterpretq_u8_u32(vdupq_n_u32(u));
-    const uint8x16_t b0 = vld1q_u8(bit_lo);
-    v32_neon e;
-    e.lo = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, b0), vdupq_n_u8(1)));
-    e.hi = vreinterpretq_s8_u8(vandq_u8(vtstq_u8(v, vshlq_n_u8(b0, 4)), vdupq_n_u8(1)));
-    return e;
-}
-
-SFMP_INLINE v32_neon base_code_neon(const uint8_t * base, int n, int B, int j) {
-    v32_neon q = {vdupq_n_s8(0), vdupq_n_s8(0)};
-    for (int w = 4; w >= 1; w /= 2) {
-        for (int c = 0; c < sfmp_piece_count(B, w); ++c) {
-            const v32_neon p = piece_neon(base, n, w, j);
-            q.lo = vorrq_s8(vshlq_s8(q.lo, vdupq_n_s8((int8_t) w)), p.lo);
-            q.hi = vorrq_s8(vshlq_s8(q.hi, vdupq_n_s8((int8_t) w)), p.hi);
-            base += n * w / 8;
-        }
-    }
-    return q;
-}
-
+// acc + the 4 lanes' partial sums of a * y.
 SFMP_INLINE int32x4_t dot16_neon(int32x4_t acc, int8x16_t a, int8x16_t y) {
 #if defined(__ARM_FEATURE_DOTPROD)
     return vdotq_s32(acc, a, y);
@@ -438,122 +382,290 @@ SFMP_INLINE int32x4_t dot16_neon(int32x4_t acc, int8x16_t a, int8x16_t y) {
 #endif
 }
 
-SFMP_INLINE int32_t dot_neon(v32_neon c, const int8_t * y) {
-    return vaddvq_s32(dot16_neon(dot16_neon(vdupq_n_s32(0), c.lo, vld1q_s8(y)), c.hi, vld1q_s8(y + 16)));
+// ---- _k types: unsigned codes, Q8_K's block sums, one horizontal sum per block ------------------
+
+// An upgrade's extra bits, 32 weights in 4 bytes: weight i in byte i % 4 at bit i / 4 (this is
+// weights 0..15's bit; shifted left by 4, weights 16..31's).
+static const uint8_t extra_bit_neon[16] = {1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8};
+
+// The loops over sub-blocks must unroll, so that every piece offset and shift is a constant.
+#define SFMP_NEON_UNROLL _Pragma("GCC unroll 8")
+
+// An fp16 scale, by the hardware conversion: exact, the value sfmp_fp16_to_fp32 gives for every
+// finite or infinite input, without the call.
+SFMP_INLINE float half_neon(const uint8_t * p) {
+    __fp16 h;
+    memcpy(&h, p, sizeof(h));
+    return (float) h;
 }
 
-SFMP_INLINE v32_neon add2_neon(v32_neon a, v32_neon b) {
-    v32_neon r = {vaddq_s8(a.lo, b.lo), vaddq_s8(a.hi, b.hi)};
-    return r;
+// (high << w) | (low's low w bits): SLI inserts a piece below the bits gathered so far and drops
+// whatever lies above the piece in its byte.
+SFMP_INLINE uint8x16_t sli_neon(uint8x16_t low, uint8x16_t high, int w) {
+    return w == 4 ? vsliq_n_u8(low, high, 4) : (w == 2 ? vsliq_n_u8(low, high, 2) : vsliq_n_u8(low, high, 1));
 }
 
-// Nonlinear grid: sum(y L) over sub-block j by one 16-entry table lookup (see nl_levels_avx2).
-SFMP_INLINE int32_t nl_dot_neon(const uint8_t * block, int n, int B, int U, int j, uint32_t mask, const int8_t * y) {
-    const v32_neon q = base_code_neon(block + SFMP_CODE_OFFSET(n, n / SFMP_SUB_BLOCK, 0), n, B, j);
-    uint8x16_t lo = vreinterpretq_u8_s8(q.lo), hi = vreinterpretq_u8_s8(q.hi);
-    const uint8_t * table = sfmp_nl_biased[B];
-    if (U) {
-        const int up = (int) (mask >> j & 1);
-        const v32_neon e = extra_bits_neon(block + SFMP_EXTRA_OFFSET(n, n / SFMP_SUB_BLOCK, B, extra_slot(mask, U, j)));
-        const uint8x16_t keep = vdupq_n_u8((uint8_t) -up);
-        lo = vorrq_u8(vaddq_u8(lo, lo), vandq_u8(vreinterpretq_u8_s8(e.lo), keep));
-        hi = vorrq_u8(vaddq_u8(hi, hi), vandq_u8(vreinterpretq_u8_s8(e.hi), keep));
-        table = up ? sfmp_nl_biased[B + 1] : sfmp_nl_spread[B];
+// Weights first..first+15 of a width-w piece spanning n weights, shifted down to bit 0; `clean`:
+// with the bits above cleared (not needed where they shift out at the top of the byte).
+SFMP_INLINE uint8x16_t piece16_neon(const uint8_t * piece, int n, int w, int first, int clean) {
+    const int span = n * w / 8, shift = w * (first / span);
+    const uint8x16_t v = vshlq_u8(vld1q_u8(piece + first % span), vdupq_n_s8((int8_t) -shift));
+    return clean && shift + w < 8 ? vandq_u8(v, vdupq_n_u8((uint8_t) ((1 << w) - 1))) : v;
+}
+
+// A plane over a 64-weight block (span 8): weight i in byte i % 8 at bit i / 8. Weights
+// first..first+15 as 0 or -1 (SLI takes bit 0).
+SFMP_INLINE uint8x16_t plane16_s_neon(const uint8_t * piece, int first) {
+    static const uint8_t bit_lo[16] = {1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2};
+    uint64_t u;
+    memcpy(&u, piece, sizeof(u));
+    return vtstq_u8(vreinterpretq_u8_u64(vdupq_n_u64(u)), vshlq_u8(vld1q_u8(bit_lo), vdupq_n_s8((int8_t) (first / 8))));
+}
+
+// The codes of weights first..first+15 of an n-weight block: unsigned q for B <= 7; q - 128 for
+// B == 8, whose codes do not fit a signed byte.
+SFMP_INLINE uint8x16_t code16_neon(const uint8_t * base, int n, int B, int first) {
+    if (B == 8) {  // two nibble pieces: both low nibbles (SLI) or both high nibbles (SRI)
+        const int span = n / 2;
+        const uint8x16_t hi = vld1q_u8(base + first % span), lo = vld1q_u8(base + span + first % span);
+        return veorq_u8(first < span ? vsliq_n_u8(lo, hi, 4) : vsriq_n_u8(hi, lo, 4), vdupq_n_u8(0x80));
     }
-    const uint8x16_t t = vld1q_u8(table);
-    const int8x16_t bias = vdupq_n_s8(SFMP_NL_BIAS);
-    const v32_neon levels = {vsubq_s8(vreinterpretq_s8_u8(vqtbl1q_u8(t, lo)), bias),
-                             vsubq_s8(vreinterpretq_s8_u8(vqtbl1q_u8(t, hi)), bias)};
-    return dot_neon(levels, y);
+    uint8x16_t q = vdupq_n_u8(0);
+    int bits = 0;
+    for (int w = 4; w >= 1; w /= 2) {
+        for (int c = 0; c < sfmp_piece_count(B, w); ++c) {
+            const uint8x16_t p = n * w / 8 < 16 ? plane16_s_neon(base, first) : piece16_neon(base, n, w, first, bits == 0);
+            q = bits ? sli_neon(p, q, w) : p;
+            bits += w;
+            base += n * w / 8;
+        }
+    }
+    return q;
 }
 
-// t = 2 * sum(y o) + [upgraded] * sum(y (2e - 1)) for sub-block j, o = 2q + 1 - 2^B: the exact
-// integer of sub_block_dot in sfmp-quants.c, without m. Nonlinear grid: sum(y L).
-SFMP_INLINE int32_t sub_block_dot_neon(const uint8_t * block, int n, int B, int U, int NL, int j, uint32_t mask,
-                                       const int8_t * y) {
-    const int n_sub = n / SFMP_SUB_BLOCK;
-    const uint8_t * base = block + SFMP_CODE_OFFSET(n, n_sub, 0);
+// sum(c y) over one sub-block, as four int32 partial sums.
+SFMP_INLINE int32x4_t dot32_neon(int8x16_t lo, int8x16_t hi, const int8_t * y) {
+    return dot16_neon(dot16_neon(vdupq_n_s32(0), lo, vld1q_s8(y)), hi, vld1q_s8(y + 16));
+}
+
+// The 8 sub-blocks' partial sums as [t0 t1 t2 t3] and [t4 t5 t6 t7].
+SFMP_INLINE void reduce8_neon(const int32x4_t v[8], int32x4_t * t03, int32x4_t * t47) {
+    *t03 = vpaddq_s32(vpaddq_s32(v[0], v[1]), vpaddq_s32(v[2], v[3]));
+    *t47 = vpaddq_s32(vpaddq_s32(v[4], v[5]), vpaddq_s32(v[6], v[7]));
+}
+
+// The upgrades' part of a block's integer, for the activations y (FINE: y[0] and y[1]): an upgraded
+// sub-block's integer is its plain one plus m sum(y (2e - 1)) (uniform grid; m (2e - 1) fits a byte,
+// so one dot product adds it in), or plus m sum(y D[2q + e]) (nonlinear: D the (B + 1)-bit levels
+// less the B-bit level of q; `codes` holds every sub-block's q). The first U flagged sub-blocks
+// count, as in sfmp_upgrade_mask; `flags` has sub-block j's flag at bit 8j + 7, as the amplitude
+// bytes hold them.
+SFMP_INLINE void upgrades_k_neon(const uint8_t * block, const int B, const int U, const int NL, const int FINE,
+                                 uint64_t flags, const uint8_t codes[8][32], const sfmp_block_q8_K * y,
+                                 int32x4_t ext[2]) {
+    const uint8x16_t b0 = vld1q_u8(extra_bit_neon), b1 = vshlq_n_u8(b0, 4);
+    const uint8_t * amplitude = block + SFMP_AMPLITUDE_OFFSET;
+    ext[0] = ext[1] = vdupq_n_s32(0);
+    for (int u = 0; u < U && flags; ++u, flags &= flags - 1) {
+        const size_t j = (size_t) __builtin_ctzll(flags) >> 3;
+        const int8_t m = (int8_t) (amplitude[j] & SFMP_AMPLITUDE_MAX);
+        uint32_t bits;  // weight i's extra bit: byte i % 4, bit i / 4
+        memcpy(&bits, block + SFMP_EXTRA_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, B, u), sizeof(bits));
+        const uint8x16_t e = vreinterpretq_u8_u32(vdupq_n_u32(bits));
+        int8x16_t c0, c1;
+        if (NL) {
+            const int8x16_t d = vreinterpretq_s8_u8(vsubq_u8(vld1q_u8(sfmp_nl_biased[B + 1]), vld1q_u8(sfmp_nl_spread[B])));
+            c0 = vqtbl1q_s8(d, vsliq_n_u8(vtstq_u8(e, b0), vld1q_u8(codes[j]), 1));
+            c1 = vqtbl1q_s8(d, vsliq_n_u8(vtstq_u8(e, b1), vld1q_u8(codes[j] + 16), 1));
+        } else {
+            const int8x16_t pm = vdupq_n_s8(m), nm = vnegq_s8(pm);
+            c0 = vbslq_s8(vtstq_u8(e, b0), pm, nm);
+            c1 = vbslq_s8(vtstq_u8(e, b1), pm, nm);
+        }
+        for (int c = 0; c < 1 + FINE; ++c) {
+            const int8_t * yj = y[c].qs + 32 * j;
+            const int32x4_t dot = dot16_neon(dot16_neon(NL ? vdupq_n_s32(0) : ext[c], c0, vld1q_s8(yj)), c1, vld1q_s8(yj + 16));
+            ext[c] = NL ? vmlaq_n_s32(ext[c], dot, m) : dot;
+        }
+    }
+}
+
+// A block's exact integer (see block_k_avx2), with t_j = sum(y_j c_j) and s_j = sum(y_j) from bsums:
+//   uniform: sum_j m_j (4 t_j + K s_j) + the upgrades' part, K = 2 (1 - 2^B)
+//            (B == 8: c = q - 128, K = 2);
+//            widened codes c = 2q + e (e = 0 if plain): sum_j m_j (2 t_j + (K - [j upgraded]) s_j)
+//            (B == 7: c = 2q + e - 128, K + 256 - [j upgraded]);
+//   nonlinear: sum_j m_j (t_j - 64 s_j) + the upgrades' part, c the biased level L + 64.
+// int32 throughout: the arithmetic is modular and every block total fits (|total| <= 8 * 127 *
+// 255 * 128 * 32 * 2 < 2^31, Q8_K values in -128..127), so the wrapped sum is the exact one.
+SFMP_INLINE int32_t total_k_neon(const uint8_t * block, const int B, const int NL, const int WIDE, uint32_t up,
+                                 const int32x4_t v[8], int32x4_t ext, const sfmp_block_q8_K * y) {
+    int32x4_t t03, t47;
+    reduce8_neon(v, &t03, &t47);
+    const int16x8_t s = vpaddq_s16(vld1q_s16(y->bsums), vld1q_s16(y->bsums + 8));
+    const int k0 = NL ? -SFMP_NL_BIAS : (B == 8 ? 2 : 2 * (1 - (1 << B)) + (WIDE && B == 7 ? 256 : 0));
+    int16x8_t k = vdupq_n_s16((int16_t) k0);
+    if (WIDE && !NL) {  // -1 in the upgraded lanes
+        static const uint16_t bit[8] = {1, 2, 4, 8, 16, 32, 64, 128};
+        k = vaddq_s16(k, vreinterpretq_s16_u16(vtstq_u16(vdupq_n_u16((uint16_t) up), vld1q_u16(bit))));
+    }
+    if (!NL) {
+        t03 = vshlq_n_s32(t03, WIDE ? 1 : 2);
+        t47 = vshlq_n_s32(t47, WIDE ? 1 : 2);
+    }
+    const int32x4_t u03 = vmlal_s16(t03, vget_low_s16(k), vget_low_s16(s)), u47 = vmlal_high_s16(t47, k, s);
+    const uint16x8_t m = vmovl_u8(vand_u8(vld1_u8(block + SFMP_AMPLITUDE_OFFSET), vdup_n_u8(SFMP_AMPLITUDE_MAX)));
+    const int32x4_t acc = vmlaq_s32(vmlaq_s32(ext, u03, vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(m)))), u47,
+                                    vreinterpretq_s32_u32(vmovl_high_u16(m)));
+    return vaddvq_s32(acc);
+}
+
+// A sub-block's codes widened to 2q + e, e its extra bits at `extra` (0 where not `upgraded`):
+// nonlinear, their levels (the (B + 1)-bit table where upgraded, the spread B-bit one otherwise);
+// uniform B == 7, less 128 (2q + e - 128 fits a signed byte).
+SFMP_INLINE void widen_neon(uint8x16_t * lo, uint8x16_t * hi, const uint8_t * extra, int upgraded, const int B,
+                            const int NL, uint8x16_t levels, uint8x16_t levels_up) {
+    const uint8x16_t b0 = vld1q_u8(extra_bit_neon), b1 = vshlq_n_u8(b0, 4);
+    uint32_t bits;
+    memcpy(&bits, extra, sizeof(bits));
+    const uint8x16_t e = vreinterpretq_u8_u32(vdupq_n_u32(bits & (0u - (uint32_t) upgraded)));
+    *lo = vsliq_n_u8(vtstq_u8(e, b0), *lo, 1);
+    *hi = vsliq_n_u8(vtstq_u8(e, b1), *hi, 1);
     if (NL) {
-        return nl_dot_neon(block, n, B, U, j, mask, y);
+        const uint8x16_t table = vbslq_u8(vdupq_n_u8((uint8_t) -upgraded), levels_up, levels);
+        *lo = vqtbl1q_u8(table, *lo);
+        *hi = vqtbl1q_u8(table, *hi);
+    } else if (B == 7) {
+        *lo = veorq_u8(*lo, vdupq_n_u8(0x80));
+        *hi = veorq_u8(*hi, vdupq_n_u8(0x80));
     }
-    if (B == 8) {  // o = 2 (q - 128) + 1
-        const v32_neon hi = piece_neon(base, n, 4, j), lo = piece_neon(block + SFMP_CODE_OFFSET(n, n_sub, 4), n, 4, j);
-        const int8x16_t flip = vdupq_n_s8(-128);
-        v32_neon sq = {veorq_s8(vorrq_s8(vshlq_n_s8(hi.lo, 4), lo.lo), flip),
-                       veorq_s8(vorrq_s8(vshlq_n_s8(hi.hi, 4), lo.hi), flip)};
-        const v32_neon ones = {vdupq_n_s8(1), vdupq_n_s8(1)};
-        return 4 * dot_neon(sq, y) + 2 * dot_neon(ones, y);
-    }
-    const v32_neon q = base_code_neon(base, n, B, j);
-    const int8x16_t bias = vdupq_n_s8((int8_t) (1 - (1 << B)));
-    const v32_neon o = {vaddq_s8(vaddq_s8(q.lo, q.lo), bias), vaddq_s8(vaddq_s8(q.hi, q.hi), bias)};
-    if (!(U && (mask >> j & 1))) {
-        return B == 7 ? 2 * dot_neon(o, y) : dot_neon(add2_neon(o, o), y);
-    }
-    const int rank = sfmp_popcount(mask & ((1u << j) - 1));
-    const v32_neon e = extra_bits_neon(block + SFMP_EXTRA_OFFSET(n, n_sub, B, rank));
-    const v32_neon pm = {vsubq_s8(vaddq_s8(e.lo, e.lo), vdupq_n_s8(1)), vsubq_s8(vaddq_s8(e.hi, e.hi), vdupq_n_s8(1))};
-    if (B == 7) {  // 2o + (2e - 1) would not fit a byte
-        return 2 * dot_neon(o, y) + dot_neon(pm, y);
-    }
-    return dot_neon(add2_neon(add2_neon(o, o), pm), y);
 }
 
-// One Q8_K block (FINE: a two-level pair, 256 * hi + lo) per weight block.
+// One Q8_K block (FINE: a two-level pair, 256 * hi + lo) per weight block. With few upgrades
+// (U <= 2) upgrades_k_neon adds them after the plain sub-blocks; with more, every sub-block's code
+// is widened by its extra bit (0 where plain), found by its rank among the flagged sub-blocks.
 SFMP_INLINE float row_k_neon(const int B, const int U, const int NL, const int FINE, int n, const void * vx,
                              const uint8_t * vy) {
+    const int WIDE = U > 2;
     const size_t y_stride = FINE ? sizeof(sfmp_block_q8_K_x2) : sizeof(sfmp_block_q8_K);
     const uint8_t * block = (const uint8_t *) vx;
     const int type_size = SFMP_EXTRA_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, B, U);
     const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
+    // Nonlinear levels: B bits; widened, the B-bit table spread over 2q and the (B + 1)-bit one.
+    const uint8x16_t levels = vld1q_u8(WIDE ? sfmp_nl_spread[NL ? B : 0] : sfmp_nl_biased[NL ? B : 0]);
+    const uint8x16_t levels_up = vld1q_u8(sfmp_nl_biased[NL && WIDE ? B + 1 : 0]);
     float sumf = 0.0f;
     for (int i = 0; i < n / 256; ++i, block += type_size) {
-        uint32_t flags = 0;
-        for (int j = 0; j < 8; ++j) {
-            flags |= (uint32_t) (block[SFMP_AMPLITUDE_OFFSET + j] >> 7) << j;
-        }
-        const uint32_t mask = first_flags(flags, U);
         const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) (vy + (size_t) i * y_stride);
-        int64_t total = 0, lo = 0;
+        const uint8_t * base = block + SFMP_CODE_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, 0);
+        uint64_t flags;  // sub-block j's upgrade flag at bit 8j + 7
+        memcpy(&flags, block + SFMP_AMPLITUDE_OFFSET, sizeof(flags));
+        flags &= 0x8080808080808080ull;
+        uint8_t codes[8][32];  // nonlinear grid, few upgrades: q, for upgrades_k_neon
+        int32x4_t v[2][8];
+        uint32_t up = 0;  // widened: the upgraded sub-blocks
+        int rank = 0;
+        SFMP_NEON_UNROLL
         for (int j = 0; j < 8; ++j) {
-            const int64_t m = block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX;
-            total += m * sub_block_dot_neon(block, 256, B, U, NL, j, mask, y->qs + 32 * j);
-            if (FINE) {
-                lo += m * sub_block_dot_neon(block, 256, B, U, NL, j, mask, y[1].qs + 32 * j);
+            uint8x16_t lo = code16_neon(base, SFMP_K_BLOCK, B, 32 * j), hi = code16_neon(base, SFMP_K_BLOCK, B, 32 * j + 16);
+            if (WIDE) {  // only the first U flags count; a plain sub-block reads a valid slot, masked
+                const int flag = (int) (flags >> (8 * j + 7)) & 1, upgraded = flag & (rank < U);
+                widen_neon(&lo, &hi, block + SFMP_EXTRA_OFFSET(SFMP_K_BLOCK, SFMP_K_NSUB, B, rank < U ? rank : U - 1),
+                           upgraded, B, NL, levels, levels_up);
+                up |= (uint32_t) upgraded << j;
+                rank += flag;
+            } else if (NL) {
+                if (U) {
+                    vst1q_u8(codes[j], lo);
+                    vst1q_u8(codes[j] + 16, hi);
+                }
+                lo = vqtbl1q_u8(levels, lo);
+                hi = vqtbl1q_u8(levels, hi);
+            }
+            for (int c = 0; c < 1 + FINE; ++c) {
+                v[c][j] = dot32_neon(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi), y[c].qs + 32 * j);
             }
         }
-        total = FINE ? SFMP_RESIDUAL_STEPS * total + lo : total;
-        sumf += (sfmp_block_d(block) * y->d) * ((float) total * unit);
+        int32x4_t ext[2];
+        upgrades_k_neon(block, B, WIDE ? 0 : U, NL, FINE, flags, codes, y, ext);
+        int64_t total = total_k_neon(block, B, NL, WIDE, up, v[0], ext[0], y);
+        if (FINE) {
+            total = SFMP_RESIDUAL_STEPS * total + total_k_neon(block, B, NL, WIDE, up, v[1], ext[1], y + 1);
+        }
+        sumf += (half_neon(block + SFMP_SCALE_OFFSET) * y->d) * ((float) total * unit);
     }
     return sumf;
 }
 
-// One Q8_0 block (FINE: a two-level pair, 256 * hi + lo) per sub-block.
+// ---- _s types: one Q8_0 block per sub-block ---------------------------------------------------
+
+// One Q8_0 block (FINE: a two-level pair, 256 * hi + lo) per sub-block. Sub-block j's integer is
+// m_j (SH t_j + K_j s_j), t_j = sum(y c) and s_j = sum(y) (no block sums in Q8_0: a dot product with
+// ones): as total_k_neon, with every code widened where the type has an upgrade (U = 1: at most
+// one of the two sub-blocks, always slot 0). int32 per sub-block and level; FINE combines them in int64.
 SFMP_INLINE float row_s_neon(const int B, const int U, const int NL, const int FINE, int n, const void * vx,
                              const uint8_t * vy) {
     const size_t y_stride = FINE ? sizeof(sfmp_block_q8_0_x2) : sizeof(sfmp_block_q8_0);
     const uint8_t * block = (const uint8_t *) vx;
     const int type_size = SFMP_EXTRA_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, B, U);
     const float unit = 1.0f / (float) (NL ? SFMP_NL_UNIT : 2 << B) / (float) (FINE ? SFMP_RESIDUAL_STEPS : 1);
+    const uint8x16_t levels = vld1q_u8(U ? sfmp_nl_spread[NL ? B : 0] : sfmp_nl_biased[NL ? B : 0]);
+    const uint8x16_t levels_up = vld1q_u8(sfmp_nl_biased[NL && U ? B + 1 : 0]);
+    const int8x16_t ones = vdupq_n_s8(1);
+    const int sh = NL ? 0 : (U ? 1 : 2);  // t's factor SH as a shift
+    const int k0 = NL ? -SFMP_NL_BIAS : (B == 8 ? 2 : 2 * (1 - (1 << B)) + (U && B == 7 ? 256 : 0));
     float sumf = 0.0f;
     for (int i = 0; i < n / 64; ++i, block += type_size) {
+        const uint8_t * base = block + SFMP_CODE_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, 0);
         const sfmp_block_q8_0 * yb[2] = {(const sfmp_block_q8_0 *) (vy + (size_t) (2 * i) * y_stride),
                                          (const sfmp_block_q8_0 *) (vy + (size_t) (2 * i + 1) * y_stride)};
-        const uint32_t mask = first_flags(flags_s(block), U);
-        const float d = sfmp_block_d(block);
-        int64_t a[2];
+        int32x4_t t[2][2], s[2][2];  // [level][sub-block]
+        int k[2];
+        int flagged = 0;  // the first flag takes slot 0; a second one does not count (U = 1)
         for (int j = 0; j < 2; ++j) {
-            const int64_t m = block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX;
-            a[j] = m * sub_block_dot_neon(block, 64, B, U, NL, j, mask, yb[j]->qs);
-            if (FINE) {
-                a[j] = SFMP_RESIDUAL_STEPS * a[j] + m * sub_block_dot_neon(block, 64, B, U, NL, j, mask, yb[j][1].qs);
+            uint8x16_t lo = code16_neon(base, SFMP_S_BLOCK, B, 32 * j), hi = code16_neon(base, SFMP_S_BLOCK, B, 32 * j + 16);
+            k[j] = k0;
+            if (U) {
+                const int flag = block[SFMP_AMPLITUDE_OFFSET + j] >> 7, upgraded = flag & !flagged;
+                widen_neon(&lo, &hi, block + SFMP_EXTRA_OFFSET(SFMP_S_BLOCK, SFMP_S_NSUB, B, 0), upgraded, B, NL, levels,
+                           levels_up);
+                k[j] -= NL ? 0 : upgraded;
+                flagged |= flag;
+            } else if (NL) {
+                lo = vqtbl1q_u8(levels, lo);
+                hi = vqtbl1q_u8(levels, hi);
+            }
+            for (int c = 0; c < 1 + FINE; ++c) {
+                const int8_t * y = yb[j][c].qs;
+                const int8x16_t y0 = vld1q_s8(y), y1 = vld1q_s8(y + 16);
+                t[c][j] = dot16_neon(dot16_neon(vdupq_n_s32(0), vreinterpretq_s8_u8(lo), y0), vreinterpretq_s8_u8(hi), y1);
+                s[c][j] = dot16_neon(dot16_neon(vdupq_n_s32(0), ones, y0), ones, y1);
             }
         }
-        const int64_t a0 = a[0], a1 = a[1];
-        sumf += (d * sfmp_fp16_to_fp32(yb[0]->d)) * ((float) a0 * unit) + (d * sfmp_fp16_to_fp32(yb[1]->d)) * ((float) a1 * unit);
+        const int32x2_t m = vset_lane_s32(block[SFMP_AMPLITUDE_OFFSET + 1] & SFMP_AMPLITUDE_MAX,
+                                          vdup_n_s32(block[SFMP_AMPLITUDE_OFFSET] & SFMP_AMPLITUDE_MAX), 1);
+        // m T = (m << SH) t + (m K) s: two independent products, off each other's latency
+        const int32x2_t msh = vshl_s32(m, vdup_n_s32(sh)), mk = vmul_s32(m, vset_lane_s32(k[1], vdup_n_s32(k[0]), 1));
+        int32x2_t mt[2];  // [m0 T0, m1 T1] per level
+        for (int c = 0; c < 1 + FINE; ++c) {
+            const int32x4_t ts = vpaddq_s32(vpaddq_s32(t[c][0], t[c][1]), vpaddq_s32(s[c][0], s[c][1]));  // t0 t1 s0 s1
+            mt[c] = vmla_s32(vmul_s32(vget_high_s32(ts), mk), vget_low_s32(ts), msh);
+        }
+        const float d = half_neon(block + SFMP_SCALE_OFFSET);
+        if (FINE) {  // 256 m T(hi) + m T(lo) needs int64, and int64 to float one rounding: scalar
+            const int64x2_t a = vaddw_s32(vshlq_n_s64(vmovl_s32(mt[0]), 8), mt[1]);
+            sumf += (d * half_neon((const uint8_t *) &yb[0]->d)) * ((float) vgetq_lane_s64(a, 0) * unit) +
+                    (d * half_neon((const uint8_t *) &yb[1]->d)) * ((float) vgetq_lane_s64(a, 1) * unit);
+        } else {  // the reference's float operations, one sub-block per lane, then the lanes' sum
+            uint16x4_t dy = vld1_lane_u16(&yb[0]->d, vdup_n_u16(0), 0);
+            dy = vld1_lane_u16(&yb[1]->d, dy, 1);
+            const float32x2_t dd = vmul_n_f32(vget_low_f32(vcvt_f32_f16(vreinterpret_f16_u16(dy))), d);
+            sumf += vpadds_f32(vmul_f32(dd, vmul_n_f32(vcvt_f32_s32(mt[0]), unit)));
+        }
     }
     return sumf;
 }
+
 
 // SFMP_CPU_NROWS is 1 here.
 SFMP_INLINE void vec_dot_k_neon(const int B, const int U, const int NL, const int FINE, int n, float * s, size_t bs,
