@@ -10,6 +10,9 @@ from pathlib import Path
 from sfmp_gguf.assets.austen import austen_texts
 
 PROMPT = "The capital of France is"
+# A quick SFMP file's overrides (tests.convert_helpers.quantize_with_overrides): a _k type, one with
+# two-level activations, an _s type and a nonlinear one.
+MIXED_OVERRIDES = {"ffn_down": "sfmp425_k", "ffn_up": "sfmp675_k", "attn_v": "sfmp600_s", "attn_q": "sfmp350n_s"}
 _PPL = re.compile(r"Final estimate: PPL = ([0-9.]+)")
 
 

@@ -21,22 +21,21 @@ import pytest
 
 from sfmp_gguf.llama.build import AARCH64_SYSROOT, VARIANTS, current_build
 from tests.convert_helpers import quantize_with_overrides
-from tests.llama_runs import continuation, eval_text, perplexity
+from tests import native_build
+from tests.llama_runs import MIXED_OVERRIDES, continuation, eval_text, perplexity
 
 pytestmark = pytest.mark.qemu
 
-# A _k, an _s, a nonlinear and a two-level-activation type, as in tests/test_rpc.py.
-OVERRIDES = {"ffn_down": "sfmp425_k", "ffn_up": "sfmp675_k", "attn_v": "sfmp600_s", "attn_q": "sfmp350n_s"}
 CROSS = sorted(name for name, variant in VARIANTS.items() if variant.cross)
 # Where the shared libraries (libstdc++, libgomp) of the cross compiler's target live.
-QEMU = ("qemu-aarch64", "-cpu", "max", "-L", str(AARCH64_SYSROOT))
+QEMU = (*native_build.QEMU, "-L", str(AARCH64_SYSROOT))
 CHUNKS = 2  # two 128-token windows: about 40 s under qemu
 PPL_BOUND = 0.03
 
 
 @pytest.fixture(scope="module")
 def sfmp_model(build, tmp_path_factory) -> Path:
-    return quantize_with_overrides(build, tmp_path_factory.mktemp("aarch64") / "teacher-sfmp.gguf", OVERRIDES)
+    return quantize_with_overrides(build, tmp_path_factory.mktemp("aarch64") / "teacher-sfmp.gguf", MIXED_OVERRIDES)
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,15 @@ import pytest
 
 from sfmp_gguf.llama.rpc import RpcError, rpc_server
 from tests.convert_helpers import quantize_with_overrides
-from tests.llama_runs import continuation, eval_text, perplexity
+from tests.llama_runs import MIXED_OVERRIDES, continuation, eval_text, perplexity
 
 pytestmark = pytest.mark.integration
 
-OVERRIDES = {"ffn_down": "sfmp425_k", "ffn_up": "sfmp675_k", "attn_v": "sfmp600_s", "attn_q": "sfmp350n_s"}
 
 
 @pytest.fixture(scope="module")
 def sfmp_model(build, tmp_path_factory) -> Path:
-    return quantize_with_overrides(build, tmp_path_factory.mktemp("rpc") / "teacher-sfmp.gguf", OVERRIDES)
+    return quantize_with_overrides(build, tmp_path_factory.mktemp("rpc") / "teacher-sfmp.gguf", MIXED_OVERRIDES)
 
 
 @pytest.fixture(scope="module")
