@@ -328,6 +328,7 @@ def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, reque
     flags = w.reshape(len(w), -1, t.type_size)[:, :, t.sc_offset:t.base_offset]
     flags[0] |= UPGRADE_FLAG  # more flagged sub-blocks than upgrades: the first ones count
     flags[1] &= 0x7F  # none flagged
+    flags[2, :, ::3] &= 0x7F  # fewer flagged than upgrades: the planes of the rest move up
     y_normal = np.stack([_activations(t, rng) for _ in range(6)])  # 6 columns: a call of 4, then 2
     y_full = y_normal.copy()
     y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)

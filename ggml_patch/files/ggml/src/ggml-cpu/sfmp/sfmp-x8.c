@@ -49,24 +49,47 @@
 #define SFMP_X8_UNROLL _Pragma("GCC unroll 8")
 #endif
 
-// Code width in the interleaved layout: an upgraded sub-block's B + 1 bits, a plain one's B bits
+// Code width the kernels compute with: an upgraded sub-block's B + 1 bits, a plain one's B bits
 // shifted up by one, so that every sub-block of the type has the same width.
 SFMP_X8_INLINE int code_width(int B, int U) {
     return B + (U > 0);
 }
 
-// Where an x8 block's parts start (sfmp-x8.h): 8 fp16 scales, then sub-block j's 8 amplitudes,
-// then sub-block j's codes.
+// An x8 block stores every code at B bits and each row's U extra-bit planes apart, as a file block
+// does, so a tensor keeps its size. Sub-block j of a row takes the plane at plane_index: its rank
+// among the row's upgraded sub-blocks where U <= 2, else j minus the row's plain sub-blocks before j,
+// at most n_sub - U = 2 (asserted below for every type). Both are what the file's rank is for a well-formed block;
+// each leaves a kernel at most three planes to choose from per row, where a rank would take a gather.
+SFMP_X8_INLINE int plane_index(int n_sub, int U, int j, int upgraded_before) {
+    if (U <= 2) {
+        return upgraded_before;
+    }
+    const int plain_before = j - upgraded_before;
+    return j - (plain_before < n_sub - U ? plain_before : n_sub - U);
+}
+
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) \
+    SFMP_STATIC_ASSERT((budget) % (nsub) <= 2 || (nsub) - (budget) % (nsub) == 2, #lname ": plane_index takes U <= 2 or two plain sub-blocks");
+#include "ggml-sfmp-types.inc"
+#undef SFMP_TYPE
+
+// Where an x8 block's parts start (sfmp-x8.h): 8 fp16 scales, then sub-block j's 8 amplitudes, then
+// the extra planes of index u for the 8 rows, then sub-block j's codes. The planes come before the
+// codes because the kernel reads them first: a block is read front to back, as prefetchers expect.
 SFMP_X8_INLINE size_t amplitudes_at(int j) {
     return (size_t) (2 * SFMP_X8_ROWS + SFMP_X8_ROWS * j);
 }
 
-SFMP_X8_INLINE size_t codes_at(int n_sub, int W, int j) {
-    return amplitudes_at(n_sub) + (size_t) (32 * W * j);
+SFMP_X8_INLINE size_t extras_at(int n_sub, int u) {
+    return amplitudes_at(n_sub) + (size_t) (32 * u);
 }
 
-SFMP_X8_INLINE size_t block_size_x8(int n_sub, int W) {
-    return codes_at(n_sub, W, n_sub);
+SFMP_X8_INLINE size_t codes_at(int n_sub, int B, int U, int j) {
+    return extras_at(n_sub, U) + (size_t) (32 * B * j);
+}
+
+SFMP_X8_INLINE size_t block_size_x8(int n_sub, int B, int U) {
+    return codes_at(n_sub, B, U, n_sub);
 }
 
 bool sfmp_x8_supported(int type) {
@@ -87,7 +110,7 @@ size_t sfmp_x8_group_size(int type, int64_t n_per_row) {
     if (!L) {
         return 0;
     }
-    return (size_t) (n_per_row / L->block_size) * block_size_x8(L->n_sub, code_width(L->base_bits, L->upgrades));
+    return (size_t) (n_per_row / L->block_size) * block_size_x8(L->n_sub, L->base_bits, L->upgrades);
 }
 
 // The low w bits of each of 8 bytes.
@@ -101,10 +124,10 @@ SFMP_X8_INLINE uint64_t load64(const uint8_t * p) {
     return v;
 }
 
-// Sub-block j's codes at the interleaved width W, one byte per weight, weight 8c + b in byte b of
-// word c (little-endian). Eight weights of a piece always share one byte shift, so each word is one
-// load, shift and mask; bytes never carry into each other because every code fits a byte.
-static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j, uint64_t code[4]) {
+// Sub-block j's B-bit base codes, one byte per weight, weight 8c + b in
+// byte b of word c (little-endian). Eight weights of a piece always share one byte shift, so each
+// word is one load, shift and mask; bytes never carry into each other because every code fits a byte.
+static void code_words(const sfmp_layout * L, const uint8_t * block, int j, uint64_t code[4]) {
     const uint8_t * piece = block + SFMP_CODE_OFFSET(L->block_size, L->n_sub, 0);
     memset(code, 0, 4 * sizeof(uint64_t));
     for (int w = 4; w >= 1; w /= 2) {
@@ -116,23 +139,12 @@ static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t up
             }
         }
     }
-    if (L->upgrades) {  // weight i's extra bit: byte i % 4, bit i / 4; plain sub-blocks get a 0 bit
-        uint32_t e = 0;
-        if (upgraded >> j & 1) {
-            const int rank = sfmp_popcount(upgraded & ((1u << j) - 1));
-            memcpy(&e, block + SFMP_EXTRA_OFFSET(L->block_size, L->n_sub, L->base_bits, rank), sizeof(e));
-        }
-        for (int c = 0; c < 4; ++c) {
-            const uint64_t lo = (e >> (2 * c)) & 0x01010101u, hi = (e >> (2 * c + 1)) & 0x01010101u;
-            code[c] = (code[c] << 1) | lo | hi << 32;
-        }
-    }
 }
 
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row) {
     const sfmp_layout * L = sfmp_get_layout(type);
-    const int W = code_width(L->base_bits, L->upgrades);
-    const size_t bsz = block_size_x8(L->n_sub, W);
+    const int B = L->base_bits, U = L->upgrades;
+    const size_t bsz = block_size_x8(L->n_sub, B, U);
     const int64_t nb = n_per_row / L->block_size;
     memset(dst, 0, (size_t) nb * bsz);
     for (int64_t i = 0; i < nb; ++i) {
@@ -141,15 +153,21 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
             const uint8_t * block = (const uint8_t *) src + r * row_stride + i * L->type_size;
             const uint32_t upgraded = sfmp_upgrade_mask(L, block);
             memcpy(out + 2 * r, block + SFMP_SCALE_OFFSET, 2);
+            int rank = 0;
             for (int j = 0; j < L->n_sub; ++j) {
+                if (upgraded >> j & 1) {  // a file's extra piece has weight i at byte i % 4, bit i / 4: as an x8 plane
+                    memcpy(out + extras_at(L->n_sub, plane_index(L->n_sub, U, j, rank)) + 4 * r,
+                           block + SFMP_EXTRA_OFFSET(L->block_size, L->n_sub, B, rank), 4);
+                    ++rank;
+                }
                 out[amplitudes_at(j) + r] =
                     (uint8_t) ((block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX) | ((upgraded >> j & 1) ? SFMP_UPGRADE_FLAG : 0));
                 uint64_t code[4];
-                code_words(L, block, upgraded, j, code);
-                uint8_t * piece = out + codes_at(L->n_sub, W, j);
-                int shift = W;
+                code_words(L, block, j, code);
+                uint8_t * piece = out + codes_at(L->n_sub, B, U, j);
+                int shift = B;
                 for (int w = 4; w >= 1; w /= 2) {
-                    for (int p = 0; p < sfmp_piece_count(W, w); ++p, piece += 32 * w) {
+                    for (int p = 0; p < sfmp_piece_count(B, w); ++p, piece += 32 * w) {
                         shift -= w;
                         for (int g = 0; g < 8; ++g) {  // group g: weights 4g..4g+3, in load g / (8/w) at bit w * (g % (8/w))
                             const uint32_t bits = (uint32_t) ((code[g / 2] >> (shift + 32 * (g % 2))) & byte_mask(w));
@@ -214,6 +232,7 @@ SFMP_X8_INLINE x8i x8i_zero(void) { return _mm256_setzero_si256(); }
 SFMP_X8_INLINE x8i x8i_set1(int32_t v) { return _mm256_set1_epi32(v); }
 SFMP_X8_INLINE x8i x8i_add(x8i a, x8i b) { return _mm256_add_epi32(a, b); }
 SFMP_X8_INLINE x8i x8i_and(x8i a, x8i b) { return _mm256_and_si256(a, b); }
+SFMP_X8_INLINE x8i x8i_or(x8i a, x8i b) { return _mm256_or_si256(a, b); }
 SFMP_X8_INLINE x8i x8i_mul(x8i a, x8i b) { return _mm256_mullo_epi32(a, b); }
 SFMP_X8_INLINE x8i x8i_shl(x8i a, int k) { return _mm256_slli_epi32(a, k); }
 // All ones where a < b (both below 2^31).
@@ -227,9 +246,25 @@ SFMP_X8_INLINE x8f x8f_from_x8i(x8i a) { return _mm256_cvtepi32_ps(a); }
 SFMP_X8_INLINE x8f x8f_load_f16(const uint8_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p)); }
 SFMP_X8_INLINE void x8f_store(float * p, x8f v) { _mm256_storeu_ps(p, v); }
 
-// Group g (weights 4g..4g+3) of one sub-block's W-bit codes for the 8 rows: its pieces' bits, put
-// together into whole codes, one byte per weight.
-SFMP_X8_INLINE __m256i group_codes(const uint8_t * codes, const int W, const int g) {
+// An extra-bit plane: row r's 4 bytes, weight 4g + b of a sub-block at byte b, bit g.
+typedef __m256i x8_codes;
+
+SFMP_X8_INLINE x8_codes plane_load(const uint8_t * p) { return _mm256_loadu_si256((const __m256i *) p); }
+SFMP_X8_INLINE x8_codes plane_zero(void) { return _mm256_setzero_si256(); }
+// Rows in `pick` take b, the others a.
+SFMP_X8_INLINE x8_codes plane_blend(x8i pick, x8_codes a, x8_codes b) { return _mm256_blendv_epi8(a, b, pick); }
+// Rows outside `keep` get no bits.
+SFMP_X8_INLINE x8_codes plane_keep(x8i keep, x8_codes a) { return _mm256_and_si256(keep, a); }
+
+// Group g's codes with its bits of `plane` appended as the lowest bit.
+SFMP_X8_INLINE __m256i with_extra(__m256i code, x8_codes plane, const int g) {
+    const __m256i bits = _mm256_and_si256(g ? _mm256_srli_epi16(plane, g) : plane, _mm256_set1_epi8(1));
+    return _mm256_or_si256(_mm256_slli_epi16(code, 1), bits);
+}
+
+// Group g (weights 4g..4g+3) of one sub-block's codes for the 8 rows: the bits of its W bits of
+// pieces, then with X its bit of `plane`, put together into whole codes, one byte per weight.
+SFMP_X8_INLINE __m256i group_codes(const uint8_t * codes, const int W, const int X, x8_codes plane, const int g) {
     __m256i code = _mm256_setzero_si256();
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
@@ -241,7 +276,7 @@ SFMP_X8_INLINE __m256i group_codes(const uint8_t * codes, const int W, const int
             code = w == W ? bits : _mm256_or_si256(_mm256_slli_epi16(code, w), bits);
         }
     }
-    return code;
+    return X ? with_extra(code, plane, g) : code;
 }
 
 SFMP_X8_INLINE __m256i broadcast4(const int8_t * y) {
@@ -283,25 +318,28 @@ SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U) {
     return U ? _mm256_blendv_epi8(plain, _mm256_shuffle_epi8(t->up, code), t->up_rows) : plain;
 }
 
-// Per lane (row) and column: sum(c y) over one sub-block; with `tables`, c is the code's biased
-// level (below 128). With VNNI, whole codes go to dpbusd.
+// Per lane (row) and column: sum(c y) over one sub-block of W = code_width(B, U) bit codes, read
+// from `codes` and, with compact extras, `plane`; with `tables`, c is the code's biased level (below
+// 128). With VNNI, whole codes go to dpbusd.
 // Otherwise codes of W <= 7 bits feed maddubs whole; its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1))
 // are widened every `run` groups, before they could overflow. 8-bit codes would saturate maddubs,
-// so they go as two nibbles.
-SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, const x8_tables * tables,
+// so they go as two nibbles: the first stored piece, then the rest.
+SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
                              const int8_t * const * y, const int ncols, x8i * s) {
+    const int Ws = B, X = U > 0;
 #if defined(SFMP_X8_VNNI)
     for (int c = 0; c < ncols; ++c) {
         s[c] = _mm256_setzero_si256();
     }
     SFMP_X8_UNROLL
     for (int g = 0; g < 8; ++g) {
-        const __m256i code = tables ? lookup(group_codes(codes, W, g), tables, U) : group_codes(codes, W, g);
+        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U) : group_codes(codes, Ws, X, plane, g);
         for (int c = 0; c < ncols; ++c) {
             s[c] = dpbusd4(s[c], code, y[c] + 4 * g);
         }
     }
 #else
+    const int W = code_width(B, U);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[SFMP_X8_MAX_COLUMNS];
     if (W == 8) {
@@ -312,7 +350,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, co
             }
             SFMP_X8_UNROLL
             for (int g = 0; g < 8; ++g) {
-                const __m256i nibbles = group_codes(codes + 128 * half, 4, g);
+                const __m256i nibbles = half ? group_codes(codes + 128, Ws - 4, X, plane, g) : group_codes(codes, 4, 0, plane, g);
                 for (int c = 0; c < ncols; ++c) {
                     acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(nibbles, broadcast4(y[c] + 4 * g)));
                 }
@@ -331,7 +369,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, co
     }
     SFMP_X8_UNROLL
     for (int g = 0; g < 8; ++g) {
-        const __m256i code = tables ? lookup(group_codes(codes, W, g), tables, U) : group_codes(codes, W, g);
+        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U) : group_codes(codes, Ws, X, plane, g);
         for (int c = 0; c < ncols; ++c) {
             acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(code, broadcast4(y[c] + 4 * g)));
         }
@@ -359,6 +397,7 @@ SFMP_X8_INLINE x8i x8i_zero(void) { x8i r = {vdupq_n_s32(0), vdupq_n_s32(0)}; re
 SFMP_X8_INLINE x8i x8i_set1(int32_t v) { x8i r = {vdupq_n_s32(v), vdupq_n_s32(v)}; return r; }
 SFMP_X8_INLINE x8i x8i_add(x8i a, x8i b) { x8i r = {vaddq_s32(a.lo, b.lo), vaddq_s32(a.hi, b.hi)}; return r; }
 SFMP_X8_INLINE x8i x8i_and(x8i a, x8i b) { x8i r = {vandq_s32(a.lo, b.lo), vandq_s32(a.hi, b.hi)}; return r; }
+SFMP_X8_INLINE x8i x8i_or(x8i a, x8i b) { x8i r = {vorrq_s32(a.lo, b.lo), vorrq_s32(a.hi, b.hi)}; return r; }
 SFMP_X8_INLINE x8i x8i_mul(x8i a, x8i b) { x8i r = {vmulq_s32(a.lo, b.lo), vmulq_s32(a.hi, b.hi)}; return r; }
 SFMP_X8_INLINE x8i x8i_shl(x8i a, int k) {
     x8i r = {vshlq_s32(a.lo, vdupq_n_s32(k)), vshlq_s32(a.hi, vdupq_n_s32(k))};
@@ -392,8 +431,34 @@ typedef struct {
     uint8x16_t lo, hi;
 } x8_codes;
 
-// Group g of one sub-block's W-bit codes for the 8 rows (as in the AVX2 group_codes).
-SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const int g) {
+// As the AVX2 plane primitives.
+SFMP_X8_INLINE x8_codes plane_load(const uint8_t * p) {
+    x8_codes v = {vld1q_u8(p), vld1q_u8(p + 16)};
+    return v;
+}
+SFMP_X8_INLINE x8_codes plane_zero(void) {
+    x8_codes v = {vdupq_n_u8(0), vdupq_n_u8(0)};
+    return v;
+}
+SFMP_X8_INLINE x8_codes plane_blend(x8i pick, x8_codes a, x8_codes b) {
+    x8_codes v = {vbslq_u8(vreinterpretq_u8_s32(pick.lo), b.lo, a.lo), vbslq_u8(vreinterpretq_u8_s32(pick.hi), b.hi, a.hi)};
+    return v;
+}
+SFMP_X8_INLINE x8_codes plane_keep(x8i keep, x8_codes a) {
+    x8_codes v = {vandq_u8(vreinterpretq_u8_s32(keep.lo), a.lo), vandq_u8(vreinterpretq_u8_s32(keep.hi), a.hi)};
+    return v;
+}
+
+SFMP_X8_INLINE x8_codes with_extra(x8_codes code, x8_codes plane, const int g) {
+    const int8x16_t right = vdupq_n_s8((int8_t) -g);
+    const uint8x16_t one = vdupq_n_u8(1);
+    x8_codes v = {vorrq_u8(vshlq_n_u8(code.lo, 1), vandq_u8(vshlq_u8(plane.lo, right), one)),
+                  vorrq_u8(vshlq_n_u8(code.hi, 1), vandq_u8(vshlq_u8(plane.hi, right), one))};
+    return v;
+}
+
+// Group g of one sub-block's codes for the 8 rows (as in the AVX2 group_codes).
+SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const int X, x8_codes plane, const int g) {
     x8_codes code = {vdupq_n_u8(0), vdupq_n_u8(0)};
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
@@ -408,7 +473,7 @@ SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const in
             code.hi = vorrq_u8(vshlq_u8(code.hi, left), hi);
         }
     }
-    return code;
+    return X ? with_extra(code, plane, g) : code;
 }
 
 SFMP_X8_INLINE int8x16_t broadcast4(const int8_t * y) {
@@ -450,9 +515,10 @@ SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y) {
 }
 
 // Per lane (row) and column: sum(c y) over one sub-block, c a code or, with `tables`, its biased
-// level. 8-bit codes go as two nibbles.
-SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, const x8_tables * tables,
+// level (as the AVX2 code_dot). 8-bit codes go as two nibbles.
+SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
                              const int8_t * const * y, const int ncols, x8i * s) {
+    const int W = code_width(B, U), Ws = B, X = U > 0;
     for (int c = 0; c < ncols; ++c) {
         s[c] = x8i_zero();
     }
@@ -464,8 +530,9 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, co
         }
         SFMP_X8_UNROLL
         for (int g = 0; g < 8; ++g) {
-            const x8_codes code = W == 8 ? group_codes(codes + 128 * half, 4, g)
-                                  : tables ? lookup(group_codes(codes, W, g), tables, U) : group_codes(codes, W, g);
+            const x8_codes code = W == 8 ? (half ? group_codes(codes + 128, Ws - 4, X, plane, g) : group_codes(codes, 4, 0, plane, g))
+                                  : tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U)
+                                           : group_codes(codes, Ws, X, plane, g);
             for (int c = 0; c < ncols; ++c) {
                 const int8x16_t yb = broadcast4(y[c] + 4 * g);
                 acc[c].lo = dot4_rows(acc[c].lo, code.lo, yb);
@@ -484,19 +551,34 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int W, const int U, co
 
 // The exact integers a of sub-block j for the 8 rows of one x8 block, one vector per column.
 SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int NL, const int n_sub,
-                                 const int j, const int8_t * const * y, const sfmp_x8_act * const * act,
+                                 const int j, x8i * before, const int8_t * const * y, const sfmp_x8_act * const * act,
                                  const int ncols, x8i * a) {
-    const int W = code_width(B, U);
     const x8i m = x8i_load_u8(xb + amplitudes_at(j));
     const x8i amp = x8i_and(m, x8i_set1(SFMP_AMPLITUDE_MAX));
     const x8i plain = x8i_less(m, x8i_set1(SFMP_UPGRADE_FLAG));
+    const x8i upgraded = x8i_less(x8i_set1(SFMP_AMPLITUDE_MAX), m);
+    // Each row's plane_index: with U <= 2, before[0] marks rows with an upgraded sub-block before j
+    // (index 1, else 0); otherwise before[0] and before[1] those with one and two plain ones (j - 1, j - 2).
+    x8_codes plane = plane_zero();
+    if (U && U <= 2) {
+        const x8_codes first = plane_load(xb + extras_at(n_sub, 0));
+        plane = plane_keep(upgraded, U == 2 ? plane_blend(before[0], first, plane_load(xb + extras_at(n_sub, 1))) : first);
+        before[0] = x8i_or(before[0], upgraded);
+    } else if (U) {
+        const int back0 = j < U - 1 ? j : U - 1, back1 = j - 1 < U - 1 ? (j > 0 ? j - 1 : 0) : U - 1,
+                  back2 = j - 2 < U - 1 ? (j > 1 ? j - 2 : 0) : U - 1;  // clamped: rows needing them cannot exist
+        const x8_codes near = plane_blend(before[0], plane_load(xb + extras_at(n_sub, back0)), plane_load(xb + extras_at(n_sub, back1)));
+        plane = plane_keep(upgraded, plane_blend(before[1], near, plane_load(xb + extras_at(n_sub, back2))));
+        before[1] = x8i_or(before[1], x8i_and(before[0], plain));
+        before[0] = x8i_or(before[0], plain);
+    }
+    const uint8_t * codes = xb + codes_at(n_sub, B, U, j);
     x8i s[SFMP_X8_MAX_COLUMNS];
     if (NL) {
-        const x8_tables tables = x8_tables_make(U ? sfmp_nl_spread[B] : sfmp_nl_biased[B], sfmp_nl_biased[B + (U > 0)],
-                                                x8i_less(x8i_set1(SFMP_AMPLITUDE_MAX), m));
-        code_dot(xb + codes_at(n_sub, W, j), W, U, &tables, y, ncols, s);
+        const x8_tables tables = x8_tables_make(U ? sfmp_nl_spread[B] : sfmp_nl_biased[B], sfmp_nl_biased[B + (U > 0)], upgraded);
+        code_dot(codes, B, U, &tables, plane, y, ncols, s);
     } else {
-        code_dot(xb + codes_at(n_sub, W, j), W, U, NULL, y, ncols, s);
+        code_dot(codes, B, U, NULL, plane, y, ncols, s);
     }
     for (int c = 0; c < ncols; ++c) {
         x8i t = x8i_add(NL ? s[c] : x8i_shl(s[c], U ? 1 : 2), x8i_set1(act[c]->offset));
@@ -517,7 +599,7 @@ typedef struct {
 // _k types: the block's integer over 8 sub-blocks fits int32 (at most 8 * 127 * 2 * 32 * 255 * 128).
 SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
-    const size_t bsz = block_size_x8(8, code_width(B, U));
+    const size_t bsz = block_size_x8(8, B, U);
     x8f sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
         sum[c] = x8f_zero();
@@ -527,6 +609,7 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_
         for (int c = 0; c < ncols; ++c) {
             acc[c] = x8i_zero();
         }
+        x8i before[2] = {x8i_zero(), x8i_zero()};  // for plane_index
         for (int j = 0; j < 8; ++j) {
             const int8_t * y[SFMP_X8_MAX_COLUMNS];
             const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
@@ -535,7 +618,7 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_
                 y[c] = ((const sfmp_block_q8_K *) cols->y[c])[i].qs + SFMP_SUB_BLOCK * j;
                 act[c] = cols->acts[c] + 8 * i + j;
             }
-            sub_block_x8(x8, B, U, NL, 8, j, y, act, ncols, a);
+            sub_block_x8(x8, B, U, NL, 8, j, before, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
                 acc[c] = x8i_add(acc[c], a[c]);
             }
@@ -553,13 +636,14 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_
 
 SFMP_X8_INLINE void group_s(const int B, const int U, const int NL, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
                             const int ncols, const int64_t g) {
-    const size_t bsz = block_size_x8(2, code_width(B, U));
+    const size_t bsz = block_size_x8(2, B, U);
     x8f sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
         sum[c] = x8f_zero();
     }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
         const x8f d = x8f_load_f16(x8);
+        x8i before[2] = {x8i_zero(), x8i_zero()};
         for (int j = 0; j < 2; ++j) {
             const int8_t * y[SFMP_X8_MAX_COLUMNS];
             const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
@@ -568,7 +652,7 @@ SFMP_X8_INLINE void group_s(const int B, const int U, const int NL, const int64_
                 y[c] = ((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].qs;
                 act[c] = cols->acts[c] + 2 * i + j;
             }
-            sub_block_x8(x8, B, U, NL, 2, j, y, act, ncols, a);
+            sub_block_x8(x8, B, U, NL, 2, j, before, y, act, ncols, a);
             for (int c = 0; c < ncols; ++c) {
                 const x8f v = x8f_mul(x8f_mul(d, x8f_set1(act[c]->scale)), x8f_from_x8i(a[c]));
                 block_sum[c] = j ? x8f_add(block_sum[c], v) : v;
@@ -616,7 +700,7 @@ SFMP_X8_INLINE void group_cols(const int block_size, const int B, const int U, c
                                 const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) { \
         const int B = (budget) / (nsub), U = (budget) % (nsub), NL = (grid) == SFMP_GRID_NONLINEAR;        \
         const int64_t nb = n / (bs);                                                                       \
-        const size_t gsz = (size_t) nb * block_size_x8((nsub), code_width(B, U));                          \
+        const size_t gsz = (size_t) nb * block_size_x8((nsub), B, U);                                      \
         for (int64_t g = g0; g < g1; ++g) {                                                                \
             for (int c0 = 0; c0 < ncols; c0 += SFMP_X8_MAX_COLUMNS) {                                      \
                 columns_x8 cols;                                                                           \

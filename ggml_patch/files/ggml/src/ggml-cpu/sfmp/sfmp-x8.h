@@ -5,9 +5,12 @@
 // block by block; for each block index one x8 block holds:
 //   uint16_t d[8]                 the rows' fp16 block scales
 //   uint8_t  m[n_sub][8]          amplitudes, bit 7 set where the sub-block decodes upgraded
-//   uint8_t  codes[n_sub][32 W]   W-bit codes, W = B + (U > 0), in pieces of 4, 2 and 1 bits
+//   uint8_t  planes[U][32]        the rows' extra bits, a 1-bit piece per row (which plane serves
+//                                 which sub-block: plane_index in sfmp-x8.c)
+//   uint8_t  codes[n_sub][32 B]   B-bit base codes, in pieces of 4, 2 and 1 bits
 // A piece of width w spans w 32-byte loads; in load L, row r owns bytes 4r..4r+3, byte b holds
-// weight 4g + b of the group g = L * (8 / w) + k at bit w * k. Results are bit-identical to
+// weight 4g + b of the group g = L * (8 / w) + k at bit w * k. An x8 block takes the bytes of its 8
+// file blocks. Results are bit-identical to
 // sfmp_vec_dot_generic: the same integers per sub-block and the same float operations per lane.
 #pragma once
 
