@@ -123,7 +123,8 @@ def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.all", "--smoke", "--out", str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("quality.md", "quality.png", "quality-permutation.png", "speed.md", "kernels.md", "conversion.md", "conversion.png", "moe.md",
+    for name in ("quality.md", "quality.png", "quality-permutation.png", "speed.md", "kernels.md", "x8_kernel.md",
+                 "x8_kernel.png", "conversion.md", "conversion.png", "moe.md",
                  "moe-quality.png", "moe-speed.png", "derive.md", "derive.png", "rpc.md", "rpc.png"):
         assert (out / name).is_file(), name
     moe_rows = _table_rows((out / "moe.md").read_text().split("## Each SFMP file")[0])
@@ -194,3 +195,15 @@ def test_rpc_benchmark_measures_each_file_local_and_through_the_server(build, tm
     for speeds in raw["speeds"].values():
         assert set(speeds) == {"Q4_K", "sfmp425_k"} and all(pp > 0 and tg > 0 for pp, tg in speeds.values())
     assert (out / "rpc.png").stat().st_size > 0 and "| sfmp425_k |" in (out / "rpc.md").read_text()
+
+
+@pytest.mark.native
+def test_x8_kernel_benchmark_times_each_library_on_each_rung(build, tmp_path):
+    from sfmp_gguf.bench import x8_kernel
+
+    times = x8_kernel.run(tmp_path, smoke=True)
+    assert list(times) == ["avx2"]
+    assert list(times["avx2"]) == ["sfmp375_k", "sfmp425_k"]
+    assert all(math.isfinite(us) and us > 0 for by_cols in times["avx2"].values() for us in by_cols.values())
+    rows = _table_rows((tmp_path / "x8_kernel.md").read_text())
+    assert [row[0] for row in rows[1:]] == ["sfmp375_k", "sfmp425_k"] and (tmp_path / "x8_kernel.png").stat().st_size > 0

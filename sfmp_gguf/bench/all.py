@@ -1,7 +1,7 @@
 """Every benchmark in one run: quality (KLD), speed, kernel throughput, conversion cost, derivation and RPC.
 
-``python -m sfmp_gguf.bench.all`` writes ``bench-results/{quality,speed,speed-avx2,kernels,conversion,moe,derive,
-rpc}.md`` with their plots (speed-avx2 from the plain-AVX2 build, which it builds if needed), and rewrites the generated block of README.md between its ``bench:begin`` and
+``python -m sfmp_gguf.bench.all`` writes ``bench-results/{quality,speed,speed-avx2,kernels,x8_kernel,conversion,moe,
+derive,rpc}.md`` with their plots (speed-avx2 from the plain-AVX2 build, which it builds if needed), and rewrites the generated block of README.md between its ``bench:begin`` and
 ``bench:end`` markers (only when writing to the default folder). ``--smoke --out DIR`` runs every part on
 tiny settings and leaves README.md alone; ``--render --out DIR`` redraws another run's results.
 Stock quantizations are cached (``~/.cache/sfmp-gguf/bench``); on the 2-core machine the full run
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from sfmp_gguf.assets.imatrix import teacher_imatrix
     from sfmp_gguf.assets.teacher import teacher
     from sfmp_gguf.atomic import write_text
-    from sfmp_gguf.bench import conversion, derive, moe, quality, rpc, speed
+    from sfmp_gguf.bench import conversion, derive, moe, quality, rpc, speed, x8_kernel
     from sfmp_gguf.llama.build import build
     from sfmp_gguf.format import SFMP_TYPES
 
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         log("kernels (test-backend-ops)")
         kernel_types = ["q4_K", "iq4_xs", "q6_K"] + [t.name for t in SFMP_TYPES][: 1 if args.smoke else None]
         write_text(out_dir / "kernels.md", f"# CPU dot-product throughput\n\n{stamp}\n\n" + kernel_table(kernel_types))
+        log("SFMP_X8 kernel per call")
+        x8_kernel.run(out_dir, args.smoke)
         log("mixture of experts")
         moe.run(out_dir, args.smoke, args.threads, log)
         log("conversion cost")

@@ -2,9 +2,12 @@
 
 Every kernel is built with the same cross compiler and flags (``aarch64-linux-gnu-gcc -O3
 -march=armv8.2-a+dotprod``) into one static driver: llama.cpp's NEON ``ggml_vec_dot_{q4_0_q8_0,
-q4_K_q8_K, iq4_xs_q8_K, q6_K_q8_K}`` (arch/arm/quants.c of the patched tree), our per-row
+q4_K_q8_K, iq4_xs_q8_K, q6_K_q8_K}`` (arch/arm/quants.c of the patched tree), the repacked GEMVs that
+llama.cpp's CPU_REPACK buffer runs for Q4_0, Q4_K and Q6_K on a core with dotprod (``ggml_gemv_q4_0_4x4_q8_0``,
+``ggml_gemv_q{4,6}_K_8x4_q8_K``, arch/arm/repack.cpp; REPACKED), our per-row
 ``sfmp_cpu_vec_dot_<type>`` (sfmp-cpu.c) and, for SFMP_X8, ``group_x8`` of sfmp-x8.c for one
-activation column (matrix-vector), 8 rows per call. The loop body is taken from an execution trace,
+activation column (matrix-vector; its two levels, two columns, for types with two-level activations),
+8 rows per call. The loop body is taken from an execution trace,
 not from the assembly's layout: gcc places the upgraded paths out of line and keeps some sub-block
 loops rolled, so a backward branch in the text does not delimit one block's work. The driver runs
 under ``qemu-aarch64 -singlestep -d exec``, once per kernel, on ``4 * W`` weights (``W`` the weights
@@ -18,7 +21,9 @@ upgraded (U of 8, or U of 2): the slow path, at its real share. That straight-li
 ``llvm-mca -iterations=100``; Total Cycles / 100 is the iteration's steady-state throughput, scaled to
 256 weights. LLVM 14 models Cortex-A76 (and X1, Neoverse-N1) with its Cortex-A57 scheduling model, so
 the A76 column is that model; TSV110, an A76-class core with its own model, is a second opinion.
-llvm-mca ignores branch prediction, caches and memory bandwidth: these are core-bound costs.
+llvm-mca ignores branch prediction, caches and memory bandwidth: these are core-bound costs. Each SFMP
+kernel is held against the llama.cpp kernel nearest in bpw of its kind (neighbours): per-row against
+per-row, SFMP_X8 against what llama.cpp runs by default, the repacked GEMV where the type has one.
 Writes ``bench-results/arm_cost.{md,json,png}``.
 
     python -m sfmp_gguf.bench.arm_cost [--out DIR] [--smoke]
@@ -41,8 +46,10 @@ from sfmp_gguf.bench.roundtrip import BenchError
 from sfmp_gguf.format import SFMP_TYPES
 from sfmp_gguf.paths import FILES_DIR, patched_tree
 
-CC, QEMU, OBJDUMP, MCA = "aarch64-linux-gnu-gcc", "qemu-aarch64", "aarch64-linux-gnu-objdump", "llvm-mca"
+CC, CXX, QEMU, OBJDUMP, MCA = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64", "aarch64-linux-gnu-objdump",
+                               "llvm-mca")
 CFLAGS = ["-O3", "-march=armv8.2-a+dotprod", "-std=c11", "-D_GNU_SOURCE", "-DNDEBUG", "-w"]
+CXXFLAGS = [*CFLAGS[:2], "-std=c++17", *CFLAGS[3:]]
 CPUS = ("cortex-a76", "tsv110")
 ITERATIONS = 4
 # Stock kernels: (type, bpw, activation, weights per block-loop iteration). q4_0: `ib += 2` over
@@ -50,18 +57,32 @@ ITERATIONS = 4
 STOCK = {"ggml_vec_dot_q4_0_q8_0": ("Q4_0", 4.5, "Q8_0", 64), "ggml_vec_dot_q4_K_q8_K": ("Q4_K", 4.5, "Q8_K", 256),
          "ggml_vec_dot_iq4_xs_q8_K": ("IQ4_XS", 4.25, "Q8_K", 256),
          "ggml_vec_dot_q6_K_q8_K": ("Q6_K", 6.5625, "Q8_K", 256)}
+# llama.cpp's repacked GEMVs, which its CPU_REPACK buffer picks for these types on a core with dotprod
+# (repack.cpp, ggml_repack_get_optimal_repack_type), driven through a vec_dot-shaped wrapper for `rows`
+# interleaved rows: (type, bpw, activation, weights per block-loop iteration, rows, gemv).
+REPACKED = {"repack_q4_0_4x4": ("Q4_0", 4.5, "Q8_0", 4 * 32, 4, "ggml_gemv_q4_0_4x4_q8_0"),
+            "repack_q4_K_8x4": ("Q4_K", 4.5, "Q8_K", 8 * 256, 8, "ggml_gemv_q4_K_8x4_q8_K"),
+            "repack_q6_K_8x4": ("Q6_K", 6.5625, "Q8_K", 8 * 256, 8, "ggml_gemv_q6_K_8x4_q8_K")}
 # SFMP: row_k_neon / row_s_neon take one block (256 / 64) per `i`; group_k / group_s one x8 block:
 # 8 rows of one block each, for one column.
 WEIGHTS = {("row", 256): 256, ("row", 64): 64, ("x8", 256): 8 * 256, ("x8", 64): 8 * 64}
 
+# A type with two-level activations runs as two columns (hi and lo), as the SFMP_X8 buffer calls it.
 X8_WRAPPER = r"""#include "sfmp-x8.c"
 static sfmp_x8_act acts[4096];
+static float lo_out[SFMP_X8_ROWS];
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) \
 void x8_##lname(int n, float *s, size_t bs_, const void *vx, size_t bx, const void *vy, size_t by, int nrc) { \
-    columns_x8 cols = {{(const uint8_t *) vy}, {acts}, {s}}; \
+    columns_x8 cols = {{(const uint8_t *) vy, (const uint8_t *) vy}, {acts, acts}, {s, lo_out}}; \
     group_x8((bs), (budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, n / (bs), \
-             (const uint8_t *) vx, &cols, 1, 0); }
+             (const uint8_t *) vx, &cols, SFMP_FINE_ACTIVATIONS(nsub, budget) ? 2 : 1, 0); }
 #include "ggml-sfmp-types.inc"
+"""
+REPACK_WRAPPER = r"""#include <stddef.h>
+#define G(wrapper, gemv, rows) \
+void gemv(int n, float * s, size_t bs, const void * vx, const void * vy, int nr, int nc); \
+void wrapper(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) { \
+    gemv(n, s, rows, vx, vy, 1, rows); }
 """
 DRIVER = r"""#include <stdint.h>
 #include <stdlib.h>
@@ -113,17 +134,19 @@ def build(tmp: Path, log) -> Path:
     ours = [f"-I{FILES_DIR / d}" for d in ("ggml/include", "ggml/src/sfmp", "ggml/src/ggml-cpu/sfmp")]
     stock = [f"-I{tree / d}" for d in ("include", "src", "src/ggml-cpu")]
     (tmp / "x8wrap.c").write_text(X8_WRAPPER)
-    (tmp / "driver.c").write_text(DRIVER.replace("STOCK_DECLS", "".join(f"K({f})\n" for f in STOCK)).replace(
-        "STOCK_ENTRIES", "".join(f'    {{"{f}", {f}}},\n' for f in STOCK)))
-    sources = [(tree / "src/ggml-cpu/arch/arm/quants.c", stock), (FILES_DIR / "ggml/src/sfmp/sfmp-quants.c", ours),
-               (FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-cpu.c", ours), (tmp / "x8wrap.c", ours),
-               (tmp / "driver.c", ours)]
+    (tmp / "repackwrap.c").write_text(REPACK_WRAPPER + "".join(f"G({w}, {r[5]}, {r[4]})\n" for w, r in REPACKED.items()))
+    (tmp / "driver.c").write_text(DRIVER.replace("STOCK_DECLS", "".join(f"K({f})\n" for f in (*STOCK, *REPACKED))).replace(
+        "STOCK_ENTRIES", "".join(f'    {{"{f}", {f}}},\n' for f in (*STOCK, *REPACKED))))
+    sources = [(tree / "src/ggml-cpu/arch/arm/quants.c", stock), (tree / "src/ggml-cpu/arch/arm/repack.cpp", stock),
+               (FILES_DIR / "ggml/src/sfmp/sfmp-quants.c", ours), (FILES_DIR / "ggml/src/ggml-cpu/sfmp/sfmp-cpu.c", ours),
+               (tmp / "x8wrap.c", ours), (tmp / "repackwrap.c", ours), (tmp / "driver.c", ours)]
     objects = []
     for src, inc in sources:  # one compiler at a time
         log(f"compile {src.name}")
         objects.append(tmp / (src.stem + ".o"))
-        sh([CC, *CFLAGS, *inc, "-c", src, "-o", objects[-1]])
-    sh([CC, "-static", *objects, "-o", tmp / "driver", "-lm", "-Wl,--unresolved-symbols=ignore-all"])
+        compiler = [CXX, *CXXFLAGS] if src.suffix == ".cpp" else [CC, *CFLAGS]
+        sh([*compiler, *inc, "-c", src, "-o", objects[-1]])
+    sh([CXX, "-static", *objects, "-o", tmp / "driver", "-lm", "-Wl,--unresolved-symbols=ignore-all"])
     return tmp / "driver"
 
 
@@ -143,14 +166,17 @@ def disassembly(binary: Path, start: int, end: int) -> tuple[dict[int, str], set
     return out, callees
 
 
-def one_iteration(binary: Path, name: str, symbols: dict, n: int, tmp: Path) -> tuple[list[str], str]:
-    """The instructions one block-loop iteration executes on rows of ``n`` weights, and where that loop is."""
-    part, callees = disassembly(binary, symbols[name][0], sum(symbols[name]))
+def one_iteration(binary: Path, name: str, symbols: dict, n: int, tmp: Path, traced: str | None = None
+                  ) -> tuple[list[str], str]:
+    """The instructions one block-loop iteration executes on rows of ``n`` weights when the driver runs
+    ``name``, and where that loop is: in ``name`` itself, or in the function ``traced`` it calls."""
+    traced = traced or name
+    part, callees = disassembly(binary, symbols[traced][0], sum(symbols[traced]))
     if len(part) == 1 and callees:  # folded by gcc into an identical kernel: `b other`
         body, loop = one_iteration(binary, callees.pop(), symbols, n, tmp)
         return body, f"{name} = {loop}"
-    start, size = symbols[name]
-    text, todo, ranges = {}, [name], []
+    start, size = symbols[traced]
+    text, todo, ranges = {}, [traced], []
     while todo:  # the kernel and what it calls (sfmp_fp16_to_fp32, ...), traced as if inlined
         f = todo.pop()
         ranges.append(symbols[f])
@@ -172,7 +198,7 @@ def one_iteration(binary: Path, name: str, symbols: dict, n: int, tmp: Path) -> 
     src, dst = max(loops, key=lambda e: (jumps[e][1] - jumps[e][0], e[0] - e[1]))  # the longest iteration
     at = jumps[(src, dst)]
     body = [text[pc] for pc in pcs[at[0]:at[1]] if text[pc].split()[0] not in ("bl", "blr", "ret")]
-    return body, f"{name}+{dst - start:#x}..+{src - start:#x}"
+    return body, f"{traced}+{dst - start:#x}..+{src - start:#x}"
 
 
 def mca(body: list[str], cpu: str, tmp: Path) -> float:
@@ -184,16 +210,28 @@ def mca(body: list[str], cpu: str, tmp: Path) -> float:
 
 
 def kernels(smoke: bool) -> list[dict]:
-    rows = [dict(kernel=f, type=t, bpw=b, activation=a, weights=w, family="stock") for f, (t, b, a, w) in STOCK.items()]
+    rows = [dict(kernel=f, type=t, bpw=b, activation=a, weights=w, rows=1, family="stock") for f, (t, b, a, w) in STOCK.items()]
+    rows += [dict(kernel=f, type=t, bpw=b, activation=a, weights=w, rows=r, family="repack", traced=gemv)
+             for f, (t, b, a, w, r, gemv) in REPACKED.items()]
     types = [t for t in SFMP_TYPES if t.name in ("sfmp400_s", "sfmp425_k")] if smoke else SFMP_TYPES
     for family, prefix in (("row", "sfmp_cpu_vec_dot_"), ("x8", "x8_")):
         rows += [dict(kernel=prefix + t.name, type=t.name, bpw=t.bpw, activation=t.variant.activation,
-                      weights=WEIGHTS[(family, t.block_size)], family=family) for t in types]
+                      weights=WEIGHTS[(family, t.block_size)], rows=8 if family == "x8" else 1, family=family)
+                 for t in types]
     return rows
 
 
+def neighbours(rows: list[dict], family: str) -> list[dict]:
+    """The llama.cpp kernels an SFMP kernel of ``family`` is held against: per row, llama.cpp's per-row
+    kernels; interleaved (x8), what llama.cpp runs by default: its repacked GEMV where the type has one."""
+    repacked = {r["type"] for r in rows if r["family"] == "repack"}
+    if family == "x8":
+        return [r for r in rows if r["family"] == "repack" or (r["family"] == "stock" and r["type"] not in repacked)]
+    return [r for r in rows if r["family"] == "stock"]
+
+
 def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
-    missing = [tool for tool in (CC, QEMU, OBJDUMP, MCA) if shutil.which(tool) is None]
+    missing = [tool for tool in (CC, CXX, QEMU, OBJDUMP, MCA) if shutil.which(tool) is None]
     if missing:
         raise BenchError(f"needs {', '.join(missing)} on PATH (apt: gcc-aarch64-linux-gnu qemu-user llvm)")
     rows = kernels(smoke)
@@ -206,16 +244,16 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
             if len(parts) == 4:
                 symbols[parts[3]] = (int(parts[0], 16), int(parts[1], 16))
         for row in rows:
-            n = ITERATIONS * row["weights"] // (8 if row["family"] == "x8" else 1)  # x8: n is one row's length
-            body, row["loop"] = one_iteration(binary, row["kernel"], symbols, n, tmp)
+            n = ITERATIONS * row["weights"] // row["rows"]  # n is one row's length
+            body, row["loop"] = one_iteration(binary, row["kernel"], symbols, n, tmp, row.get("traced"))
             row["instructions"] = len(body)
             row["cycles_256"] = {cpu: mca(body, cpu, tmp) * 256 / row["weights"] for cpu in CPUS}
             log(f"{row['kernel']}: {row['loop']}, {len(body)} instructions, "
                 f"{row['cycles_256'][CPUS[0]]:.1f} cycles / 256 weights")
-    stock = [r for r in rows if r["family"] == "stock"]
     for row in rows:  # nearest stock bpw; ties go to the same activation type
-        near = min(stock, key=lambda s: (abs(s["bpw"] - row["bpw"]), s["activation"] != row["activation"]))
-        row["neighbour"] = near["type"]
+        near = min(neighbours(rows, row["family"]),
+                   key=lambda s: (abs(s["bpw"] - row["bpw"]), s["activation"] != row["activation"]))
+        row["neighbour"] = near["type"] + (" repacked" if near["family"] == "repack" else "")
         row["ratio"] = {cpu: row["cycles_256"][cpu] / near["cycles_256"][cpu] for cpu in CPUS}
     compiler = sh([CC, "--version"]).splitlines()[0]
     setup = (f"{compiler}, `{' '.join(CFLAGS[:2])}`; llvm-mca {' / '.join(CPUS)} (LLVM 14: Cortex-A76 uses its "
@@ -237,7 +275,7 @@ def render(out_dir: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["cycles_256"]
-        vs = " | | " if r["family"] == "stock" else \
+        vs = " | | " if r["family"] in ("stock", "repack") else \
             f"{r['neighbour']} | {r['ratio'][CPUS[0]]:.2f}x | {r['ratio'][CPUS[1]]:.2f}x"
         table.append(f"| {r['kernel']} | {r['type']} | {r['bpw']:.4g} | {r['instructions']} | {r['weights']} | "
                      f"{c[CPUS[0]]:.1f} | {c[CPUS[1]]:.1f} | {vs} |")
@@ -253,12 +291,13 @@ def render(out_dir: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"row": ("o", "SFMP per row"), "x8": ("s", "SFMP_X8 (8 rows, 1 column)"), "stock": ("*", "llama.cpp")}
+    styles = {"row": ("o", "SFMP per row"), "x8": ("s", "SFMP_X8 (8 rows, 1 column)"), "stock": ("*", "llama.cpp per row"),
+              "repack": ("P", "llama.cpp repacked")}
     for family, (marker, label) in styles.items():
         sel = [r for r in rows if r["family"] == family]
         ax.scatter([r["bpw"] for r in sel], [r["cycles_256"][CPUS[0]] for r in sel], marker=marker, label=label,
-                   s=90 if family == "stock" else 25)
-        if family == "stock":
+                   s=90 if family in ("stock", "repack") else 25)
+        if family in ("stock", "repack"):
             for r in sel:
                 ax.annotate(r["type"], (r["bpw"], r["cycles_256"][CPUS[0]]), fontsize=8, xytext=(4, 4),
                             textcoords="offset points")

@@ -79,8 +79,10 @@ def type_name(type_id: int) -> str:
 # Quantizing (cached)
 
 
+# The quantizers live in libggml-base; libggml-cpu holds the compute kernels, which quantizing does not
+# run, so a kernel change keeps the cached files.
 _QUANTIZE_LIBRARIES = ("libllama-quantize-impl.so", "libllama-common.so", "libllama.so", "libggml.so",
-                       "libggml-base.so", "libggml-cpu.so")
+                       "libggml-base.so")
 
 
 @lru_cache(maxsize=None)
@@ -101,6 +103,20 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def quantized_path(model_sha: str, imatrix: Path | None, qtype: str, folder: Path, pure: bool = True) -> Path:
+    """Where quantize_model keeps ``qtype`` of the model: named by a hash of everything that decides
+    its bytes."""
+    from sfmp_gguf.llama.build import current_build
+
+    recipe = {"model": model_sha, "imatrix": _sha256(imatrix) if imatrix else None,
+              "tools": _tool_fingerprint(current_build().tool("llama-quantize")), "type": qtype, "version": RECIPE_VERSION}
+    if not pure:
+        recipe["pure"] = False  # absent for --pure, so the files cached before this option keep their names
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    stem = qtype.lower() + ("" if pure else "-mix") + ("" if imatrix else "-noimat")
+    return folder / f"{stem}-{key}.gguf"
+
+
 def quantize_model(model: Path, model_sha: str, imatrix: Path | None, qtype: str, folder: Path,
                    threads: int = 2, pure: bool = True) -> Path:
     """``llama-quantize [--pure] [--imatrix]`` of ``model`` to ``qtype``, reused when already in ``folder``.
@@ -112,14 +128,9 @@ def quantize_model(model: Path, model_sha: str, imatrix: Path | None, qtype: str
     from sfmp_gguf.llama.build import current_build
 
     quantize = current_build().tool("llama-quantize")
-    recipe = {"model": model_sha, "imatrix": _sha256(imatrix) if imatrix else None,
-              "tools": _tool_fingerprint(quantize), "type": qtype, "version": RECIPE_VERSION}
-    if not pure:
-        recipe["pure"] = False  # absent for --pure, so the files cached before this option keep their names
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    out = quantized_path(model_sha, imatrix, qtype, folder, pure)
+    stem = out.stem.rsplit("-", 1)[0]
     folder.mkdir(parents=True, exist_ok=True)
-    stem = qtype.lower() + ("" if pure else "-mix") + ("" if imatrix else "-noimat")
-    out = folder / f"{stem}-{key}.gguf"
     if out.is_file():
         return out
     tmp = folder / f".{out.name}.{os.getpid()}.tmp"

@@ -11,7 +11,9 @@ nearest in size, on two models.
 
 ``--variant avx2`` runs the plain-AVX2 build (``python -m sfmp_gguf.llama.build --variant avx2``: no
 AVX-512, no VNNI, as most laptops), writing ``speed-avx2.md``; the default is this machine's build.
-Each model's files are measured in one llama-bench run.
+Each model's files are measured in ``ROUNDS`` llama-bench runs, one after another, and each figure is the
+median of its runs: the machine is shared, and a slow spell then hurts one run of every file rather
+than all runs of a few.
 
     python -m sfmp_gguf.bench.speed [--variant cpu|avx2] [--smoke --out DIR]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from sfmp_gguf.bench import add_output_args, cached_file, cpu_name, output_dir  # noqa: E402
 from sfmp_gguf.atomic import save_figure, write_text  # noqa: E402
@@ -38,6 +42,7 @@ from sfmp_gguf.format import SFMP_TYPES  # noqa: E402
 from sfmp_gguf.llama.build import current_build  # noqa: E402
 from sfmp_gguf.paths import cache_dir  # noqa: E402
 
+ROUNDS = 3
 STOCK = ("Q4_K", "IQ4_XS", "Q5_K", "Q6_K", "Q8_0")
 # From sfmp625_k up the CPU kernels take two-level activations (format.FINE_ACTIVATION_MIN_BITS).
 SFMP_CANDIDATES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
@@ -61,21 +66,23 @@ class Result:
 
 
 def bench_files(models: dict[str, Path], prompt: int, gen: int, reps: int, threads: int,
-                extra: tuple[str, ...] = (), variant: str = "cpu") -> dict[str, tuple[float, float]]:
-    """(pp, tg) tokens per second of each model, from one llama-bench run with ``extra`` arguments."""
+                extra: tuple[str, ...] = (), variant: str = "cpu", rounds: int = 1) -> dict[str, tuple[float, float]]:
+    """(pp, tg) tokens per second of each model: the median over ``rounds`` llama-bench runs with
+    ``extra`` arguments."""
     cmd = [str(current_build(variant).tool("llama-bench")), "-t", str(threads), "-p", str(prompt), "-n", str(gen),
            "-r", str(reps), "-o", "json", *extra]
     for path in models.values():
         cmd += ["-m", str(path)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise BenchError(f"llama-bench failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
     by_path = {str(p): name for name, p in models.items()}
-    speeds: dict[str, dict[str, float]] = {name: {} for name in models}
-    for row in json.loads(result.stdout):
-        kind = "pp" if row["n_prompt"] > 0 else "tg"
-        speeds[by_path[row["model_filename"]]][kind] = float(row["avg_ts"])
-    return {name: (s["pp"], s["tg"]) for name, s in speeds.items()}
+    speeds: dict[str, dict[str, list[float]]] = {name: {"pp": [], "tg": []} for name in models}
+    for _ in tqdm(range(rounds), desc="llama-bench runs", unit="run", disable=rounds == 1):
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BenchError(f"llama-bench failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+        for row in json.loads(result.stdout):
+            kind = "pp" if row["n_prompt"] > 0 else "tg"
+            speeds[by_path[row["model_filename"]]][kind].append(float(row["avg_ts"]))
+    return {name: (statistics.median(s["pp"]), statistics.median(s["tg"])) for name, s in speeds.items()}
 
 
 def pairs(sizes: dict[str, int], stock: tuple[str, ...], candidates: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -130,9 +137,9 @@ def synthetic_f32() -> Path:
 
 
 def measure(files: dict[str, Path], matched: list[tuple[str, str]], bench_args: tuple[int, int, int], threads: int,
-            variant: str) -> dict[str, Result]:
+            variant: str, rounds: int) -> dict[str, Result]:
     measured = {name: files[name] for pair in matched for name in pair}
-    speeds = bench_files(measured, *bench_args, threads, variant=variant)
+    speeds = bench_files(measured, *bench_args, threads, variant=variant, rounds=rounds)
     return {name: Result(name, measured[name].stat().st_size, *speeds[name]) for name in measured}
 
 
@@ -150,13 +157,14 @@ def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[
              for name in stock + candidates + nl_candidates}
     sizes = {name: path.stat().st_size for name, path in files.items()}
     matched = pairs(sizes, stock, candidates) + pairs(sizes, nl_stock, nl_candidates)
-    results = measure(files, matched, teacher_args, threads, variant)
+    rounds = 1 if smoke else ROUNDS
+    results = measure(files, matched, teacher_args, threads, variant, rounds)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if variant == "cpu" else f"-{variant}"
     title = "Speed at equal size" + (f", {variant} build" if suffix else "") + (" (smoke)" if smoke else "")
     machine = f"{date.today().isoformat()}, {cpu_name()}, {threads} threads, {VARIANT_PATHS[variant]}"
     sections = [markdown(results, matched, title, f"llama-bench -t {threads} -p {teacher_args[0]} -n "
-                         f"{teacher_args[1]} -r {teacher_args[2]}, one run, teacher SmolLM2-135M quantized with "
+                         f"{teacher_args[1]} -r {teacher_args[2]}, the median of {rounds} runs, teacher SmolLM2-135M quantized with "
                          f"`llama-quantize --pure --imatrix`; {machine}.", prompt=teacher_args[0], gen=teacher_args[1])]
     plot(results, out_dir / f"speed{suffix}.png", title)
 
@@ -168,10 +176,10 @@ def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[
         sizes = {name: path.stat().st_size for name, path in files.items()}
         matched = neighbours(sizes, SYNTHETIC_STOCK, RUNGS)
         synthetic_args = (256, 64, 2)
-        synthetic = measure(files, matched, synthetic_args, threads, variant)
+        synthetic = measure(files, matched, synthetic_args, threads, variant, rounds)
         sections.append(markdown(synthetic, matched, "Every rung on a model where stock types apply fully",
                                  f"llama-bench -t {threads} -p {synthetic_args[0]} -n {synthetic_args[1]} -r "
-                                 f"{synthetic_args[2]}, one run, synthetic Llama 0.47B (every row a multiple of "
+                                 f"{synthetic_args[2]}, the median of {rounds} runs, synthetic Llama 0.47B (every row a multiple of "
                                  f"256) quantized with `llama-quantize --pure`, no imatrix; {machine}. Sorted by "
                                  f"SFMP rung; each row's stock type is the one nearest in size.", heading="##",
                                  prompt=synthetic_args[0], gen=synthetic_args[1]))

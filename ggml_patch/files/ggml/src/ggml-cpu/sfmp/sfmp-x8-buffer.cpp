@@ -295,7 +295,6 @@ void set_tensor(ggml_backend_buffer_t, ggml_tensor * tensor, const void * data, 
     GGML_ASSERT(interleavable(tensor));
     const size_t group = sfmp_x8_group_size(tensor->type, tensor->ne[0]);
     const int64_t ngroups = ggml_nrows(tensor) / SFMP_X8_ROWS;
-    GGML_ASSERT(group * (size_t) ngroups == ggml_nbytes(tensor));
     auto repack = [&](int64_t first, int64_t last) {
         for (int64_t g = first; g < last; ++g) {
             sfmp_x8_repack_group(tensor->type, static_cast<const char *>(data) + g * SFMP_X8_ROWS * tensor->nb[1],
@@ -337,6 +336,14 @@ size_t get_alignment(ggml_backend_buffer_type_t) {
     return TENSOR_ALIGNMENT;
 }
 
+// Types with B = 3 and upgrades store widened codes (sfmp-x8.c), so their tensors grow a little.
+size_t get_alloc_size(ggml_backend_buffer_type_t, const ggml_tensor * tensor) {
+    if (!interleavable(tensor)) {
+        return ggml_nbytes(tensor);
+    }
+    return std::max(ggml_nbytes(tensor), matrix_bytes(tensor) * (size_t) (tensor->ne[2] * tensor->ne[3]));
+}
+
 }  // namespace
 
 ggml_backend_buffer_type_t sfmp_x8_buffer_type(void) {
@@ -346,7 +353,7 @@ ggml_backend_buffer_type_t sfmp_x8_buffer_type(void) {
             /* .alloc_buffer   = */ alloc_buffer,
             /* .get_alignment  = */ get_alignment,
             /* .get_max_size   = */ nullptr,
-            /* .get_alloc_size = */ nullptr,  // an interleaved tensor takes its bytes in the file
+            /* .get_alloc_size = */ get_alloc_size,
             /* .is_host        = */ nullptr,
         },
         /* .device  = */ ggml_backend_reg_dev_get(ggml_backend_cpu_reg(), 0),

@@ -55,8 +55,26 @@ SFMP_X8_INLINE int code_width(int B, int U) {
     return B + (U > 0);
 }
 
-// An x8 block stores every code at B bits and each row's U extra-bit planes apart, as a file block
-// does, so a tensor keeps its size. Sub-block j of a row takes the plane at plane_index: its rank
+// Where B + 1 = 4 an x8 block stores every code widened to one nibble (a plain one shifted up by a 0
+// bit): it decodes as one piece, where B bits and an extra plane take three, and at 3 to 4 bits the
+// kernel is bound more by decoding than by memory (bench.x8_kernel, bench.speed). Those tensors grow
+// by (8 - U) / 8 bits per weight.
+SFMP_X8_INLINE int widened(int B, int U) {
+    return U > 0 && B + 1 == 4;
+}
+
+// Bits stored per weight of a sub-block's codes.
+SFMP_X8_INLINE int stored_width(int B, int U) {
+    return widened(B, U) ? B + 1 : B;
+}
+
+// Extra-bit planes stored per block.
+SFMP_X8_INLINE int stored_planes(int B, int U) {
+    return widened(B, U) ? 0 : U;
+}
+
+// Every other x8 block stores every code at B bits and each row's U extra-bit planes apart, as a file
+// block does, so a tensor keeps its size. Sub-block j of a row takes the plane at plane_index: its rank
 // among the row's upgraded sub-blocks where U <= 2, else j minus the row's plain sub-blocks before j,
 // at most n_sub - U = 2 (asserted below for every type). Both are what the file's rank is for a well-formed block;
 // each leaves a kernel at most three planes to choose from per row, where a rank would take a gather.
@@ -85,7 +103,7 @@ SFMP_X8_INLINE size_t extras_at(int n_sub, int u) {
 }
 
 SFMP_X8_INLINE size_t codes_at(int n_sub, int B, int U, int j) {
-    return extras_at(n_sub, U) + (size_t) (32 * B * j);
+    return extras_at(n_sub, stored_planes(B, U)) + (size_t) (32 * stored_width(B, U) * j);
 }
 
 SFMP_X8_INLINE size_t block_size_x8(int n_sub, int B, int U) {
@@ -124,10 +142,10 @@ SFMP_X8_INLINE uint64_t load64(const uint8_t * p) {
     return v;
 }
 
-// Sub-block j's B-bit base codes, one byte per weight, weight 8c + b in
-// byte b of word c (little-endian). Eight weights of a piece always share one byte shift, so each
-// word is one load, shift and mask; bytes never carry into each other because every code fits a byte.
-static void code_words(const sfmp_layout * L, const uint8_t * block, int j, uint64_t code[4]) {
+// Sub-block j's codes at the stored width, one byte per weight, weight 8c + b in byte b of word c
+// (little-endian). Eight weights of a piece always share one byte shift, so each word is one load,
+// shift and mask; bytes never carry into each other because every code fits a byte.
+static void code_words(const sfmp_layout * L, const uint8_t * block, uint32_t upgraded, int j, uint64_t code[4]) {
     const uint8_t * piece = block + SFMP_CODE_OFFSET(L->block_size, L->n_sub, 0);
     memset(code, 0, 4 * sizeof(uint64_t));
     for (int w = 4; w >= 1; w /= 2) {
@@ -139,11 +157,22 @@ static void code_words(const sfmp_layout * L, const uint8_t * block, int j, uint
             }
         }
     }
+    if (widened(L->base_bits, L->upgrades)) {  // weight i's extra bit: byte i % 4, bit i / 4; plain sub-blocks get a 0 bit
+        uint32_t e = 0;
+        if (upgraded >> j & 1) {
+            const int rank = sfmp_popcount(upgraded & ((1u << j) - 1));
+            memcpy(&e, block + SFMP_EXTRA_OFFSET(L->block_size, L->n_sub, L->base_bits, rank), sizeof(e));
+        }
+        for (int c = 0; c < 4; ++c) {
+            const uint64_t lo = (e >> (2 * c)) & 0x01010101u, hi = (e >> (2 * c + 1)) & 0x01010101u;
+            code[c] = (code[c] << 1) | lo | hi << 32;
+        }
+    }
 }
 
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row) {
     const sfmp_layout * L = sfmp_get_layout(type);
-    const int B = L->base_bits, U = L->upgrades;
+    const int B = L->base_bits, U = L->upgrades, W = stored_width(B, U);
     const size_t bsz = block_size_x8(L->n_sub, B, U);
     const int64_t nb = n_per_row / L->block_size;
     memset(dst, 0, (size_t) nb * bsz);
@@ -155,7 +184,7 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
             memcpy(out + 2 * r, block + SFMP_SCALE_OFFSET, 2);
             int rank = 0;
             for (int j = 0; j < L->n_sub; ++j) {
-                if (upgraded >> j & 1) {  // a file's extra piece has weight i at byte i % 4, bit i / 4: as an x8 plane
+                if ((upgraded >> j & 1) && stored_planes(B, U)) {  // a file's extra piece: weight i at byte i % 4, bit i / 4, as an x8 plane
                     memcpy(out + extras_at(L->n_sub, plane_index(L->n_sub, U, j, rank)) + 4 * r,
                            block + SFMP_EXTRA_OFFSET(L->block_size, L->n_sub, B, rank), 4);
                     ++rank;
@@ -163,11 +192,11 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
                 out[amplitudes_at(j) + r] =
                     (uint8_t) ((block[SFMP_AMPLITUDE_OFFSET + j] & SFMP_AMPLITUDE_MAX) | ((upgraded >> j & 1) ? SFMP_UPGRADE_FLAG : 0));
                 uint64_t code[4];
-                code_words(L, block, j, code);
+                code_words(L, block, upgraded, j, code);
                 uint8_t * piece = out + codes_at(L->n_sub, B, U, j);
-                int shift = B;
+                int shift = W;
                 for (int w = 4; w >= 1; w /= 2) {
-                    for (int p = 0; p < sfmp_piece_count(B, w); ++p, piece += 32 * w) {
+                    for (int p = 0; p < sfmp_piece_count(W, w); ++p, piece += 32 * w) {
                         shift -= w;
                         for (int g = 0; g < 8; ++g) {  // group g: weights 4g..4g+3, in load g / (8/w) at bit w * (g % (8/w))
                             const uint32_t bits = (uint32_t) ((code[g / 2] >> (shift + 32 * (g % 2))) & byte_mask(w));
@@ -326,7 +355,7 @@ SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U) {
 // so they go as two nibbles: the first stored piece, then the rest.
 SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
                              const int8_t * const * y, const int ncols, x8i * s) {
-    const int Ws = B, X = U > 0;
+    const int Ws = stored_width(B, U), X = code_width(B, U) - Ws;
 #if defined(SFMP_X8_VNNI)
     for (int c = 0; c < ncols; ++c) {
         s[c] = _mm256_setzero_si256();
@@ -432,10 +461,6 @@ typedef struct {
 } x8_codes;
 
 // As the AVX2 plane primitives.
-SFMP_X8_INLINE x8_codes plane_load(const uint8_t * p) {
-    x8_codes v = {vld1q_u8(p), vld1q_u8(p + 16)};
-    return v;
-}
 SFMP_X8_INLINE x8_codes plane_zero(void) {
     x8_codes v = {vdupq_n_u8(0), vdupq_n_u8(0)};
     return v;
@@ -449,11 +474,34 @@ SFMP_X8_INLINE x8_codes plane_keep(x8i keep, x8_codes a) {
     return v;
 }
 
+// (code << w) | (the low w bits of bits): one shift-insert, which needs w as an immediate.
+SFMP_X8_INLINE uint8x16_t append_bits(uint8x16_t code, uint8x16_t bits, const int w) {
+    switch (w) {
+        case 4: return vsliq_n_u8(bits, code, 4);
+        case 2: return vsliq_n_u8(bits, code, 2);
+        default: return vsliq_n_u8(bits, code, 1);
+    }
+}
+
+// Bits k.. of each byte of both halves of a 32-byte load (a shift right by a variable count).
+SFMP_X8_INLINE x8_codes load_shifted(const uint8_t * p, const int k) {
+    x8_codes v = {vld1q_u8(p), vld1q_u8(p + 16)};
+    if (k) {
+        const int8x16_t right = vdupq_n_s8((int8_t) -k);
+        v.lo = vshlq_u8(v.lo, right);
+        v.hi = vshlq_u8(v.hi, right);
+    }
+    return v;
+}
+
+SFMP_X8_INLINE x8_codes plane_load(const uint8_t * p) {
+    return load_shifted(p, 0);
+}
+
 SFMP_X8_INLINE x8_codes with_extra(x8_codes code, x8_codes plane, const int g) {
     const int8x16_t right = vdupq_n_s8((int8_t) -g);
-    const uint8x16_t one = vdupq_n_u8(1);
-    x8_codes v = {vorrq_u8(vshlq_n_u8(code.lo, 1), vandq_u8(vshlq_u8(plane.lo, right), one)),
-                  vorrq_u8(vshlq_n_u8(code.hi, 1), vandq_u8(vshlq_u8(plane.hi, right), one))};
+    x8_codes v = {append_bits(code.lo, g ? vshlq_u8(plane.lo, right) : plane.lo, 1),
+                  append_bits(code.hi, g ? vshlq_u8(plane.hi, right) : plane.hi, 1)};
     return v;
 }
 
@@ -464,13 +512,9 @@ SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const in
     for (int w = 4; w >= 1; w /= 2) {
         SFMP_X8_UNROLL
         for (int c = 0; c < sfmp_piece_count(W, w); ++c, codes += 32 * w) {
-            const int load = g / (8 / w), k = g % (8 / w);
-            const int8x16_t right = vdupq_n_s8((int8_t) -(w * k)), left = vdupq_n_s8((int8_t) w);
-            const uint8x16_t mask = vdupq_n_u8((uint8_t) ((1 << w) - 1));
-            const uint8x16_t lo = vandq_u8(vshlq_u8(vld1q_u8(codes + 32 * load), right), mask);
-            const uint8x16_t hi = vandq_u8(vshlq_u8(vld1q_u8(codes + 32 * load + 16), right), mask);
-            code.lo = vorrq_u8(vshlq_u8(code.lo, left), lo);
-            code.hi = vorrq_u8(vshlq_u8(code.hi, left), hi);
+            const x8_codes bits = load_shifted(codes + 32 * (g / (8 / w)), w * (g % (8 / w)));
+            code.lo = append_bits(code.lo, bits.lo, w);
+            code.hi = append_bits(code.hi, bits.hi, w);
         }
     }
     return X ? with_extra(code, plane, g) : code;
@@ -518,7 +562,7 @@ SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y) {
 // level (as the AVX2 code_dot). 8-bit codes go as two nibbles.
 SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
                              const int8_t * const * y, const int ncols, x8i * s) {
-    const int W = code_width(B, U), Ws = B, X = U > 0;
+    const int W = code_width(B, U), Ws = stored_width(B, U), X = W - Ws;
     for (int c = 0; c < ncols; ++c) {
         s[c] = x8i_zero();
     }
@@ -560,15 +604,15 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
     // Each row's plane_index: with U <= 2, before[0] marks rows with an upgraded sub-block before j
     // (index 1, else 0); otherwise before[0] and before[1] those with one and two plain ones (j - 1, j - 2).
     x8_codes plane = plane_zero();
-    if (U && U <= 2) {
+    if (stored_planes(B, U) && U <= 2) {
         const x8_codes first = plane_load(xb + extras_at(n_sub, 0));
         plane = plane_keep(upgraded, U == 2 ? plane_blend(before[0], first, plane_load(xb + extras_at(n_sub, 1))) : first);
         before[0] = x8i_or(before[0], upgraded);
-    } else if (U) {
-        const int back0 = j < U - 1 ? j : U - 1, back1 = j - 1 < U - 1 ? (j > 0 ? j - 1 : 0) : U - 1,
-                  back2 = j - 2 < U - 1 ? (j > 1 ? j - 2 : 0) : U - 1;  // clamped: rows needing them cannot exist
-        const x8_codes near = plane_blend(before[0], plane_load(xb + extras_at(n_sub, back0)), plane_load(xb + extras_at(n_sub, back1)));
-        plane = plane_keep(upgraded, plane_blend(before[1], near, plane_load(xb + extras_at(n_sub, back2))));
+    } else if (stored_planes(B, U)) {  // planes j, j - 1, j - 2; an index outside 0..U-1 reads other bytes of this block,
+                     // which only rows outside `upgraded` could pick
+        const uint8_t * at = xb + amplitudes_at(n_sub) + 32 * j;
+        const x8_codes near = plane_blend(before[0], plane_load(at), plane_load(at - 32));
+        plane = plane_keep(upgraded, plane_blend(before[1], near, plane_load(at - 64)));
         before[1] = x8i_or(before[1], x8i_and(before[0], plain));
         before[0] = x8i_or(before[0], plain);
     }

@@ -1,0 +1,166 @@
+"""SFMP_X8's kernel alone: microseconds per ``sfmp_x8_mul_mat`` call for every uniform ``_k`` rung.
+
+One 512 x 1536 tensor of heavy-tailed weights, quantized to each type and interleaved, against 1 and
+8 Q8_K activation columns (random bytes). It stays in cache, so this measures the kernel's
+arithmetic, without the memory traffic and the noise of a whole model run. Each figure is the best of
+5 batches of 20 calls in each of 3 sweeps over the types, every library timed on a type before the
+next (``measure``). The kernel libraries are this build's plain-AVX2 and AVX512-VNNI ones
+(the VNNI one where the CPU has VNNI); ``--library NAME=PATH`` adds another, for example one built
+from an older commit. Types with two-level activations are timed on one 8-bit level per column, as
+the kernel takes them. Writes ``bench-results/x8_kernel.{md,png}``.
+
+    python -m sfmp_gguf.bench.x8_kernel [--library NAME=PATH ...] [--smoke --out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from sfmp_gguf.bench import add_output_args, cpu_name, output_dir
+from sfmp_gguf.atomic import save_figure, write_text
+from sfmp_gguf.format import SFMP_TYPES
+from sfmp_gguf.quant import activations
+
+ROWS, N = 512, 1536
+COLUMNS = (1, 8)
+BATCHES, CALLS, SWEEPS = 5, 20, 3
+RUNGS = tuple(t for t in SFMP_TYPES if t.block_size == 256 and t.grid == "uniform")
+
+
+def default_libraries() -> dict[str, Path]:
+    """This build's kernel libraries that this CPU can run."""
+    from sfmp_gguf.llama.build import current_build
+
+    build = current_build()
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    libraries = {"avx2": build.kernel_library}
+    if {"avx512_vnni", "avx512vl"} <= set(flags):
+        libraries["avx2-vnni"] = build.kernel_library_vnni
+    return libraries
+
+
+class Case:
+    """One type's interleaved tensor and prepared activations, for one kernel library."""
+
+    def __init__(self, lib, t, x: np.ndarray, y_bytes: np.ndarray):
+        ffi, c = lib.ffi, lib.lib
+        w = lib.quantize(x, t)
+        group = c.sfmp_x8_group_size(t.type_id, N)
+        self.packed = np.zeros(ROWS // 8 * group, np.uint8)
+        for g in range(ROWS // 8):
+            c.sfmp_x8_repack_group(t.type_id, lib._ptr(w[8 * g:], "void *"), w.shape[1],
+                                   lib._ptr(self.packed[g * group:], "void *"), N)
+        self.prepared = [ffi.new("sfmp_x8_act[]", N // 32) for _ in range(len(y_bytes))]
+        for k, row in enumerate(y_bytes):
+            c.sfmp_x8_prepare_activations(t.type_id, lib._ptr(row, "void *"), N, self.prepared[k])
+        self.out = np.zeros((len(y_bytes), ROWS), np.float32)
+        self.args = (ffi.new("void *[]", [lib._ptr(a, "void *") for a in y_bytes]), ffi.new("sfmp_x8_act *[]", self.prepared),
+                     ffi.new("float *[]", [lib._ptr(o, "float *") for o in self.out]))
+        self.call = lambda ncols: c.sfmp_x8_mul_mat(t.type_id, N, lib._ptr(self.packed, "void *"), 0, ROWS // 8, ncols,
+                                                    *self.args)
+
+    def seconds(self, ncols: int) -> float:
+        best = float("inf")
+        for _ in range(BATCHES):
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                self.call(ncols)
+            best = min(best, time.perf_counter() - start)
+        return best / CALLS
+
+
+def measure(libraries: dict[str, Path], types, sweeps: int = SWEEPS) -> dict[str, dict[str, dict[int, float]]]:
+    """Microseconds per call, by library, type and column count: the best of ``sweeps`` sweeps, each
+    timing every library on a type before the next type, so that a slow spell of the machine spreads
+    over all of them."""
+    from sfmp_gguf import kernels
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(3, size=(ROWS, N)) * 0.02).astype(np.float32)
+    y = np.zeros((max(COLUMNS), N // 256), activations.Q8_K)
+    y["d"] = 0.01
+    y["qs"] = rng.integers(-127, 128, size=y["qs"].shape)
+    y_bytes = y.view(np.uint8).reshape(len(y), -1)
+    libs = {name: kernels.load(path) for name, path in libraries.items()}
+    cases = {(name, t.name): Case(lib, t, x, y_bytes) for name, lib in libs.items() for t in types}
+    times = {name: {t.name: {c: float("inf") for c in COLUMNS} for t in types} for name in libs}
+    for _ in range(sweeps):
+        for t in types:
+            for name in libs:
+                for ncols in COLUMNS:
+                    times[name][t.name][ncols] = min(times[name][t.name][ncols], cases[(name, t.name)].seconds(ncols) * 1e6)
+    return times
+
+
+def markdown(times: dict[str, dict[str, dict[int, float]]], setup: str) -> str:
+    names = list(times)
+    head = "| type | " + " | ".join(f"{n}, {c} col (us)" for n in names for c in COLUMNS) + " |"
+    lines = ["# SFMP_X8 kernel per call", "", setup, "", head, "|---" * (1 + len(names) * len(COLUMNS)) + "|"]
+    for t in next(iter(times.values())):
+        lines.append(f"| {t} | " + " | ".join(f"{times[n][t][c]:.1f}" for n in names for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n\n![per call](x8_kernel.png)\n"
+
+
+def plot(times: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    types = list(next(iter(times.values())))
+    width = 0.8 / len(times)
+    for k, (name, by_type) in enumerate(times.items()):
+        ax.bar(np.arange(len(types)) + k * width, [by_type[t][COLUMNS[-1]] for t in types], width, label=name)
+    ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"microseconds per call, {COLUMNS[-1]} columns")
+    ax.set_title(f"SFMP_X8 kernel, {ROWS} x {N} weights in cache", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def run(out_dir: Path, smoke: bool, extra: dict[str, Path] | None = None) -> dict[str, dict[str, dict[int, float]]]:
+    """Time every library on every rung (smoke: one library, two rungs) into ``out_dir``/x8_kernel.md."""
+    libraries = {**default_libraries(), **(extra or {})}
+    if smoke:
+        libraries = dict(list(libraries.items())[:1])
+    times = measure(libraries, RUNGS[3:5] if smoke else RUNGS)
+    setup = (f"{ROWS} x {N} weights (Student-t, 3 degrees of freedom) per type, {' and '.join(map(str, COLUMNS))} "
+             f"Q8_K columns, best of {BATCHES} batches of {CALLS} calls in each of {SWEEPS} sweeps; "
+             f"{date.today().isoformat()}, {cpu_name()}; libraries: "
+             + ", ".join(f"{n} = `{p}`" for n, p in libraries.items()) + ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / "x8_kernel.md", markdown(times, setup))
+    plot(times, out_dir / "x8_kernel.png")
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_args(parser, "two types, one library")
+    parser.add_argument("--library", action="append", default=[], metavar="NAME=PATH",
+                        help="another kernel library to time (repeatable)")
+    args = parser.parse_args(argv)
+    out = output_dir(parser, args)
+    extra = {}
+    for item in args.library:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            print(f"error: --library {item}: expected NAME=PATH of an existing library", file=sys.stderr)
+            return 1
+        extra[name] = Path(path)
+    run(out, args.smoke, extra)
+    print((out / "x8_kernel.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
