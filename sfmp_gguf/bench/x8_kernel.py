@@ -5,7 +5,7 @@ One 512 x 1536 tensor of heavy-tailed weights, quantized to each type and interl
 arithmetic, without the memory traffic and the noise of a whole model run. Each figure is the best of
 5 batches of 20 calls in each of 3 sweeps over the types, every library timed on a type before the
 next (``measure``). The kernel libraries are this build's plain-AVX2 and AVX512-VNNI ones
-(the VNNI one where the CPU has VNNI); ``--library NAME=PATH`` adds another, for example one built
+(the VNNI one where the host runs VNNI); ``--library NAME=PATH`` adds another, for example one built
 from an older commit. Types with two-level activations are timed on one 8-bit level per column, as
 the kernel takes them. Writes ``bench-results/x8_kernel.{md,png}``.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sfmp_gguf.bench import add_output_args, cpu_name, output_dir
+from sfmp_gguf.bench import add_output_args, cpu_name, output_dir, speed
 from sfmp_gguf.atomic import save_figure, write_text
 from sfmp_gguf.format import SFMP_TYPES
 from sfmp_gguf.quant import activations
@@ -30,20 +30,18 @@ from sfmp_gguf.quant import activations
 ROWS, N = 512, 1536
 COLUMNS = (1, 8)
 BATCHES, CALLS, SWEEPS = 5, 20, 3
-RUNGS = tuple(t for t in SFMP_TYPES if t.block_size == 256 and t.grid == "uniform")
+RUNGS = tuple(t for t in SFMP_TYPES if t.name in speed.RUNGS)
 
 
 def default_libraries() -> dict[str, Path]:
-    """This build's kernel libraries that this CPU can run."""
+    """This build's kernel libraries, named by their SFMP_X8 path. The build makes the VNNI one only
+    where the host runs VNNI code (CMakeLists.txt)."""
+    from sfmp_gguf import kernels
     from sfmp_gguf.llama.build import current_build
 
     build = current_build()
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    libraries = {"avx2": build.kernel_library}
-    if {"avx512_vnni", "avx512vl"} <= set(flags):
-        libraries["avx2-vnni"] = build.kernel_library_vnni
-    return libraries
+    found = [path for path in (build.kernel_library, build.kernel_library_vnni) if path.is_file()]
+    return {kernels.load(path).x8_path: path for path in found}
 
 
 class Case:

@@ -74,10 +74,11 @@ SFMP_X8_INLINE int stored_planes(int B, int U) {
 }
 
 // Every other x8 block stores every code at B bits and each row's U extra-bit planes apart, as a file
-// block does, so a tensor keeps its size. Sub-block j of a row takes the plane at plane_index: its rank
-// among the row's upgraded sub-blocks where U <= 2, else j minus the row's plain sub-blocks before j,
-// at most n_sub - U = 2 (asserted below for every type). Both are what the file's rank is for a well-formed block;
-// each leaves a kernel at most three planes to choose from per row, where a rank would take a gather.
+// block does, so a tensor keeps its size. Sub-block j of a row takes the plane at plane_index: its
+// rank among the row's upgraded sub-blocks where U <= 2, else j minus the row's plain sub-blocks before
+// j, at most n_sub - U = 2 (asserted below for every type). Both are the file's rank in a well-formed
+// block; each leaves a kernel at most three planes to choose from per row, where a rank would take a
+// gather.
 SFMP_X8_INLINE int plane_index(int n_sub, int U, int j, int upgraded_before) {
     if (U <= 2) {
         return upgraded_before;
@@ -348,8 +349,8 @@ SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U) {
 }
 
 // Per lane (row) and column: sum(c y) over one sub-block of W = code_width(B, U) bit codes, read
-// from `codes` and, with compact extras, `plane`; with `tables`, c is the code's biased level (below
-// 128). With VNNI, whole codes go to dpbusd.
+// from `codes` and, where the type stores planes, `plane`; with `tables`, c is the code's biased
+// level (below 128). With VNNI, whole codes go to dpbusd.
 // Otherwise codes of W <= 7 bits feed maddubs whole; its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1))
 // are widened every `run` groups, before they could overflow. 8-bit codes would saturate maddubs,
 // so they go as two nibbles: the first stored piece, then the rest.
@@ -608,9 +609,10 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
         const x8_codes first = plane_load(xb + extras_at(n_sub, 0));
         plane = plane_keep(upgraded, U == 2 ? plane_blend(before[0], first, plane_load(xb + extras_at(n_sub, 1))) : first);
         before[0] = x8i_or(before[0], upgraded);
-    } else if (stored_planes(B, U)) {  // planes j, j - 1, j - 2; an index outside 0..U-1 reads other bytes of this block,
-                     // which only rows outside `upgraded` could pick
-        const uint8_t * at = xb + amplitudes_at(n_sub) + 32 * j;
+    } else if (stored_planes(B, U)) {
+        // Planes j, j - 1, j - 2. An index outside 0..U-1 reads other bytes of this block, which only
+        // rows outside `upgraded` could pick; clamping it made gcc version the loop (twice the time).
+        const uint8_t * at = xb + extras_at(n_sub, j);
         const x8_codes near = plane_blend(before[0], plane_load(at), plane_load(at - 32));
         plane = plane_keep(upgraded, plane_blend(before[1], near, plane_load(at - 64)));
         before[1] = x8i_or(before[1], x8i_and(before[0], plain));
