@@ -10,11 +10,15 @@ llama.cpp tool, so ``-m unit`` runs on a machine with nothing built.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from sfmp_gguf import gguf_package
 
 gguf_package.select()  # before any test module imports gguf: the tests use the CLI's copy
+# The tests hold the default two-level activations; those of SFMP_ACTIVATIONS=8bit set it in a child process.
+os.environ.pop("SFMP_ACTIVATIONS", None)
 
 from sfmp_gguf import kernels, paths  # noqa: E402
 from sfmp_gguf.llama.build import Build, current_build  # noqa: E402

@@ -52,12 +52,19 @@ def test_speed_smoke_mode_pairs_by_size_and_reports_ratios(build, tmp_path):
     result = subprocess.run([sys.executable, "-m", "sfmp_gguf.bench.speed", "--smoke", "--out", str(out)],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    header, *body = _table_rows((out / "speed.md").read_text())
-    assert [(row[0], row[4]) for row in body] == [("Q4_K", "sfmp425_k"), ("Q4_K", "sfmp400n_k")]
-    for name in ("pp16 t/s", "tg4 t/s", "pp ratio", "tg ratio"):  # the smoke run's prompt and generation
-        values = [float(row[i]) for row in body for i, h in enumerate(header) if h == name]
-        assert values and all(math.isfinite(v) and v > 0 for v in values), name
+    for plot in ("speed.png", "speed-8bit.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The pairs, then the pair whose SFMP type takes two-level activations again under SFMP_ACTIVATIONS=8bit.
+    tables = (out / "speed.md").read_text().split("\n## ")
+    expected = ([("Q4_K", "sfmp425_k"), ("Q6_K", "sfmp625_k"), ("Q4_K", "sfmp400n_k")], [("Q6_K", "sfmp625_k")])
+    assert len(tables) == len(expected)
+    assert "SFMP_ACTIVATIONS=8bit" in tables[1]
+    for table, pairs in zip(tables, expected):
+        header, *body = _table_rows(table)
+        assert [(row[0], row[4]) for row in body] == pairs
+        for name in ("pp16 t/s", "tg4 t/s", "pp ratio", "tg ratio"):  # the smoke run's prompt and generation
+            values = [float(row[i]) for row in body for i, h in enumerate(header) if h == name]
+            assert values and all(math.isfinite(v) and v > 0 for v in values), name
 
 
 @pytest.mark.unit
@@ -168,11 +175,14 @@ def _smoke(name: str, tmp_path) -> tuple:
 
 
 @pytest.mark.integration
-def test_activations_probe_scores_each_file_as_run_and_with_f32_matmuls(build, tmp_path):
-    """The smoke size (8 bpw) is all two-level activations, which leave little to the F32 run."""
+def test_activations_probe_scores_each_file_as_run_with_8_bit_activations_and_with_f32_matmuls(build, tmp_path):
+    """The smoke size (8 bpw) is all two-level activations, which leave little to the F32 run; under
+    SFMP_ACTIVATIONS=8bit the same file errs more."""
     out, raw = _smoke("activations", tmp_path)
-    real, exact = raw["kld"]["as llama.cpp runs it"]["8"], raw["kld"]["same weights, F32 matmuls"]["8"]
+    real, eight_bit, exact = (raw["kld"][path]["8"] for path in
+                              ("as llama.cpp runs it", "with SFMP_ACTIVATIONS=8bit", "same weights, F32 matmuls"))
     assert 0 < exact and 0 < real < 2 * exact
+    assert eight_bit > 1.5 * real
     assert raw["fine_share"]["8"] > 0.9
     assert (out / "activations.png").stat().st_size > 0 and "| 8 |" in (out / "activations.md").read_text()
 

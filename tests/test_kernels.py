@@ -3,6 +3,11 @@ reference's (within a stated float32 bound for the AVX2 _s kernels), safe on bad
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -17,6 +22,7 @@ from tests import host
 from tests.seeds import stable_seed
 
 ROW = 512  # two 256-blocks, eight 64-blocks
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _weights(kind: str, rng: np.random.Generator, rows: int = 3) -> np.ndarray:
@@ -351,6 +357,30 @@ def test_two_level_activations_match_their_numpy_specification(lib, block_size: 
         x = x.astype(np.float32)
         assert np.array_equal(lib.two_level_activations(x, t), activations.quantize_two_level(x, block_size)), \
             f"seed {seed}"
+
+
+@pytest.mark.native
+def test_sfmp_activations_8bit_leaves_the_residual_level_zero(lib, tmp_path):  # lib: the library is built
+    """SFMP_ACTIVATIONS=8bit, which the C library reads once per process (so in a child): the same hi
+    level, lo all zeros, as the numpy specification without the residual; a bad value stops the
+    child with a one-line message naming the variable."""
+    x = (np.random.default_rng(11).standard_t(3, size=ROW) * 4.0).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    child = ("import sys, numpy as np\n"
+             "from sfmp_gguf import kernels\n"
+             "from sfmp_gguf.format import BY_NAME\n"
+             "x = np.load(sys.argv[1])\n"
+             "np.save(sys.argv[3], kernels.load().two_level_activations(x, BY_NAME[sys.argv[2]]))\n")
+    types = [next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == bs) for bs in (256, 64)]
+    for t in types:
+        out = tmp_path / f"{t.name}.npy"
+        args = [sys.executable, "-c", child, str(tmp_path / "x.npy"), t.name, str(out)]
+        subprocess.run(args, check=True, cwd=REPO, env={**os.environ, "SFMP_ACTIVATIONS": "8bit"})
+        assert np.array_equal(np.load(out), activations.quantize_two_level(x, t.block_size, residual=False))
+        assert not np.array_equal(np.load(out), activations.quantize_two_level(x, t.block_size))
+    bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**os.environ, "SFMP_ACTIVATIONS": "8-bit"})
+    assert bad.returncode != 0
+    assert "sfmp: SFMP_ACTIVATIONS=8-bit: expected 8bit or two-level" in bad.stderr
 
 
 @pytest.mark.native

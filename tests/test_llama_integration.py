@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -130,16 +131,17 @@ FINE_ACTIVATION_BOUND = 2e-4
 INT8_ACTIVATION_BOUND = 5e-2
 
 
-def _check_buffers(build, t, *args: int) -> None:
+def _check_buffers(build, t, *args: int, activations: str = "two-level") -> None:
     """sfmp_x8_buffer_check's verdict: the SFMP_X8 buffer agrees with the plain one, and the plain one
-    with F32 as closely as the type's activations allow."""
+    with F32 as closely as the type's activations allow (``activations``: SFMP_ACTIVATIONS)."""
     result = subprocess.run([str(build.tool("sfmp_x8_buffer_check")), str(t.type_id), *map(str, args)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SFMP_ACTIVATIONS": activations})
     assert result.returncode == 0, result.stderr[-2000:]
     max_diff, max_abs, buffer_name, max_f32_diff = result.stdout.split()
     assert buffer_name == "SFMP_X8"
     assert float(max_abs) > 0 and float(max_diff) <= 1e-5 * float(max_abs), args
-    if t.fine_activations:
+    if t.fine_activations and activations == "two-level":
         assert float(max_f32_diff) <= FINE_ACTIVATION_BOUND * float(max_abs), args
     else:
         assert FINE_ACTIVATION_BOUND * float(max_abs) < float(max_f32_diff) <= INT8_ACTIVATION_BOUND * float(max_abs)
@@ -168,6 +170,16 @@ def test_sfmp_x8_buffer_mul_mat_id_agrees_with_the_plain_cpu_path(build, t):
     for tokens in (1, 37):
         for act_rows in (1, 2):
             _check_buffers(build, t, n, 64, tokens, 2, 8, 2, act_rows)
+
+
+@pytest.mark.parametrize("t", [t for t in SFMP_TYPES if t.fine_activations], ids=lambda t: t.name)
+def test_sfmp_activations_8bit_gives_two_level_types_8_bit_activations_on_both_paths(build, t):
+    """SFMP_ACTIVATIONS=8bit: the SFMP_X8 buffer (on hi alone) and the plain per-row path (lo all
+    zeros) still agree, and both err against F32 as 8-bit activations do, for MUL_MAT with one column
+    and many, and MUL_MAT_ID."""
+    n = 512 if t.block_size == 256 else 576
+    for args in ((n, 64, 1, 2), (n, 64, 37, 2), (n, 64, 37, 2, 8, 2, 2)):
+        _check_buffers(build, t, *args, activations="8bit")
 
 
 def test_llama_tools_put_sfmp_weights_in_the_x8_buffer_and_score_like_the_plain_path(build, sfmp_model):

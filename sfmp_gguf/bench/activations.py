@@ -2,9 +2,10 @@
 
 llama.cpp multiplies quantized weights with activations it rounds first: to 8 bits for the types
 below ``format.FINE_ACTIVATION_MIN_BITS``, to two levels (about 15 bits) from there. Each file here
-is the converter's (imatrix, no permutation) at one size, scored as llama.cpp runs it; then the
-same weights, dequantized into an F32 GGUF, whose matmuls take the activations unrounded. The
-difference is the activations' share of the KLD. Writes ``bench-results/activations.{md,json,png}``.
+is the converter's (imatrix, no permutation) at one size, scored as llama.cpp runs it, then with
+``SFMP_ACTIVATIONS=8bit`` (8-bit activations for every type, as llama.cpp's own types take them);
+then the same weights, dequantized into an F32 GGUF, whose matmuls take the activations unrounded.
+The difference between the first and the last is the activations' share of the KLD. Writes ``bench-results/activations.{md,json,png}``.
 
     python -m sfmp_gguf.bench.activations [--smoke --out DIR] [--threads N]
 """
@@ -25,7 +26,7 @@ from sfmp_gguf.atomic import save_figure, write_text
 from sfmp_gguf.bench import cpu_name, grouped_bars, probe_main
 
 SIZES = (4.25, 5.5, 6.5, 8.0)
-PATHS = ("as llama.cpp runs it", "same weights, F32 matmuls")
+PATHS = ("as llama.cpp runs it", "with SFMP_ACTIVATIONS=8bit", "same weights, F32 matmuls")
 
 
 def dequantized(prepared, plan, pool):
@@ -79,8 +80,10 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
             log(f"{bpw:g} bpw")
             results[PATHS[0]][key] = quality.write_and_score(prepared, plan, out, base, texts.eval_text, n_weights,
                                                              ctx, chunks, threads).kld
-            pipeline.write_float(dequantized(prepared, plan, pool), out)
             results[PATHS[1]][key] = quality.score(out, base, texts.eval_text, "", "", n_weights, ctx, chunks,
+                                                   threads, env={"SFMP_ACTIVATIONS": "8bit"}).kld
+            pipeline.write_float(dequantized(prepared, plan, pool), out)
+            results[PATHS[2]][key] = quality.score(out, base, texts.eval_text, "", "", n_weights, ctx, chunks,
                                                    threads).kld
     setup = (f"Teacher SmolLM2-135M, imatrix, no channel permutation; two-level activations from base precision "
              f"{FINE_ACTIVATION_MIN_BITS}; KLD by `llama-perplexity --kl-divergence -c {ctx} --chunks {chunks}` on "
@@ -98,10 +101,11 @@ def render(out_dir: Path) -> str:
     kld, share = raw["kld"], raw["fine_share"]
     sizes = list(kld[PATHS[0]])
     table = ["| target bpw | weights with two-level activations | KLD, " + " | KLD, ".join(PATHS) +
-             " | activations' share of the KLD |", "|---|---|---|---|---|"]
+             " | activations' share of the KLD |", "|---|---|---|---|---|---|"]
     for size in sizes:
-        real, exact = kld[PATHS[0]][size], kld[PATHS[1]][size]
-        table.append(f"| {size} | {share[size]:.0%} | {real:.5f} | {exact:.5f} | {max(real - exact, 0.0) / real:.0%} |")
+        real, eight_bit, exact = (kld[path][size] for path in PATHS)
+        table.append(f"| {size} | {share[size]:.0%} | {real:.5f} | {eight_bit:.5f} | {exact:.5f} | "
+                     f"{max(real - exact, 0.0) / real:.0%} |")
     text = "\n".join(table) + "\n"
     write_text(out_dir / "activations.md", "# What the activations' rounding adds\n\n" + raw["setup"] + "\n\n" + text +
                "\n![KLD by path](activations.png)\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import os
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -64,12 +65,13 @@ class Score:
     top1: float  # share of tokens whose most likely token matches the teacher's
 
 
-def _perplexity(model: Path, text: Path, extra: list[str], ctx: int, chunks: int, threads: int) -> str:
+def _perplexity(model: Path, text: Path, extra: list[str], ctx: int, chunks: int, threads: int,
+                env: dict[str, str] | None = None) -> str:
     from sfmp_gguf.llama.build import current_build
 
     cmd = [str(current_build().tool("llama-perplexity")), "-m", str(model), "-f", str(text), "-c", str(ctx),
            "-b", str(max(ctx, 512)), "--chunks", str(chunks), "-t", str(threads), *extra]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchError(f"llama-perplexity {model.name} failed (exit {result.returncode}): {tail}")
@@ -83,8 +85,10 @@ def teacher_logits(model: Path, text: Path, ctx: int, chunks: int, threads: int)
 
 
 def score(model: Path, base: Path, text: Path, label: str, family: str, n_weights: int,
-          ctx: int, chunks: int, threads: int) -> Score:
-    log = _perplexity(model, text, ["--kl-divergence-base", str(base), "--kl-divergence"], ctx, chunks, threads)
+          ctx: int, chunks: int, threads: int, env: dict[str, str] | None = None) -> Score:
+    """KLD, PPL ratio and top-1 agreement of ``model`` against the teacher's logits, with ``env`` added to
+    llama-perplexity's environment."""
+    log = _perplexity(model, text, ["--kl-divergence-base", str(base), "--kl-divergence"], ctx, chunks, threads, env)
 
     def grab(pattern: str) -> float:
         m = re.search(pattern, log)

@@ -9,6 +9,9 @@ nearest in size, on two models.
   bpw (the uniform ``_k`` types), each against the stock type nearest in size, ``--pure``, without an
   imatrix (it changes no speed).
 
+The pairs whose SFMP type takes two-level activations are measured again with
+``SFMP_ACTIVATIONS=8bit`` (8-bit activations, as the stock types take), in a section of their own.
+
 ``--variant avx2`` runs the plain-AVX2 build (``python -m sfmp_gguf.llama.build --variant avx2``: no
 AVX-512, no VNNI, as most laptops), writing ``speed-avx2.md``; the default is this machine's build.
 Each model's files are measured in ``ROUNDS`` llama-bench runs, one after another, and each figure is the
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,7 +42,7 @@ from tqdm import tqdm  # noqa: E402
 from sfmp_gguf.bench import add_output_args, cached_file, cpu_name, output_dir  # noqa: E402
 from sfmp_gguf.atomic import save_figure, write_text  # noqa: E402
 from sfmp_gguf.bench.roundtrip import BenchError, quantize_model  # noqa: E402
-from sfmp_gguf.format import SFMP_TYPES  # noqa: E402
+from sfmp_gguf.format import BY_NAME, SFMP_TYPES  # noqa: E402
 from sfmp_gguf.llama.build import current_build  # noqa: E402
 from sfmp_gguf.paths import cache_dir  # noqa: E402
 
@@ -66,9 +70,10 @@ class Result:
 
 
 def bench_files(models: dict[str, Path], prompt: int, gen: int, reps: int, threads: int,
-                extra: tuple[str, ...] = (), variant: str = "cpu", rounds: int = 1) -> dict[str, tuple[float, float]]:
+                extra: tuple[str, ...] = (), variant: str = "cpu", rounds: int = 1,
+                env: dict[str, str] | None = None) -> dict[str, tuple[float, float]]:
     """(pp, tg) tokens per second of each model: the median over ``rounds`` llama-bench runs with
-    ``extra`` arguments."""
+    ``extra`` arguments and ``env`` added to the environment."""
     cmd = [str(current_build(variant).tool("llama-bench")), "-t", str(threads), "-p", str(prompt), "-n", str(gen),
            "-r", str(reps), "-o", "json", *extra]
     for path in models.values():
@@ -76,7 +81,7 @@ def bench_files(models: dict[str, Path], prompt: int, gen: int, reps: int, threa
     by_path = {str(p): name for name, p in models.items()}
     speeds: dict[str, dict[str, list[float]]] = {name: {"pp": [], "tg": []} for name in models}
     for _ in tqdm(range(rounds), desc="llama-bench runs", unit="run", disable=rounds == 1):
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
         if result.returncode != 0:
             raise BenchError(f"llama-bench failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
         for row in json.loads(result.stdout):
@@ -137,10 +142,34 @@ def synthetic_f32() -> Path:
 
 
 def measure(files: dict[str, Path], matched: list[tuple[str, str]], bench_args: tuple[int, int, int], threads: int,
-            variant: str, rounds: int) -> dict[str, Result]:
+            variant: str, rounds: int, env: dict[str, str] | None = None) -> dict[str, Result]:
     measured = {name: files[name] for pair in matched for name in pair}
-    speeds = bench_files(measured, *bench_args, threads, variant=variant, rounds=rounds)
+    speeds = bench_files(measured, *bench_args, threads, variant=variant, rounds=rounds, env=env)
     return {name: Result(name, measured[name].stat().st_size, *speeds[name]) for name in measured}
+
+
+EIGHT_BIT = {"SFMP_ACTIVATIONS": "8bit"}
+
+
+def two_level_pairs(matched: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs whose SFMP type takes two-level activations (its other name passes through)."""
+    return [pair for pair in matched if any(n in BY_NAME and BY_NAME[n].fine_activations for n in pair)]
+
+
+def eight_bit_section(files: dict[str, Path], matched: list[tuple[str, str]], bench_args: tuple[int, int, int],
+                      threads: int, variant: str, rounds: int, model: str, machine: str,
+                      out: Path) -> tuple[str, dict[str, Result]]:
+    """The two-level pairs again under SFMP_ACTIVATIONS=8bit: a table (empty if none) and a plot."""
+    fine = two_level_pairs(matched)
+    if not fine:
+        return "", {}
+    results = measure(files, fine, bench_args, threads, variant, rounds, env=EIGHT_BIT)
+    title = f"{model}: two-level rungs with SFMP_ACTIVATIONS=8bit"
+    plot(results, out, title)
+    return markdown(results, fine, title,
+                    f"As above, with SFMP_ACTIVATIONS=8bit in the environment: the SFMP types of 5 base bits and up "
+                    f"take 8-bit activations, as the stock types do; {machine}.", heading="##",
+                    prompt=bench_args[0], gen=bench_args[1]), results
 
 
 def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[str, Result]:
@@ -150,7 +179,7 @@ def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[
     from sfmp_gguf.assets.cache import sha256_file
 
     model, model_sha, imatrix = teacher().gguf_path, artifact_files(ARTIFACT)[GGUF_NAME], teacher_imatrix()
-    stock, candidates = (STOCK[:1], SFMP_CANDIDATES[3:4]) if smoke else (STOCK, SFMP_CANDIDATES)
+    stock, candidates = (STOCK[:1] + STOCK[3:4], SFMP_CANDIDATES[3:4] + SFMP_CANDIDATES[7:8]) if smoke else (STOCK, SFMP_CANDIDATES)
     nl_stock, nl_candidates = (NL_STOCK[:1], NL_CANDIDATES[2:]) if smoke else (NL_STOCK, NL_CANDIDATES)
     teacher_args = (16, 4, 1) if smoke else (512, 128, 3)
     files = {name: quantize_model(model, model_sha, imatrix, name, cache_dir() / "bench", threads)
@@ -167,6 +196,10 @@ def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[
                          f"{teacher_args[1]} -r {teacher_args[2]}, the median of {rounds} runs, teacher SmolLM2-135M quantized with "
                          f"`llama-quantize --pure --imatrix`; {machine}.", prompt=teacher_args[0], gen=teacher_args[1])]
     plot(results, out_dir / f"speed{suffix}.png", title)
+    section, eight_bit = eight_bit_section(files, matched, teacher_args, threads, variant, rounds, "Teacher", machine,
+                                           out_dir / f"speed{suffix}-8bit.png")
+    sections.append(section)
+    results = {**results, **{f"8bit/{k}": v for k, v in eight_bit.items()}}
 
     if not smoke:
         f32 = synthetic_f32()
@@ -185,8 +218,12 @@ def run(out_dir: Path, smoke: bool, threads: int, variant: str = "cpu") -> dict[
                                  prompt=synthetic_args[0], gen=synthetic_args[1]))
         plot(synthetic, out_dir / f"speed{suffix}-synthetic.png", "Every rung, synthetic 0.47B Llama"
              + (f", {variant} build" if suffix else ""))
-        results = {**results, **{f"synthetic/{k}": v for k, v in synthetic.items()}}
-    write_text(out_dir / f"speed{suffix}.md", "\n".join(sections))
+        section, eight_bit = eight_bit_section(files, matched, synthetic_args, threads, variant, rounds,
+                                               "Synthetic 0.47B", machine, out_dir / f"speed{suffix}-synthetic-8bit.png")
+        sections.append(section)
+        results = {**results, **{f"synthetic/{k}": v for k, v in synthetic.items()},
+                   **{f"synthetic-8bit/{k}": v for k, v in eight_bit.items()}}
+    write_text(out_dir / f"speed{suffix}.md", "\n".join(section for section in sections if section))
     return results
 
 

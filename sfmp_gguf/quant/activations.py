@@ -38,17 +38,18 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 RESIDUAL_STEPS = 256  # a two-level activation's residual step is its value step / 256
 
 
-def quantize_two_level(x: np.ndarray, block_size: int) -> np.ndarray:
+def quantize_two_level(x: np.ndarray, block_size: int, residual: bool = True) -> np.ndarray:
     """Two-level activations for the weight type's block size (256: Q8_K pairs, 64: Q8_0 pairs): each
     block's values at scale d (hi), then the residual they leave in steps of d / 256 (lo), so a dot
-    product is 256 * T(hi) + T(lo) at hi's scale over 256. lo's d field holds d / 256."""
+    product is 256 * T(hi) + T(lo) at hi's scale over 256. lo's d field holds d / 256. Without
+    ``residual`` (ggml under ``SFMP_ACTIVATIONS=8bit``) lo is all zeros: 8-bit activations."""
     dtype, group = (Q8_K, 256) if block_size == 256 else (Q8_0, 32)
     blocks = np.asarray(x, dtype=np.float32).reshape(-1, group)
     d = (np.max(np.abs(blocks), axis=1) / np.float32(127.0)).astype(np.float32)
     scale = d if dtype is Q8_K else d.astype(np.float16).astype(np.float32)
     inv = np.divide(np.float32(1.0), scale, out=np.zeros_like(scale), where=scale > 0)[:, None]
     hi = np.clip(np.rint(blocks * inv), -127, 127).astype(np.float32)
-    lo = np.clip(np.rint((blocks - scale[:, None] * hi) * (inv * np.float32(RESIDUAL_STEPS))), -127, 127)
+    lo = np.clip(np.rint((blocks - scale[:, None] * hi) * (inv * np.float32(RESIDUAL_STEPS))), -127, 127) * residual
     out = np.zeros((len(blocks), 2), dtype=dtype)
     out["qs"][:, 0], out["qs"][:, 1] = hi, lo
     out["d"][:, 0], out["d"][:, 1] = scale, scale / np.float32(RESIDUAL_STEPS)

@@ -3,6 +3,8 @@
 #include "sfmp-quants.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -639,10 +641,24 @@ static inline int8_t clamp_int8(float v) {
     return (int8_t) (v > 127.0f ? 127 : (v < -127.0f ? -127 : (int) v));
 }
 
-// One level pair of `group` values at scale `scale`: hi = x / scale, lo = the residual / (scale / 256).
+bool sfmp_two_level_activations(void) {
+    static int two_level = -1;  // every thread reads the same environment, so a race stores the same value
+    if (two_level < 0) {
+        const char * mode = getenv("SFMP_ACTIVATIONS");
+        if (mode != NULL && *mode != '\0' && strcmp(mode, "8bit") != 0 && strcmp(mode, "two-level") != 0) {
+            fprintf(stderr, "sfmp: SFMP_ACTIVATIONS=%s: expected 8bit or two-level\n", mode);
+            abort();
+        }
+        two_level = mode == NULL || strcmp(mode, "8bit") != 0;
+    }
+    return two_level != 0;
+}
+
+// One level pair of `group` values at scale `scale`: hi = x / scale, lo = the residual / (scale / 256),
+// or 0 with SFMP_ACTIVATIONS=8bit.
 static void two_levels(const float * x, int group, float scale, int8_t * hi, int8_t * lo) {
     const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-    const float inv_lo = inv * (float) SFMP_RESIDUAL_STEPS;
+    const float inv_lo = sfmp_two_level_activations() ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f;
     for (int i = 0; i < group; ++i) {
         hi[i] = clamp_int8(round_even(x[i] * inv));
         lo[i] = clamp_int8(round_even((x[i] - scale * (float) hi[i]) * inv_lo));

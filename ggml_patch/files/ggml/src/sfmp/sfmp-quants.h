@@ -152,6 +152,11 @@ bool sfmp_validate_row(int type, const void * data, size_t nbytes);
 // two-level pairs for types with fine activations.
 bool sfmp_fine_activations(int type);
 size_t sfmp_activation_block_size(int type);  // bytes of one 8-bit activation block (one level)
+// False where the environment sets SFMP_ACTIVATIONS=8bit: the types with fine activations then take
+// 8-bit ones, as llama.cpp's types do (the two-level quantizers leave lo all zeros, and SFMP_X8 skips
+// it): faster prompt processing, at the rounding error of 8-bit activations. Unset, empty or
+// "two-level": true. Any other value stops the process with a one-line message. Read once.
+bool sfmp_two_level_activations(void);
 // Quantize n floats to a two-level activation row (n a multiple of the base block).
 void sfmp_quantize_row_Q8_K_x2(const float * x, void * y, int64_t n);
 void sfmp_quantize_row_Q8_0_x2(const float * x, void * y, int64_t n);

@@ -2,7 +2,8 @@
 // interleaved once, when the model loader uploads them; MUL_MAT and MUL_MAT_ID (mixture-of-experts)
 // quantize the activations (Q8_K or Q8_0, as the plain path does), then the threads share the row groups.
 // Types with two-level activations (sfmp-quants.h) run the kernel on each level as its own 8-bit row,
-// hi and lo / 256, and add the two results: equal to the plain path up to float rounding.
+// hi and lo / 256, and add the two results: equal to the plain path up to float rounding. With
+// SFMP_ACTIVATIONS=8bit lo is all zeros, so they run on hi alone.
 #include "sfmp-x8-buffer.h"
 
 #include "sfmp-x8.h"
@@ -63,7 +64,7 @@ struct activation_layout {
 
     explicit activation_layout(const ggml_tensor * op)
         : type(ggml_blck_size(op->src[0]->type) == 256 ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0),
-          levels(sfmp_fine_activations(op->src[0]->type) ? 2 : 1),
+          levels(sfmp_fine_activations(op->src[0]->type) && sfmp_two_level_activations() ? 2 : 1),
           block(ggml_type_size(type)),
           quantized(GGML_PAD(ggml_row_size(type, op->src[1]->ne[0]), alignof(sfmp_x8_act))),
           stride(quantized + sizeof(sfmp_x8_act) * (op->src[1]->ne[0] / 32)),
@@ -105,15 +106,15 @@ void prepare_activations(ggml_compute_params * params, const ggml_tensor * op, c
         const float * x = reinterpret_cast<const float *>(static_cast<const char *>(src1->data) + (c % ne11) * src1->nb[1] +
                                                           (c / ne11 % ne12) * src1->nb[2] + (c / (ne11 * ne12)) * src1->nb[3]);
         char * hi = static_cast<char *>(params->wdata) + c * act.levels * act.stride;
-        if (act.levels == 1) {
+        if (!sfmp_fine_activations(weights)) {
             from_float(x, hi, ne10);
-        } else {  // each two-level block into the hi row and the lo row
-            char * lo = hi + act.stride;
+        } else {  // each two-level block into the hi row and, unless lo is all zeros, the lo row
             alignas(sizeof(float)) char pair[2 * sizeof(sfmp_block_q8_K)];
             for (int64_t b = 0; b < ne10 / bs; ++b) {
                 from_float(x + b * bs, pair, bs);
-                memcpy(hi + b * act.block, pair, act.block);
-                memcpy(lo + b * act.block, pair + act.block, act.block);
+                for (int k = 0; k < act.levels; ++k) {
+                    memcpy(hi + k * act.stride + b * act.block, pair + k * act.block, act.block);
+                }
             }
         }
         for (int k = 0; k < act.levels; ++k) {
