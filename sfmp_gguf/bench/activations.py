@@ -5,7 +5,8 @@ below ``format.FINE_ACTIVATION_MIN_BITS``, to two levels (about 15 bits) from th
 is the converter's (imatrix, no permutation) at one size, scored as llama.cpp runs it, then with
 ``SFMP_ACTIVATIONS=8bit`` (8-bit activations for every type, as llama.cpp's own types take them);
 then the same weights, dequantized into an F32 GGUF, whose matmuls take the activations unrounded.
-The difference between the first and the last is the activations' share of the KLD. Writes ``bench-results/activations.{md,json,png}``.
+The difference between the first and the last is the activations' share of the KLD. Writes
+``bench-results/activations.{md,json,png}``.
 
     python -m sfmp_gguf.bench.activations [--smoke --out DIR] [--threads N]
 """
