@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 from sfmp_gguf.paths import REPO_ROOT, cache_dir
 
 DEFAULT_OUT = REPO_ROOT / "bench-results"
+# The environment that gives the SFMP types with two-level activations 8-bit ones (sfmp-quants.h).
+EIGHT_BIT_ACTIVATIONS = {"SFMP_ACTIVATIONS": "8bit"}
 
 
 def add_output_args(parser: argparse.ArgumentParser, smoke_help: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sfmp_gguf.atomic import save_figure, write_text
-from sfmp_gguf.bench import cpu_name, grouped_bars, probe_main
+from sfmp_gguf.bench import EIGHT_BIT_ACTIVATIONS, cpu_name, grouped_bars, probe_main
 
 SIZES = (4.25, 5.5, 6.5, 8.0)
 PATHS = ("as llama.cpp runs it", "with SFMP_ACTIVATIONS=8bit", "same weights, F32 matmuls")
@@ -82,7 +82,7 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
             results[PATHS[0]][key] = quality.write_and_score(prepared, plan, out, base, texts.eval_text, n_weights,
                                                              ctx, chunks, threads).kld
             results[PATHS[1]][key] = quality.score(out, base, texts.eval_text, "", "", n_weights, ctx, chunks,
-                                                   threads, env={"SFMP_ACTIVATIONS": "8bit"}).kld
+                                                   threads, env=EIGHT_BIT_ACTIVATIONS).kld
             pipeline.write_float(dequantized(prepared, plan, pool), out)
             results[PATHS[2]][key] = quality.score(out, base, texts.eval_text, "", "", n_weights, ctx, chunks,
                                                    threads).kld

@@ -250,8 +250,9 @@ def run(out_dir: Path, smoke: bool, threads: int, log=print) -> dict:
             row["cycles_256"] = {cpu: mca(body, cpu, tmp) * 256 / row["weights"] for cpu in CPUS}
             log(f"{row['kernel']}: {row['loop']}, {len(body)} instructions, "
                 f"{row['cycles_256'][CPUS[0]]:.1f} cycles / 256 weights")
+    candidates = {family: neighbours(rows, family) for family in {r["family"] for r in rows}}
     for row in rows:  # nearest stock bpw; ties go to the same activation type
-        near = min(neighbours(rows, row["family"]),
+        near = min(candidates[row["family"]],
                    key=lambda s: (abs(s["bpw"] - row["bpw"]), s["activation"] != row["activation"]))
         row["neighbour"] = near["type"] + (" repacked" if near["family"] == "repack" else "")
         row["ratio"] = {cpu: row["cycles_256"][cpu] / near["cycles_256"][cpu] for cpu in CPUS}

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass

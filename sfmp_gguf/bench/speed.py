@@ -39,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from sfmp_gguf.bench import add_output_args, cached_file, cpu_name, output_dir  # noqa: E402
+from sfmp_gguf.bench import EIGHT_BIT_ACTIVATIONS, add_output_args, cached_file, cpu_name, output_dir  # noqa: E402
 from sfmp_gguf.atomic import save_figure, write_text  # noqa: E402
 from sfmp_gguf.bench.roundtrip import BenchError, quantize_model  # noqa: E402
 from sfmp_gguf.format import BY_NAME, SFMP_TYPES  # noqa: E402
@@ -48,7 +48,7 @@ from sfmp_gguf.paths import cache_dir  # noqa: E402
 
 ROUNDS = 3
 STOCK = ("Q4_K", "IQ4_XS", "Q5_K", "Q6_K", "Q8_0")
-# From sfmp625_k up the CPU kernels take two-level activations (format.FINE_ACTIVATION_MIN_BITS).
+# From sfmp525_k up the CPU kernels take two-level activations (format.FINE_ACTIVATION_MIN_BITS).
 SFMP_CANDIDATES = ("sfmp275_k", "sfmp325_k", "sfmp375_k", "sfmp425_k", "sfmp475_k", "sfmp525_k", "sfmp575_k",
                    "sfmp625_k", "sfmp675_k", "sfmp725_k", "sfmp775_k", "sfmp800_k")
 # The nonlinear grid (one table lookup more per code) against the stock types of its rates.
@@ -148,12 +148,9 @@ def measure(files: dict[str, Path], matched: list[tuple[str, str]], bench_args: 
     return {name: Result(name, measured[name].stat().st_size, *speeds[name]) for name in measured}
 
 
-EIGHT_BIT = {"SFMP_ACTIVATIONS": "8bit"}
-
-
 def two_level_pairs(matched: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The pairs whose SFMP type takes two-level activations (its other name passes through)."""
-    return [pair for pair in matched if any(n in BY_NAME and BY_NAME[n].fine_activations for n in pair)]
+    """The (stock, SFMP) pairs whose SFMP type takes two-level activations."""
+    return [(stock, sfmp) for stock, sfmp in matched if BY_NAME[sfmp].fine_activations]
 
 
 def eight_bit_section(files: dict[str, Path], matched: list[tuple[str, str]], bench_args: tuple[int, int, int],
@@ -163,7 +160,7 @@ def eight_bit_section(files: dict[str, Path], matched: list[tuple[str, str]], be
     fine = two_level_pairs(matched)
     if not fine:
         return "", {}
-    results = measure(files, fine, bench_args, threads, variant, rounds, env=EIGHT_BIT)
+    results = measure(files, fine, bench_args, threads, variant, rounds, env=EIGHT_BIT_ACTIVATIONS)
     title = f"{model}: two-level rungs with SFMP_ACTIVATIONS=8bit"
     plot(results, out, title)
     return markdown(results, fine, title,
