@@ -323,7 +323,8 @@ def _hi_only(y: np.ndarray, t: SfmpType) -> tuple[np.ndarray, np.ndarray]:
 def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, request, t: SfmpType):
     """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass, 1 to 4 columns per decode) returns
     exactly what sfmp_vec_dot_generic returns for each row and column, malformed blocks and
-    full-range activations included, on both its paths (plain AVX2 and AVX2 with VNNI). It takes one
+    full-range activations included (+-127 for two-level activations, as their quantizers clamp),
+    on both its paths (plain AVX2 and AVX2 with VNNI). It takes one
     8-bit level per column; for types with two-level activations the reference gets lo = 0 (the
     buffer's sum of both levels is checked in test_llama_integration)."""
     lib = x8_lib
@@ -338,7 +339,9 @@ def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, reque
     y_normal = np.stack([_activations(t, rng) for _ in range(6)])  # 6 columns: a call of 4, then 2
     y_full = y_normal.copy()
     y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
-    y_blocks["qs"] = rng.integers(-128, 128, size=y_blocks["qs"].shape)
+    # The full range of the activations each type can take: two-level quantizers clamp to +-127,
+    # which plain AVX2's 8-bit codes rely on (sfmp-x8.c, code_dot).
+    y_blocks["qs"] = rng.integers(-127 if t.fine_activations else -128, 128, size=y_blocks["qs"].shape)
     for y in (y_normal, y_full, y_full[:1]):
         kernel_y, reference_y = _hi_only(y, t) if t.fine_activations else (y, y)
         expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in reference_y], dtype=np.float32)

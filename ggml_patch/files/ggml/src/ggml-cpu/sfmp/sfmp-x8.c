@@ -55,6 +55,18 @@ SFMP_X8_INLINE int code_width(int B, int U) {
     return B + (U > 0);
 }
 
+// What code_dot takes from each W-bit code before multiplying, for ncols columns: 128 where plain AVX2
+// takes 8-bit codes as signed bytes (code_dot), else 0.
+SFMP_X8_INLINE int code_bias(int W, int ncols) {
+#if defined(SFMP_X8_AVX2) && !defined(SFMP_X8_VNNI)
+    return W == 8 && ncols > 1 ? 128 : 0;
+#else
+    (void) W;
+    (void) ncols;
+    return 0;
+#endif
+}
+
 // Where B + 1 = 4 an x8 block stores every code widened to one nibble (a plain one shifted up by a 0
 // bit): it decodes as one piece, where B bits and an extra plane take three, and at 3 to 4 bits the
 // kernel is bound more by decoding than by memory (bench.x8_kernel, bench.speed). Those tensors grow
@@ -348,12 +360,16 @@ SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U) {
     return U ? _mm256_blendv_epi8(plain, _mm256_shuffle_epi8(t->up, code), t->up_rows) : plain;
 }
 
-// Per lane (row) and column: sum(c y) over one sub-block of W = code_width(B, U) bit codes, read
-// from `codes` and, where the type stores planes, `plane`; with `tables`, c is the code's biased
-// level (below 128). With VNNI, whole codes go to dpbusd.
+// Per lane (row) and column: sum((c - code_bias(W)) y) over one sub-block of W = code_width(B, U) bit
+// codes, read from `codes` and, where the type stores planes, `plane`; with `tables`, c is the code's
+// biased level (below 128). With VNNI, whole codes go to dpbusd.
 // Otherwise codes of W <= 7 bits feed maddubs whole; its 16-bit pair sums (|.| <= 2 * 128 * (2^W - 1))
-// are widened every `run` groups, before they could overflow. 8-bit codes would saturate maddubs,
-// so they go as two nibbles: the first stored piece, then the rest.
+// are widened every `run` groups, before they could overflow. 8-bit codes would saturate maddubs.
+// For one column they go as two nibbles: the first stored piece, then the rest. For more, where
+// the columns' multiplies outweigh decoding, they go biased: c - 128 as a signed byte, its magnitude
+// against y with its sign, one maddubs a column. With |y| <= 127 a pair sum stays within
+// 2 * 128 * 127 < 2^15; W = 8 types have two-level activations, whose quantizers
+// (sfmp_quantize_row_Q8_*_x2) clamp both levels to [-127, 127].
 SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
                              const int8_t * const * y, const int ncols, x8i * s) {
     const int Ws = stored_width(B, U), X = code_width(B, U) - Ws;
@@ -372,22 +388,31 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     const int W = code_width(B, U);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[SFMP_X8_MAX_COLUMNS];
-    if (W == 8) {
+    if (W == 8 && ncols == 1) {
         SFMP_X8_UNROLL
         for (int half = 0; half < 2; ++half) {
-            for (int c = 0; c < ncols; ++c) {
-                acc[c] = _mm256_setzero_si256();
-            }
+            acc[0] = _mm256_setzero_si256();
             SFMP_X8_UNROLL
             for (int g = 0; g < 8; ++g) {
                 const __m256i nibbles = half ? group_codes(codes + 128, Ws - 4, X, plane, g) : group_codes(codes, 4, 0, plane, g);
-                for (int c = 0; c < ncols; ++c) {
-                    acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(nibbles, broadcast4(y[c] + 4 * g)));
-                }
+                acc[0] = _mm256_add_epi16(acc[0], _mm256_maddubs_epi16(nibbles, broadcast4(y[0] + 4 * g)));
             }
+            const __m256i part = _mm256_madd_epi16(acc[0], _mm256_set1_epi16(half ? 1 : 16));
+            s[0] = half ? _mm256_add_epi32(s[0], part) : part;
+        }
+        return;
+    }
+    if (W == 8) {
+        for (int c = 0; c < ncols; ++c) {
+            s[c] = _mm256_setzero_si256();
+        }
+        SFMP_X8_UNROLL
+        for (int g = 0; g < 8; ++g) {
+            const __m256i biased = _mm256_xor_si256(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) 0x80));
+            const __m256i magnitude = _mm256_abs_epi8(biased);
             for (int c = 0; c < ncols; ++c) {
-                const __m256i part = _mm256_madd_epi16(acc[c], _mm256_set1_epi16(half ? 1 : 16));
-                s[c] = half ? _mm256_add_epi32(s[c], part) : part;
+                const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(y[c] + 4 * g), biased));
+                s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(pairs, ones));
             }
         }
         return;
@@ -626,8 +651,10 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
     } else {
         code_dot(codes, B, U, NULL, plane, y, ncols, s);
     }
+    const int bias = code_bias(code_width(B, U), ncols);
     for (int c = 0; c < ncols; ++c) {
-        x8i t = x8i_add(NL ? s[c] : x8i_shl(s[c], U ? 1 : 2), x8i_set1(act[c]->offset));
+        const x8i sum_cy = bias ? x8i_add(s[c], x8i_set1(bias * act[c]->sum)) : s[c];
+        x8i t = x8i_add(NL ? sum_cy : x8i_shl(sum_cy, U ? 1 : 2), x8i_set1(act[c]->offset));
         if (U && !NL) {
             t = x8i_add(t, x8i_and(plain, x8i_set1(act[c]->sum)));
         }
