@@ -33,6 +33,8 @@ void sfmp_vec_dot_generic(int type, int n, float * s, const void * vx, const voi
 bool sfmp_fine_activations(int type);
 void sfmp_quantize_row_Q8_K_x2(const float * x, void * y, int64_t n);
 void sfmp_quantize_row_Q8_0_x2(const float * x, void * y, int64_t n);
+void sfmp_cpu_quantize_row_Q8_K_x2(const float * x, void * y, int64_t n);
+void sfmp_cpu_quantize_row_Q8_0_x2(const float * x, void * y, int64_t n);
 int sfmp_cpu_nrows(int type);
 const char * sfmp_cpu_path(void);
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy);
@@ -94,12 +96,13 @@ class Kernels:
         data = np.ascontiguousarray(data, dtype=np.uint8)
         return bool(self.lib.sfmp_validate_row(t.type_id, self._ptr(data, "void *"), data.size))
 
-    def two_level_activations(self, x: np.ndarray, t: SfmpType) -> np.ndarray:
-        """Floats -> the two-level activation bytes of ``t``'s block size, by the C quantizer ggml runs."""
+    def two_level_activations(self, x: np.ndarray, t: SfmpType, path: str = "generic") -> np.ndarray:
+        """Floats -> the two-level activation bytes of ``t``'s block size, by the C reference
+        (``generic``) or the SIMD twin ggml's CPU backend runs (``cpu``)."""
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         kind = ACTIVATIONS[t.variant.activation]
         out = np.zeros(x.size // kind.block_size * kind.type_size, dtype=np.uint8)
-        fn = getattr(self.lib, f"sfmp_quantize_row_{kind.base}_x2")
+        fn = getattr(self.lib, f"sfmp_{'' if path == 'generic' else 'cpu_'}quantize_row_{kind.base}_x2")
         fn(self._ptr(x, "float *"), self._ptr(out, "void *"), x.size)
         return out
 

@@ -349,8 +349,11 @@ def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, reque
 
 
 @pytest.mark.native
+@pytest.mark.parametrize("path", ["generic", "cpu"])
 @pytest.mark.parametrize("block_size", [256, 64])
-def test_two_level_activations_match_their_numpy_specification(lib, block_size: int):
+def test_two_level_activations_match_their_numpy_specification(lib, block_size: int, path: str):
+    """The C reference and the CPU backend's SIMD twin (its from_float) both make the numpy
+    specification's bytes."""
     t = next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == block_size)
     seed = stable_seed("two-level", block_size)
     rng = np.random.default_rng(seed)
@@ -358,8 +361,25 @@ def test_two_level_activations_match_their_numpy_specification(lib, block_size: 
               rng.standard_normal(ROW) * np.repeat(10.0 ** rng.uniform(-6, 3, size=ROW // 32), 32)]
     for x in inputs:
         x = x.astype(np.float32)
-        assert np.array_equal(lib.two_level_activations(x, t), activations.quantize_two_level(x, block_size)), \
+        assert np.array_equal(lib.two_level_activations(x, t, path), activations.quantize_two_level(x, block_size)), \
             f"seed {seed}"
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("block_size", [256, 64])
+def test_cpu_two_level_activations_equal_the_reference_on_non_finite_and_huge_values(lib, block_size: int):
+    """Where numpy has no answer to compare with (NaN, infinities, values past float16 and int8):
+    the SIMD twin writes the C reference's bytes."""
+    t = next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == block_size)
+    rng = np.random.default_rng(stable_seed("two-level-special", block_size))
+    x = rng.standard_normal(ROW).astype(np.float32)
+    x[rng.integers(0, ROW, 40)] = np.nan
+    x[rng.integers(0, ROW, 20)] = np.inf
+    x[rng.integers(0, ROW, 20)] = -np.inf
+    x[rng.integers(0, ROW, 20)] = np.float32(3e38)
+    x[:32] = np.nan  # a whole sub-block of NaN
+    x[64:96] = -0.0
+    assert np.array_equal(lib.two_level_activations(x, t, "cpu"), lib.two_level_activations(x, t))
 
 
 @pytest.mark.native
@@ -373,14 +393,15 @@ def test_sfmp_activations_8bit_leaves_the_residual_level_zero(lib, tmp_path):  #
              "from sfmp_gguf import kernels\n"
              "from sfmp_gguf.format import BY_NAME\n"
              "x = np.load(sys.argv[1])\n"
-             "np.save(sys.argv[3], kernels.load().two_level_activations(x, BY_NAME[sys.argv[2]]))\n")
+             "np.save(sys.argv[3], kernels.load().two_level_activations(x, BY_NAME[sys.argv[2]], sys.argv[4]))\n")
     types = [next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == bs) for bs in (256, 64)]
     for t in types:
-        out = tmp_path / f"{t.name}.npy"
-        args = [sys.executable, "-c", child, str(tmp_path / "x.npy"), t.name, str(out)]
-        subprocess.run(args, check=True, cwd=REPO, env={**os.environ, "SFMP_ACTIVATIONS": "8bit"})
-        assert np.array_equal(np.load(out), activations.quantize_two_level(x, t.block_size, residual=False))
-        assert not np.array_equal(np.load(out), activations.quantize_two_level(x, t.block_size))
+        for path in ("generic", "cpu"):
+            out = tmp_path / f"{t.name}-{path}.npy"
+            args = [sys.executable, "-c", child, str(tmp_path / "x.npy"), t.name, str(out), path]
+            subprocess.run(args, check=True, cwd=REPO, env={**os.environ, "SFMP_ACTIVATIONS": "8bit"})
+            assert np.array_equal(np.load(out), activations.quantize_two_level(x, t.block_size, residual=False))
+            assert not np.array_equal(np.load(out), activations.quantize_two_level(x, t.block_size))
     bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**os.environ, "SFMP_ACTIVATIONS": "8-bit"})
     assert bad.returncode != 0
     assert "sfmp: SFMP_ACTIVATIONS=8-bit: expected 8bit or two-level" in bad.stderr

@@ -37,17 +37,35 @@ static float next_gauss(void) {
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
 }
 
-// Two-level activations as ggml makes them for types with fine activations (the library's own
-// quantizer), with the values the dot product sees: the values' level plus the residual's.
+// Two-level activations as ggml makes them for types with fine activations (the CPU backend's
+// quantizer, which must write the reference's bytes), with the values the dot product sees: the
+// values' level plus the residual's.
 static void make_two_level(int block_size, int n, const float * x, void * out, float * dequant) {
+    const size_t bytes = block_size == 256 ? (size_t) n / 256 * sizeof(sfmp_block_q8_K_x2) : (size_t) n / 32 * sizeof(sfmp_block_q8_0_x2);
+    void * reference = malloc(bytes);
+    float special[MAX_N];  // x with a NaN, both infinities and a value past float16's range
+    memcpy(special, x, sizeof(float) * (size_t) n);
+    const float values[4] = {NAN, INFINITY, -INFINITY, 3e38f};
+    for (int k = 0; k < 4; ++k) {
+        special[next_u32() % (uint32_t) n] = values[k];
+    }
+    const float * inputs[2] = {special, x};  // x last: its bytes stay in out
+    for (int k = 0; k < 2; ++k) {
+        (block_size == 256 ? sfmp_quantize_row_Q8_K_x2 : sfmp_quantize_row_Q8_0_x2)(inputs[k], reference, n);
+        (block_size == 256 ? sfmp_cpu_quantize_row_Q8_K_x2 : sfmp_cpu_quantize_row_Q8_0_x2)(inputs[k], out, n);
+        if (memcmp(reference, out, bytes) != 0) {
+            fprintf(stderr, "two-level activations (%d values, blocks of %d%s): %s quantizer differs from the reference\n", n,
+                    block_size, k ? "" : ", non-finite ones among them", sfmp_cpu_path());
+            exit(1);
+        }
+    }
+    free(reference);
     if (block_size == 256) {
-        sfmp_quantize_row_Q8_K_x2(x, out, n);
         const sfmp_block_q8_K_x2 * y = (const sfmp_block_q8_K_x2 *) out;
         for (int i = 0; i < n; ++i) {
             dequant[i] = y[i / 256].hi.d * (float) y[i / 256].hi.qs[i % 256] + y[i / 256].lo.d * (float) y[i / 256].lo.qs[i % 256];
         }
     } else {
-        sfmp_quantize_row_Q8_0_x2(x, out, n);
         const sfmp_block_q8_0_x2 * y = (const sfmp_block_q8_0_x2 *) out;
         for (int i = 0; i < n; ++i) {
             dequant[i] = sfmp_fp16_to_fp32(y[i / 32].hi.d) * (float) y[i / 32].hi.qs[i % 32] +

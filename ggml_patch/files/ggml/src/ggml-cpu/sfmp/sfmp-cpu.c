@@ -727,3 +727,158 @@ int sfmp_cpu_nrows(int type) {
 void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * vy) {
     sfmp_cpu_vec_dot_tile(type, n, s, 0, vx, 0, vy, 0, 1);
 }
+
+// ---- two-level activations ------------------------------------------------------------------------
+
+#if defined(__AVX2__)
+
+// The reference's round_even and clamp_int8 (sfmp-quants.c) on 8 floats: the same float operations,
+// then the low byte of the truncated int32, as the reference's (int8_t) (int) casts leave it (NaN too).
+SFMP_INLINE __m256i levels_avx2(__m256 v) {
+    const __m256 shift = _mm256_set1_ps(12582912.0f);
+    v = _mm256_sub_ps(_mm256_add_ps(v, shift), shift);
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(127.0f), _mm256_cmp_ps(v, _mm256_set1_ps(127.0f), _CMP_GT_OQ));
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(-127.0f), _mm256_cmp_ps(v, _mm256_set1_ps(-127.0f), _CMP_LT_OQ));
+    return _mm256_srai_epi32(_mm256_slli_epi32(_mm256_cvttps_epi32(v), 24), 24);
+}
+
+// The low bytes of 8 int32 into 8 int8.
+SFMP_INLINE void store_bytes_avx2(int8_t * dst, __m256i v) {
+    const __m256i bytes = _mm256_shuffle_epi8(v, _mm256_set1_epi32(0x0c080400));
+    const uint32_t lo = (uint32_t) _mm256_cvtsi256_si32(bytes), hi = (uint32_t) _mm256_extract_epi32(bytes, 4);
+    memcpy(dst, &lo, 4);
+    memcpy(dst + 4, &hi, 4);
+}
+
+// The reference's two_levels: hi = x / scale, lo = the residual / (scale / 256), or 0 in 8-bit mode.
+SFMP_INLINE void two_levels_simd(const float * x, int group, float scale, int8_t * hi, int8_t * lo) {
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inv), vscale = _mm256_set1_ps(scale);
+    const __m256 vinv_lo = _mm256_set1_ps(sfmp_two_level_activations() ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f);
+    for (int i = 0; i < group; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256i h = levels_avx2(_mm256_mul_ps(v, vinv));
+        const __m256 residual = _mm256_sub_ps(v, _mm256_mul_ps(vscale, _mm256_cvtepi32_ps(h)));
+        store_bytes_avx2(hi + i, h);
+        store_bytes_avx2(lo + i, levels_avx2(_mm256_mul_ps(residual, vinv_lo)));
+    }
+}
+
+// The reference's block_amax: NaN is skipped as fmaxf skips it (maxps returns its second operand).
+SFMP_INLINE float amax_simd(const float * x, int group) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < group; i += 8) {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+}
+
+SFMP_INLINE void block_sums_simd(const int8_t * qs, int16_t * bsums) {
+    for (int g = 0; g < 16; g += 2) {
+        const __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (qs + 16 * g)));
+        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *) (qs + 16 * g + 16)));
+        __m256i s = _mm256_hadd_epi16(v, w);  // lanes: v0..3, w0..3 | v4..7, w4..7 (pair sums)
+        s = _mm256_hadd_epi16(s, s);
+        s = _mm256_hadd_epi16(s, s);
+        const __m128i t = _mm_add_epi16(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        bsums[g] = (int16_t) _mm_extract_epi16(t, 0);
+        bsums[g + 1] = (int16_t) _mm_extract_epi16(t, 1);
+    }
+}
+
+#define SFMP_TWO_LEVEL_SIMD 1
+
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+
+// As the AVX2 levels_avx2, 8 floats as two halves. fcvtzs, as the reference's (int) cast on aarch64,
+// takes NaN to 0; xtn keeps the low byte.
+SFMP_INLINE int8x8_t levels_neon(float32x4_t a, float32x4_t b, int32x4_t * wide_a, int32x4_t * wide_b) {
+    const float32x4_t shift = vdupq_n_f32(12582912.0f), top = vdupq_n_f32(127.0f), bottom = vdupq_n_f32(-127.0f);
+    float32x4_t v[2] = {vsubq_f32(vaddq_f32(a, shift), shift), vsubq_f32(vaddq_f32(b, shift), shift)};
+    int32x4_t q[2];
+    for (int k = 0; k < 2; ++k) {
+        v[k] = vbslq_f32(vcgtq_f32(v[k], top), top, v[k]);
+        v[k] = vbslq_f32(vcltq_f32(v[k], bottom), bottom, v[k]);
+        q[k] = vcvtq_s32_f32(v[k]);
+    }
+    const int8x8_t bytes = vmovn_s16(vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1])));
+    if (wide_a) {  // the bytes back as int32, for the residual
+        const int16x8_t h = vmovl_s8(bytes);
+        *wide_a = vmovl_s16(vget_low_s16(h));
+        *wide_b = vmovl_high_s16(h);
+    }
+    return bytes;
+}
+
+SFMP_INLINE void two_levels_simd(const float * x, int group, float scale, int8_t * hi, int8_t * lo) {
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const float32x4_t vinv = vdupq_n_f32(inv), vscale = vdupq_n_f32(scale);
+    const float32x4_t vinv_lo = vdupq_n_f32(sfmp_two_level_activations() ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f);
+    for (int i = 0; i < group; i += 8) {
+        const float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
+        int32x4_t ha, hb;
+        vst1_s8(hi + i, levels_neon(vmulq_f32(a, vinv), vmulq_f32(b, vinv), &ha, &hb));
+        const float32x4_t ra = vsubq_f32(a, vmulq_f32(vscale, vcvtq_f32_s32(ha)));
+        const float32x4_t rb = vsubq_f32(b, vmulq_f32(vscale, vcvtq_f32_s32(hb)));
+        vst1_s8(lo + i, levels_neon(vmulq_f32(ra, vinv_lo), vmulq_f32(rb, vinv_lo), NULL, NULL));
+    }
+}
+
+// fmaxnm, as the reference's fmaxf, skips NaN.
+SFMP_INLINE float amax_simd(const float * x, int group) {
+    float32x4_t m = vdupq_n_f32(0.0f);
+    for (int i = 0; i < group; i += 4) {
+        m = vmaxnmq_f32(m, vabsq_f32(vld1q_f32(x + i)));
+    }
+    return vmaxnmvq_f32(m);
+}
+
+SFMP_INLINE void block_sums_simd(const int8_t * qs, int16_t * bsums) {
+    for (int g = 0; g < 16; ++g) {
+        bsums[g] = vaddlvq_s8(vld1q_s8(qs + 16 * g));
+    }
+}
+
+#define SFMP_TWO_LEVEL_SIMD 1
+
+#endif
+
+#if defined(SFMP_TWO_LEVEL_SIMD)
+
+void sfmp_cpu_quantize_row_Q8_K_x2(const float * x, void * vy, int64_t n) {
+    sfmp_block_q8_K_x2 * y = (sfmp_block_q8_K_x2 *) vy;
+    for (int64_t i = 0; i < n / 256; ++i, x += 256) {
+        const float d = amax_simd(x, 256) / 127.0f;
+        two_levels_simd(x, 256, d, y[i].hi.qs, y[i].lo.qs);
+        y[i].hi.d = d;
+        y[i].lo.d = d / (float) SFMP_RESIDUAL_STEPS;
+        block_sums_simd(y[i].hi.qs, y[i].hi.bsums);
+        block_sums_simd(y[i].lo.qs, y[i].lo.bsums);
+    }
+}
+
+void sfmp_cpu_quantize_row_Q8_0_x2(const float * x, void * vy, int64_t n) {
+    sfmp_block_q8_0_x2 * y = (sfmp_block_q8_0_x2 *) vy;
+    for (int64_t i = 0; i < n / 32; ++i, x += 32) {
+        y[i].hi.d = sfmp_fp32_to_fp16(amax_simd(x, 32) / 127.0f);
+        const float d = sfmp_fp16_to_fp32(y[i].hi.d);  // the scale the kernels read
+        two_levels_simd(x, 32, d, y[i].hi.qs, y[i].lo.qs);
+        y[i].lo.d = sfmp_fp32_to_fp16(d / (float) SFMP_RESIDUAL_STEPS);
+    }
+}
+
+#else
+
+void sfmp_cpu_quantize_row_Q8_K_x2(const float * x, void * vy, int64_t n) {
+    sfmp_quantize_row_Q8_K_x2(x, vy, n);
+}
+
+void sfmp_cpu_quantize_row_Q8_0_x2(const float * x, void * vy, int64_t n) {
+    sfmp_quantize_row_Q8_0_x2(x, vy, n);
+}
+
+#endif

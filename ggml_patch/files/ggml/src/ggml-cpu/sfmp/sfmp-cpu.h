@@ -30,6 +30,11 @@ void sfmp_cpu_vec_dot(int type, int n, float * s, const void * vx, const void * 
 void sfmp_cpu_vec_dot_tile(int type, int n, float * s, size_t bs, const void * vx, size_t bx,
                            const void * vy, size_t by, int nrc);
 
+// Two-level activations as sfmp_quantize_row_Q8_K_x2 / _Q8_0_x2 make them, byte for byte (AVX2: in
+// SIMD; elsewhere: the reference itself). ggml's from_float for the two-level activation types.
+void sfmp_cpu_quantize_row_Q8_K_x2(const float * x, void * y, int64_t n);
+void sfmp_cpu_quantize_row_Q8_0_x2(const float * x, void * y, int64_t n);
+
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                 \
     void sfmp_cpu_vec_dot_##lname(int n, float * s, size_t bs_, const void * vx, size_t bx,  \
                                   const void * vy, size_t by, int nrc);
