@@ -124,6 +124,21 @@ def test_speed_pairs_each_rung_with_the_nearest_stock_file():
     assert RUNGS[0] == "sfmp225_k" and RUNGS[-1] == "sfmp800_k" and len(RUNGS) == 13  # 2.56 to 8.31 bpw
 
 
+@pytest.mark.unit
+def test_speed_takes_the_stock_speed_at_each_sfmp_size_between_its_neighbours():
+    from sfmp_gguf.bench.speed import Result, at_size, markdown
+
+    q5, q6, q8 = Result("Q5_K", 300, 500.0, 80.0), Result("Q6_K", 400, 400.0, 90.0), Result("Q8_0", 500, 300.0, 60.0)
+    assert at_size([q8, q5, q6], 450) == pytest.approx((350.0, 75.0))  # halfway between Q6_K and Q8_0
+    assert at_size([q5, q6, q8], 400) == pytest.approx((400.0, 90.0))
+    assert at_size([q5, q6], 250) is None and at_size([q5, q6], 401) is None
+    results = {r.name: r for r in (q6, q8, Result("sfmp675_k", 450, 420.0, 75.0), Result("sfmp725_k", 550, 1.0, 1.0))}
+    header, *body = _table_rows(markdown(results, [("Q6_K", "sfmp675_k"), ("Q8_0", "sfmp725_k")], "t", "s"))
+    assert header[-2:] == ["pp ratio, stock at this size", "tg ratio, stock at this size"]
+    assert body[0][-4:] == ["1.05", "0.83", "1.20", "1.00"]  # against Q6_K itself, then at 450 bytes
+    assert body[1][-2:] == ["-", "-"]  # larger than every stock file measured
+
+
 @pytest.mark.integration
 def test_the_one_benchmark_command_runs_every_part_in_smoke_mode(build, tmp_path):
     out = tmp_path / "all"

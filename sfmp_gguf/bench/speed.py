@@ -9,6 +9,9 @@ nearest in size, on two models.
   bpw (the uniform ``_k`` types), each against the stock type nearest in size, ``--pure``, without an
   imatrix (it changes no speed).
 
+Each table also sets every SFMP file against the stock files measured with it, interpolated
+linearly at its size: the comparison at equal size where the nearest stock file is smaller or larger.
+
 The pairs whose SFMP type takes two-level activations are measured again with
 ``SFMP_ACTIVATIONS=8bit`` (8-bit activations, as the stock types take), in a section of their own.
 
@@ -100,16 +103,35 @@ def neighbours(sizes: dict[str, int], stock: tuple[str, ...], rungs: tuple[str, 
     return [(min(stock, key=lambda s: abs(sizes[s] - sizes[r])), r) for r in rungs]
 
 
+def at_size(stock: list[Result], size: int) -> tuple[float, float] | None:
+    """The stock (pp, tg) at ``size`` bytes: linear in size between the stock files on either side
+    (as the quality benchmark's frontier is taken at a size); None outside their range."""
+    below = [r for r in stock if r.size <= size]
+    above = [r for r in stock if r.size >= size]
+    if not below or not above:
+        return None
+    a, b = max(below, key=lambda r: r.size), min(above, key=lambda r: r.size)
+    f = 0.0 if b.size == a.size else (size - a.size) / (b.size - a.size)
+    return a.pp + f * (b.pp - a.pp), a.tg + f * (b.tg - a.tg)
+
+
 def markdown(results: dict[str, Result], matched: list[tuple[str, str]], title: str, setup: str,
              heading: str = "#", prompt: int = 512, gen: int = 128) -> str:
+    """The pairs' table. Its last two columns set each SFMP file against the stock files measured
+    with it, interpolated at its size ('-' outside their range): the comparison at equal size where
+    the nearest stock file is smaller or larger."""
     pp, tg = f"pp{prompt} t/s", f"tg{gen} t/s"
+    stock = list({results[s] for s, _ in matched})
     lines = [f"{heading} {title}", "", setup, "",
-             f"| stock | size (MiB) | {pp} | {tg} | SFMP | size (MiB) | {pp} | {tg} | pp ratio | tg ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| stock | size (MiB) | {pp} | {tg} | SFMP | size (MiB) | {pp} | {tg} | pp ratio | tg ratio | "
+             f"pp ratio, stock at this size | tg ratio, stock at this size |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, c in matched:
         a, b = results[s], results[c]
+        there = at_size(stock, b.size)
+        equal = f"{b.pp / there[0]:.2f} | {b.tg / there[1]:.2f}" if there else "- | -"
         lines.append(f"| {s} | {a.size / 2**20:.1f} | {a.pp:.1f} | {a.tg:.1f} | {c} | {b.size / 2**20:.1f} | "
-                     f"{b.pp:.1f} | {b.tg:.1f} | {b.pp / a.pp:.2f} | {b.tg / a.tg:.2f} |")
+                     f"{b.pp:.1f} | {b.tg:.1f} | {b.pp / a.pp:.2f} | {b.tg / a.tg:.2f} | {equal} |")
     return "\n".join(lines) + "\n"
 
 
