@@ -67,12 +67,18 @@ SFMP_X8_INLINE int code_bias(int W, int ncols) {
 #endif
 }
 
-// Where B + 1 = 4 an x8 block stores every code widened to one nibble (a plain one shifted up by a 0
-// bit): it decodes as one piece, where B bits and an extra plane take three, and at 3 to 4 bits the
-// kernel is bound more by decoding than by memory (bench.x8_kernel, bench.speed). Those tensors grow
-// by (8 - U) / 8 bits per weight.
+// Where B + 1 = 4 an x8 block stores every code widened to B + 1 bits (a plain one shifted up by a 0
+// bit): one nibble to decode, where B bits and an extra plane take three pieces, and at 3 to 4 bits
+// the kernel is bound more by decoding than by memory. Plain AVX2, with no one-instruction dot
+// product, is bound by arithmetic at higher rates too: there B + 1 = 6 and 8 widen as well (4 + 2 bits
+// in place of 4 + 1 + a plane, 4 + 4 in place of 4 + 2 + 1 + a plane); B + 1 = 7 would still take
+// three pieces. (bench.x8_kernel, bench.speed.) Those tensors grow by (8 - U) / 8 bits per weight.
 SFMP_X8_INLINE int widened(int B, int U) {
+#if defined(SFMP_X8_AVX2) && !defined(SFMP_X8_VNNI)
+    return U > 0 && (B + 1 == 4 || B + 1 == 6 || B + 1 == 8);
+#else
     return U > 0 && B + 1 == 4;
+#endif
 }
 
 // Bits stored per weight of a sub-block's codes.
