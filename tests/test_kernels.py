@@ -19,6 +19,7 @@ from sfmp_gguf.quant import activations
 from sfmp_gguf.quant import elastic
 from sfmp_gguf.quant.reference import decode_blocks, dequantize_blocks, quantize_blocks
 from tests import host
+from tests.levels import hi_only
 from tests.seeds import stable_seed
 
 ROW = 512  # two 256-blocks, eight 64-blocks
@@ -305,19 +306,6 @@ def x8_lib(request) -> kernels.Kernels:
     return kernels.load(current_build().kernel_library_vnni)
 
 
-def _hi_only(y: np.ndarray, t: SfmpType) -> tuple[np.ndarray, np.ndarray]:
-    """For a type with two-level activations: the hi level's 8-bit rows (what the interleaved kernel
-    takes per level) and the two-level rows with lo zeroed, whose generic dot product must equal the
-    kernel's on hi exactly (scaling the integer by 256 and the unit by 1/256 is exact)."""
-    dtype = activations.Q8_K if t.block_size == 256 else activations.Q8_0
-    pairs = np.ascontiguousarray(y).view(dtype).reshape(len(y), -1, 2).copy()
-    pairs["qs"][:, :, 1] = 0
-    if dtype is activations.Q8_K:
-        pairs["bsums"][:, :, 1] = 0
-    hi = np.ascontiguousarray(pairs[:, :, 0]).view(np.uint8).reshape(len(y), -1)
-    return hi, pairs.view(np.uint8).reshape(len(y), -1)
-
-
 @pytest.mark.native
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
 def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, request, t: SfmpType):
@@ -343,7 +331,7 @@ def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, reque
     # which plain AVX2's 8-bit codes rely on (sfmp-x8.c, code_dot).
     y_blocks["qs"] = rng.integers(-127 if t.fine_activations else -128, 128, size=y_blocks["qs"].shape)
     for y in (y_normal, y_full, y_full[:1]):
-        kernel_y, reference_y = _hi_only(y, t) if t.fine_activations else (y, y)
+        kernel_y, reference_y = hi_only(y, t) if t.fine_activations else (y, y)
         expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in reference_y], dtype=np.float32)
         assert np.array_equal(lib.interleaved_mat_mul(w, kernel_y, t), expected), f"seed {seed}"
 

@@ -12,6 +12,7 @@ import pytest
 from sfmp_gguf import kernels
 from sfmp_gguf.format import SFMP_TYPES, UPGRADE_FLAG
 from sfmp_gguf.quant import activations
+from tests.levels import hi_only
 from tests.native_build import AARCH64_TARGETS, QEMU, compile_driver
 
 pytestmark = pytest.mark.qemu
@@ -69,21 +70,23 @@ def neon_x8_binary(request, tmp_path_factory) -> tuple[str, Path]:
 
 
 def test_neon_interleaved_kernel_matches_the_scalar_reference(neon_x8_binary):
-    """The SFMP_X8 kernel's NEON path: every type it takes (those with 8-bit activations), 16 rows,
-    1 and 5 columns (a call of 4, then 1), malformed blocks among them, exactly the scalar
-    reference's results on the same machine."""
+    """The SFMP_X8 kernel's NEON path: every type, 16 rows, 1 and 5 columns (a call of 4, then 1),
+    malformed blocks among them, exactly the scalar reference's results on the same machine. Types
+    with two-level activations take their hi level per column, as the buffer runs them, against the
+    reference with lo = 0 (tests/levels.py)."""
     path, binary = neon_x8_binary
     lib = kernels.load()
     rng = np.random.default_rng(7)
     stream, cases = bytearray(), 0
-    for t in (t for t in SFMP_TYPES if not t.fine_activations):
+    for t in SFMP_TYPES:
         x = (rng.standard_t(3, size=(16, 512)) * 0.02).astype(np.float32)
         w = lib.quantize(x, t)
         w[3, t.sc_offset:t.base_offset] |= UPGRADE_FLAG  # more flags than upgrades
         w[5, t.sc_offset:t.base_offset:3] &= 0x7F  # fewer
         for columns in (1, 5):
-            q = activations.quantize_q8_k if t.block_size == 256 else activations.quantize_q8_0
-            y = np.stack([q(rng.standard_normal(512).astype(np.float32)) for _ in range(columns)])
+            y = np.stack([activations.quantize_for(t, rng.standard_normal(512).astype(np.float32)) for _ in range(columns)])
+            if t.fine_activations:
+                y = hi_only(y, t)[1]
             stream += struct.pack("<4i", t.type_id, 512, 16, columns) + w.tobytes() + y.tobytes()
             cases += 16 * columns
     result = subprocess.run([*QEMU, str(binary)], input=bytes(stream), capture_output=True, timeout=600)

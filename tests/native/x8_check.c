@@ -1,10 +1,12 @@
 // Runs the interleaved (SFMP_X8) kernel and the scalar reference on cases read from stdin, for
 // cross-architecture checks under emulation (NEON under qemu-aarch64). Input, repeated until EOF,
 // little-endian: int32 type, int32 n, int32 rows (a multiple of 8), int32 columns, then rows rows of
-// weights and columns rows of activations (Q8_K or Q8_0). Output: the kernel's path, then for each
-// column and row "<generic> <interleaved>" as C99 hex floats.
+// weights and columns rows of activations (Q8_K or Q8_0; for a type with two-level activations, the
+// pairs, of which the kernel takes the hi level as the buffer does). Output: the kernel's path, then
+// for each column and row "<generic> <interleaved>" as C99 hex floats.
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "sfmp-quants.h"
 #include "sfmp-x8.h"
@@ -20,13 +22,15 @@ int main(void) {
             return 1;
         }
         const size_t row_bytes = (size_t) (n / L->block_size) * L->type_size;
-        const size_t act_bytes = L->block_size == 256 ? (size_t) (n / 256) * sizeof(sfmp_block_q8_K)
-                                                      : (size_t) (n / 32) * sizeof(sfmp_block_q8_0);
+        const size_t level_block = L->block_size == 256 ? sizeof(sfmp_block_q8_K) : sizeof(sfmp_block_q8_0);
+        const size_t blocks = (size_t) n / (L->block_size == 256 ? 256 : 32), levels = L->fine ? 2 : 1;
+        const size_t act_bytes = blocks * level_block * levels, hi_bytes = blocks * level_block;
         const size_t group = sfmp_x8_group_size(type, n);
         unsigned char * x = malloc(row_bytes * rows), * y = malloc(act_bytes * cols), * x8 = malloc(group * (rows / 8));
+        unsigned char * hi = malloc(hi_bytes * cols);
         sfmp_x8_act * acts = malloc(sizeof(sfmp_x8_act) * (n / 32) * cols);
         float * out = malloc(sizeof(float) * rows * cols);
-        if (!x || !y || !x8 || !acts || !out || fread(x, 1, row_bytes * rows, stdin) != row_bytes * rows ||
+        if (!x || !y || !x8 || !hi || !acts || !out || fread(x, 1, row_bytes * rows, stdin) != row_bytes * rows ||
             fread(y, 1, act_bytes * cols, stdin) != act_bytes * cols) {
             fprintf(stderr, "truncated input\n");
             return 1;
@@ -38,7 +42,10 @@ int main(void) {
             sfmp_x8_repack_group(type, x + g * 8 * row_bytes, row_bytes, x8 + g * group, n);
         }
         for (int c = 0; c < cols; ++c) {
-            vy[c] = y + c * act_bytes;
+            for (size_t b = 0; b < blocks; ++b) {
+                memcpy(hi + c * hi_bytes + b * level_block, y + c * act_bytes + b * levels * level_block, level_block);
+            }
+            vy[c] = hi + c * hi_bytes;
             pa[c] = acts + c * (n / 32);
             dst[c] = out + c * rows;
             sfmp_x8_prepare_activations(type, vy[c], n, acts + c * (n / 32));
@@ -47,11 +54,11 @@ int main(void) {
         for (int c = 0; c < cols; ++c) {
             for (int r = 0; r < rows; ++r) {
                 float generic = 0.0f;
-                sfmp_vec_dot_generic(type, n, &generic, x + r * row_bytes, vy[c]);
+                sfmp_vec_dot_generic(type, n, &generic, x + r * row_bytes, y + c * act_bytes);
                 printf("%a %a\n", (double) generic, (double) dst[c][r]);
             }
         }
-        free(x); free(y); free(x8); free(acts); free(out);
+        free(x); free(y); free(hi); free(x8); free(acts); free(out);
     }
     return 0;
 }

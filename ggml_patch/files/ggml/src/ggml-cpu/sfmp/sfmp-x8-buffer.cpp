@@ -337,7 +337,7 @@ size_t get_alignment(ggml_backend_buffer_type_t) {
     return TENSOR_ALIGNMENT;
 }
 
-// Types whose codes sfmp-x8.c widens (B = 3 with upgrades; on plain AVX2 also B = 5 and 7) grow a little.
+// Types whose codes sfmp-x8.c widens (B = 3 with upgrades; without VNNI also B = 5 and 7) grow a little.
 size_t get_alloc_size(ggml_backend_buffer_type_t, const ggml_tensor * tensor) {
     if (!interleavable(tensor)) {
         return ggml_nbytes(tensor);

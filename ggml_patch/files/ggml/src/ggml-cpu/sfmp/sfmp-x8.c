@@ -69,15 +69,16 @@ SFMP_X8_INLINE int code_bias(int W, int ncols) {
 
 // Where B + 1 = 4 an x8 block stores every code widened to B + 1 bits (a plain one shifted up by a 0
 // bit): one nibble to decode, where B bits and an extra plane take three pieces, and at 3 to 4 bits
-// the kernel is bound more by decoding than by memory. Plain AVX2, with no one-instruction dot
-// product, is bound by arithmetic at higher rates too: there B + 1 = 6 and 8 widen as well (4 + 2 bits
-// in place of 4 + 1 + a plane, 4 + 4 in place of 4 + 2 + 1 + a plane); B + 1 = 7 would still take
-// three pieces. (bench.x8_kernel, bench.speed.) Those tensors grow by (8 - U) / 8 bits per weight.
+// the kernel is bound more by decoding than by memory. Without VNNI it is bound by arithmetic at
+// higher rates too (plain AVX2: bench.speed, bench.x8_kernel; NEON: bench.arm_cost), so there
+// B + 1 = 6 and 8 widen as well: 4 + 2 bits in place of 4 + 1 and a plane, 4 + 4 in place of
+// 4 + 2 + 1 and a plane (B + 1 = 7 would still take three pieces). Those tensors grow by (8 - U) / 8
+// bits per weight.
 SFMP_X8_INLINE int widened(int B, int U) {
-#if defined(SFMP_X8_AVX2) && !defined(SFMP_X8_VNNI)
-    return U > 0 && (B + 1 == 4 || B + 1 == 6 || B + 1 == 8);
-#else
+#if defined(SFMP_X8_VNNI)
     return U > 0 && B + 1 == 4;
+#else
+    return U > 0 && (B + 1 == 4 || B + 1 == 6 || B + 1 == 8);
 #endif
 }
 

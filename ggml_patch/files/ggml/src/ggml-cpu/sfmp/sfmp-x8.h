@@ -10,7 +10,7 @@
 //   uint8_t  codes[n_sub][32 B]   B-bit base codes, in pieces of 4, 2 and 1 bits
 // A piece of width w spans w 32-byte loads; in load L, row r owns bytes 4r..4r+3, byte b holds
 // weight 4g + b of the group g = L * (8 / w) + k at bit w * k. An x8 block takes the bytes of its 8
-// file blocks, except where sfmp-x8.c widens codes (B = 3 with upgrades; on plain AVX2 also B = 5
+// file blocks, except where sfmp-x8.c widens codes (B = 3 with upgrades; without VNNI also B = 5
 // and 7): no planes, and (B + 1)-bit codes.
 // Results are bit-identical to sfmp_vec_dot_generic: the same integers per sub-block and the same
 // float operations per lane.
