@@ -18,6 +18,7 @@ from sfmp_gguf.assets.teacher import teacher
 from sfmp_gguf.evaluate import perplexity
 from sfmp_gguf.format import (BY_NAME, FIRST_TYPE_ID, FORMAT_VERSION, GGUF_VERSION_KEY, LEGACY_TYPE_IDS, SFMP_TYPES,
                               UPGRADE_FLAG)
+from sfmp_gguf.llama.build import current_build
 from tests.convert_helpers import quantize_with_overrides
 
 pytestmark = pytest.mark.integration
@@ -170,6 +171,28 @@ def test_sfmp_x8_buffer_mul_mat_id_agrees_with_the_plain_cpu_path(build, t):
     for tokens in (1, 37):
         for act_rows in (1, 2):
             _check_buffers(build, t, n, 64, tokens, 2, 8, 2, act_rows)
+
+
+@pytest.fixture(scope="module")
+def avx2_build():
+    """The plain-AVX2 build (no AVX-512, no VNNI), whose SFMP_X8 layout widens more codes."""
+    found = current_build("avx2")
+    assert found.tool("sfmp_x8_buffer_check").is_file(), (
+        f"{found.folder}: not built; the test command builds it (`python -m sfmp_gguf.llama.build --variant avx2 "
+        f"--target sfmp_x8_buffer_check`)")
+    disassembly = subprocess.run(["objdump", "-d", str(found.bin_dir / "libggml-cpu.so")], capture_output=True,
+                                 text=True, check=True).stdout
+    assert "vpdpbusd" not in disassembly and "zmm" not in disassembly  # no VNNI, no AVX-512
+    return found
+
+
+@pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
+def test_sfmp_x8_buffer_on_the_plain_avx2_build_agrees_with_the_plain_cpu_path(avx2_build, t):
+    """The plain-AVX2 build, as most laptops run it: its own SFMP_X8 layout (B = 5 and 7 widened, 8-bit
+    codes as signed bytes) against its plain buffer, MUL_MAT for one column and many, and MUL_MAT_ID."""
+    n = 512 if t.block_size == 256 else 576
+    for args in ((n, 64, 1, 2), (n, 64, 37, 2), (n, 64, 37, 2, 8, 2, 2)):
+        _check_buffers(avx2_build, t, *args)
 
 
 @pytest.mark.parametrize("t", [t for t in SFMP_TYPES if t.fine_activations], ids=lambda t: t.name)
