@@ -13,7 +13,8 @@
 // file blocks, except where sfmp-x8.c widens codes (B = 3 with upgrades; without VNNI also B = 5
 // and 7): no planes, and (B + 1)-bit codes.
 // Results are bit-identical to sfmp_vec_dot_generic: the same integers per sub-block and the same
-// float operations per lane.
+// float operations per lane. For 8-bit codes plain AVX2 needs activations within [-127, 127], which
+// the only activations those types take (two-level, sfmp_quantize_row_Q8_*_x2) always are.
 #pragma once
 
 #include <stdbool.h>
