@@ -154,11 +154,17 @@ def test_temporary_files_go_after_success_and_after_an_error(build, tiny, tmp_pa
     assert list(tmp.iterdir()) == [] and list(out.parent.iterdir()) == []
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT's default action. A job a non-interactive shell starts in the background
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_temporary_files_go_after_sigint(build, tiny, tmp_path):
     out, tmp = tmp_path / "out" / "model.gguf", tmp_path / "tmp"
     out.parent.mkdir()
     proc = subprocess.Popen(_calibrating(tiny, out, tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp))
+                            env=_env(tmp), preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while not any(p.is_file() for p in tmp.rglob("*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # until the temporary model copy exists
