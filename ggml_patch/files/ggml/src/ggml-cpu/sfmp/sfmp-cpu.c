@@ -750,11 +750,12 @@ SFMP_INLINE void store_bytes_avx2(int8_t * dst, __m256i v) {
     memcpy(dst + 4, &hi, 4);
 }
 
-// The reference's two_levels: hi = x / scale, lo = the residual / (scale / 256), or 0 in 8-bit mode.
-SFMP_INLINE void two_levels_simd(const float * x, int group, float scale, int8_t * hi, int8_t * lo) {
+// The reference's two_levels: hi = x / scale, lo = the residual / (scale / 256), or 0 without
+// `two_level` (SFMP_ACTIVATIONS=8bit, read once per row by the callers).
+SFMP_INLINE void two_levels_simd(const float * x, int group, float scale, bool two_level, int8_t * hi, int8_t * lo) {
     const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
     const __m256 vinv = _mm256_set1_ps(inv), vscale = _mm256_set1_ps(scale);
-    const __m256 vinv_lo = _mm256_set1_ps(sfmp_two_level_activations() ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f);
+    const __m256 vinv_lo = _mm256_set1_ps(two_level ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f);
     for (int i = 0; i < group; i += 8) {
         const __m256 v = _mm256_loadu_ps(x + i);
         const __m256i h = levels_avx2(_mm256_mul_ps(v, vinv));
@@ -814,10 +815,10 @@ SFMP_INLINE int8x8_t levels_neon(float32x4_t a, float32x4_t b, int32x4_t * wide_
     return bytes;
 }
 
-SFMP_INLINE void two_levels_simd(const float * x, int group, float scale, int8_t * hi, int8_t * lo) {
+SFMP_INLINE void two_levels_simd(const float * x, int group, float scale, bool two_level, int8_t * hi, int8_t * lo) {
     const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
     const float32x4_t vinv = vdupq_n_f32(inv), vscale = vdupq_n_f32(scale);
-    const float32x4_t vinv_lo = vdupq_n_f32(sfmp_two_level_activations() ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f);
+    const float32x4_t vinv_lo = vdupq_n_f32(two_level ? inv * (float) SFMP_RESIDUAL_STEPS : 0.0f);
     for (int i = 0; i < group; i += 8) {
         const float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + i + 4);
         int32x4_t ha, hb;
@@ -851,9 +852,10 @@ SFMP_INLINE void block_sums_simd(const int8_t * qs, int16_t * bsums) {
 
 void sfmp_cpu_quantize_row_Q8_K_x2(const float * x, void * vy, int64_t n) {
     sfmp_block_q8_K_x2 * y = (sfmp_block_q8_K_x2 *) vy;
+    const bool two_level = sfmp_two_level_activations();
     for (int64_t i = 0; i < n / 256; ++i, x += 256) {
         const float d = amax_simd(x, 256) / 127.0f;
-        two_levels_simd(x, 256, d, y[i].hi.qs, y[i].lo.qs);
+        two_levels_simd(x, 256, d, two_level, y[i].hi.qs, y[i].lo.qs);
         y[i].hi.d = d;
         y[i].lo.d = d / (float) SFMP_RESIDUAL_STEPS;
         block_sums_simd(y[i].hi.qs, y[i].hi.bsums);
@@ -863,10 +865,11 @@ void sfmp_cpu_quantize_row_Q8_K_x2(const float * x, void * vy, int64_t n) {
 
 void sfmp_cpu_quantize_row_Q8_0_x2(const float * x, void * vy, int64_t n) {
     sfmp_block_q8_0_x2 * y = (sfmp_block_q8_0_x2 *) vy;
+    const bool two_level = sfmp_two_level_activations();
     for (int64_t i = 0; i < n / 32; ++i, x += 32) {
         y[i].hi.d = sfmp_fp32_to_fp16(amax_simd(x, 32) / 127.0f);
         const float d = sfmp_fp16_to_fp32(y[i].hi.d);  // the scale the kernels read
-        two_levels_simd(x, 32, d, y[i].hi.qs, y[i].lo.qs);
+        two_levels_simd(x, 32, d, two_level, y[i].hi.qs, y[i].lo.qs);
         y[i].lo.d = sfmp_fp32_to_fp16(d / (float) SFMP_RESIDUAL_STEPS);
     }
 }

@@ -395,7 +395,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     const int W = code_width(B, U);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[SFMP_X8_MAX_COLUMNS];
-    if (W == 8 && ncols == 1) {
+    if (W == 8 && !code_bias(W, ncols)) {
         SFMP_X8_UNROLL
         for (int half = 0; half < 2; ++half) {
             acc[0] = _mm256_setzero_si256();
@@ -409,13 +409,13 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
         }
         return;
     }
-    if (W == 8) {
+    if (code_bias(W, ncols)) {
         for (int c = 0; c < ncols; ++c) {
             s[c] = _mm256_setzero_si256();
         }
         SFMP_X8_UNROLL
         for (int g = 0; g < 8; ++g) {
-            const __m256i biased = _mm256_xor_si256(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) 0x80));
+            const __m256i biased = _mm256_xor_si256(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) code_bias(W, ncols)));
             const __m256i magnitude = _mm256_abs_epi8(biased);
             for (int c = 0; c < ncols; ++c) {
                 const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(y[c] + 4 * g), biased));
