@@ -1,7 +1,8 @@
 """SFMP_X8's kernel alone: microseconds per ``sfmp_x8_mul_mat`` call for every uniform ``_k`` rung.
 
-One 512 x 1536 tensor of heavy-tailed weights, quantized to each type and interleaved, against 1 and
-8 Q8_K activation columns (random bytes). It stays in cache, so this measures the kernel's
+One 512 x 1536 tensor of heavy-tailed weights, quantized to each type and interleaved, against 1, 2
+and 8 Q8_K activation columns (random bytes): 2 is generation with two-level activations, whose two
+levels the kernel takes as two columns. It stays in cache, so this measures the kernel's
 arithmetic, without the memory traffic and the noise of a whole model run. Each figure is the best of
 5 batches of 20 calls in each of 3 sweeps over the types, every library timed on a type before the
 next (``measure``). The kernel libraries are this build's plain-AVX2 and AVX512-VNNI ones
@@ -28,7 +29,7 @@ from sfmp_gguf.format import SFMP_TYPES
 from sfmp_gguf.quant import activations
 
 ROWS, N = 512, 1536
-COLUMNS = (1, 8)
+COLUMNS = (1, 2, 8)
 BATCHES, CALLS, SWEEPS = 5, 20, 3
 RUNGS = tuple(t for t in SFMP_TYPES if t.name in speed.RUNGS)
 
@@ -112,15 +113,17 @@ def plot(times: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
+    shown = COLUMNS[1:]
+    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4))
     types = list(next(iter(times.values())))
     width = 0.8 / len(times)
-    for k, (name, by_type) in enumerate(times.items()):
-        ax.bar(np.arange(len(types)) + k * width, [by_type[t][COLUMNS[-1]] for t in types], width, label=name)
-    ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(f"microseconds per call, {COLUMNS[-1]} columns")
-    ax.set_title(f"SFMP_X8 kernel, {ROWS} x {N} weights in cache", fontsize=9)
-    ax.legend(fontsize=8)
+    for ax, ncols in zip(axes, shown):
+        for k, (name, by_type) in enumerate(times.items()):
+            ax.bar(np.arange(len(types)) + k * width, [by_type[t][ncols] for t in types], width, label=name)
+        ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"microseconds per call, {ncols} columns")
+        ax.set_title(f"SFMP_X8 kernel, {ROWS} x {N} weights in cache, {ncols} columns", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -131,7 +134,7 @@ def run(out_dir: Path, smoke: bool, extra: dict[str, Path] | None = None) -> dic
     if smoke:
         libraries = dict(list(libraries.items())[:1])
     times = measure(libraries, RUNGS[3:5] if smoke else RUNGS)
-    setup = (f"{ROWS} x {N} weights (Student-t, 3 degrees of freedom) per type, {' and '.join(map(str, COLUMNS))} "
+    setup = (f"{ROWS} x {N} weights (Student-t, 3 degrees of freedom) per type, {', '.join(map(str, COLUMNS[:-1]))} and {COLUMNS[-1]} "
              f"Q8_K columns, best of {BATCHES} batches of {CALLS} calls in each of {SWEEPS} sweeps; "
              f"{date.today().isoformat()}, {cpu_name()}; libraries: "
              + ", ".join(f"{n} = `{p}`" for n, p in libraries.items()) + ".")

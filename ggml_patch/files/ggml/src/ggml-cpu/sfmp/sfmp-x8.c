@@ -55,13 +55,14 @@ SFMP_X8_INLINE int code_width(int B, int U) {
     return B + (U > 0);
 }
 
-// What code_dot takes from each W-bit code before multiplying, for ncols columns: 128 where plain AVX2
-// takes 8-bit codes as signed bytes (code_dot), else 0.
-SFMP_X8_INLINE int code_bias(int W, int ncols) {
+// What code_dot takes from each W-bit code (not a nonlinear level) before multiplying, for ncols
+// columns: 128 where plain AVX2 takes 8-bit codes as signed bytes (code_dot), else 0.
+SFMP_X8_INLINE int code_bias(int W, int NL, int ncols) {
 #if defined(SFMP_X8_AVX2) && !defined(SFMP_X8_VNNI)
-    return W == 8 && ncols > 1 ? 128 : 0;
+    return !NL && W == 8 && ncols > 1 ? 128 : 0;
 #else
     (void) W;
+    (void) NL;
     (void) ncols;
     return 0;
 #endif
@@ -305,27 +306,31 @@ SFMP_X8_INLINE x8_codes plane_blend(x8i pick, x8_codes a, x8_codes b) { return _
 // Rows outside `keep` get no bits.
 SFMP_X8_INLINE x8_codes plane_keep(x8i keep, x8_codes a) { return _mm256_and_si256(keep, a); }
 
-// Group g's codes with its bits of `plane` appended as the lowest bit.
-SFMP_X8_INLINE __m256i with_extra(__m256i code, x8_codes plane, const int g) {
-    const __m256i bits = _mm256_and_si256(g ? _mm256_srli_epi16(plane, g) : plane, _mm256_set1_epi8(1));
-    return _mm256_or_si256(_mm256_slli_epi16(code, 1), bits);
+// Bits from..from+w-1 of each byte of v, moved to bits to..to+w-1, the others cleared: one 16-bit
+// shift (none where from == to) and a mask. Every field lies within its byte before and after, so the
+// bits a 16-bit shift carries across bytes are masked off.
+SFMP_X8_INLINE __m256i bits_at(__m256i v, const int from, const int w, const int to) {
+    const __m256i moved = from > to ? _mm256_srli_epi16(v, from - to) : from < to ? _mm256_slli_epi16(v, to - from) : v;
+    return _mm256_and_si256(moved, _mm256_set1_epi8((char) (((1 << w) - 1) << to)));
 }
 
 // Group g (weights 4g..4g+3) of one sub-block's codes for the 8 rows: the bits of its W bits of
-// pieces, then with X its bit of `plane`, put together into whole codes, one byte per weight.
+// pieces, then with X its bit of `plane` as the lowest bit, each piece's bits moved straight to their
+// place in the code, one byte per weight.
 SFMP_X8_INLINE __m256i group_codes(const uint8_t * codes, const int W, const int X, x8_codes plane, const int g) {
-    __m256i code = _mm256_setzero_si256();
+    __m256i code = X ? bits_at(plane, g, 1, 0) : _mm256_setzero_si256();
+    int to = W + X;
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
         SFMP_X8_UNROLL
         for (int c = 0; c < sfmp_piece_count(W, w); ++c, codes += 32 * w) {
             const int load = g / (8 / w), k = g % (8 / w);
-            const __m256i v = _mm256_loadu_si256((const __m256i *) (codes + 32 * load));
-            const __m256i bits = _mm256_and_si256(k ? _mm256_srli_epi16(v, w * k) : v, _mm256_set1_epi8((char) ((1 << w) - 1)));
-            code = w == W ? bits : _mm256_or_si256(_mm256_slli_epi16(code, w), bits);
+            to -= w;
+            const __m256i bits = bits_at(_mm256_loadu_si256((const __m256i *) (codes + 32 * load)), w * k, w, to);
+            code = w == W && !X ? bits : _mm256_or_si256(code, bits);
         }
     }
-    return X ? with_extra(code, plane, g) : code;
+    return code;
 }
 
 SFMP_X8_INLINE __m256i broadcast4(const int8_t * y) {
@@ -395,7 +400,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     const int W = code_width(B, U);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[SFMP_X8_MAX_COLUMNS];
-    if (W == 8 && !code_bias(W, ncols)) {
+    if (W == 8 && !code_bias(W, tables != NULL, ncols)) {
         SFMP_X8_UNROLL
         for (int half = 0; half < 2; ++half) {
             acc[0] = _mm256_setzero_si256();
@@ -409,17 +414,27 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
         }
         return;
     }
-    if (code_bias(W, ncols)) {
+    const int bias = code_bias(W, tables != NULL, ncols);
+    if (bias) {
+        // Pair sums of |c - bias| <= bias against |y| <= 127 stay within 2 * bias * 127: `wide` groups
+        // add up in 16 bits before widening (one at W = 8, two at W = 7).
+        const int wide = 32767 / (2 * bias * 127);
         for (int c = 0; c < ncols; ++c) {
+            acc[c] = _mm256_setzero_si256();
             s[c] = _mm256_setzero_si256();
         }
         SFMP_X8_UNROLL
         for (int g = 0; g < 8; ++g) {
-            const __m256i biased = _mm256_xor_si256(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) code_bias(W, ncols)));
+            const __m256i biased = _mm256_sub_epi8(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) bias));
             const __m256i magnitude = _mm256_abs_epi8(biased);
             for (int c = 0; c < ncols; ++c) {
                 const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(y[c] + 4 * g), biased));
-                s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(pairs, ones));
+                acc[c] = g % wide ? _mm256_add_epi16(acc[c], pairs) : pairs;
+            }
+            if ((g + 1) % wide == 0) {
+                for (int c = 0; c < ncols; ++c) {
+                    s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(acc[c], ones));
+                }
             }
         }
         return;
@@ -658,7 +673,7 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
     } else {
         code_dot(codes, B, U, NULL, plane, y, ncols, s);
     }
-    const int bias = code_bias(code_width(B, U), ncols);
+    const int bias = code_bias(code_width(B, U), NL, ncols);
     for (int c = 0; c < ncols; ++c) {
         const x8i sum_cy = bias ? x8i_add(s[c], x8i_set1(bias * act[c]->sum)) : s[c];
         x8i t = x8i_add(NL ? sum_cy : x8i_shl(sum_cy, U ? 1 : 2), x8i_set1(act[c]->offset));
