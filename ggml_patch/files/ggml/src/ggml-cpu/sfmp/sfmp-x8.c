@@ -553,25 +553,32 @@ SFMP_X8_INLINE x8_codes with_extra(x8_codes code, x8_codes plane, const int g) {
     return v;
 }
 
-// Group g of one sub-block's codes for the 8 rows (as in the AVX2 group_codes).
+// Group g of one sub-block's codes for the 8 rows (as in the AVX2 group_codes). The first piece is
+// masked to its w bits unless its field is the byte's top one, which the shift leaves clean; every
+// later one is shifted in with vsli, which takes only its low w bits.
 SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const int X, x8_codes plane, const int g) {
     x8_codes code = {vdupq_n_u8(0), vdupq_n_u8(0)};
+    int first = 1;
     SFMP_X8_UNROLL
     for (int w = 4; w >= 1; w /= 2) {
         SFMP_X8_UNROLL
         for (int c = 0; c < sfmp_piece_count(W, w); ++c, codes += 32 * w) {
-            const x8_codes bits = load_shifted(codes + 32 * (g / (8 / w)), w * (g % (8 / w)));
-            code.lo = append_bits(code.lo, bits.lo, w);
-            code.hi = append_bits(code.hi, bits.hi, w);
+            const int k = g % (8 / w);
+            const x8_codes bits = load_shifted(codes + 32 * (g / (8 / w)), w * k);
+            if (first && w * (k + 1) == 8) {
+                code = bits;
+            } else if (first) {
+                const uint8x16_t mask = vdupq_n_u8((uint8_t) ((1 << w) - 1));
+                code.lo = vandq_u8(bits.lo, mask);
+                code.hi = vandq_u8(bits.hi, mask);
+            } else {
+                code.lo = append_bits(code.lo, bits.lo, w);
+                code.hi = append_bits(code.hi, bits.hi, w);
+            }
+            first = 0;
         }
     }
     return X ? with_extra(code, plane, g) : code;
-}
-
-SFMP_X8_INLINE int8x16_t broadcast4(const int8_t * y) {
-    int32_t y4;
-    memcpy(&y4, y, sizeof(y4));
-    return vreinterpretq_s8_s32(vdupq_n_s32(y4));
 }
 
 // As the AVX2 x8_tables.
@@ -594,12 +601,27 @@ SFMP_X8_INLINE x8_codes lookup(x8_codes code, const x8_tables * t, const int U) 
     return v;
 }
 
-// Adds sum(code * y) over each row's 4 bytes of c (4 rows) to acc; codes below 128 are exact as int8.
-SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(acc, vreinterpretq_s8_u8(c), y);
-#else
+// Adds sum(code * y) over each row's 4 bytes of c (4 rows) to acc, y being lane `lane` (4 bytes) of
+// y16: with sdot's indexed form no broadcast is needed. Codes below 128 are exact as int8.
+SFMP_X8_INLINE int32x4_t dot4_rows(int32x4_t acc, uint8x16_t c, int8x16_t y16, const int lane) {
     const int8x16_t cs = vreinterpretq_s8_u8(c);
+#if defined(__ARM_FEATURE_DOTPROD)
+    switch (lane) {  // the lane must be an immediate
+        case 0: return vdotq_laneq_s32(acc, cs, y16, 0);
+        case 1: return vdotq_laneq_s32(acc, cs, y16, 1);
+        case 2: return vdotq_laneq_s32(acc, cs, y16, 2);
+        default: return vdotq_laneq_s32(acc, cs, y16, 3);
+    }
+#else
+    const int32x4_t words = vreinterpretq_s32_s8(y16);
+    int32x4_t y4;
+    switch (lane) {
+        case 0: y4 = vdupq_laneq_s32(words, 0); break;
+        case 1: y4 = vdupq_laneq_s32(words, 1); break;
+        case 2: y4 = vdupq_laneq_s32(words, 2); break;
+        default: y4 = vdupq_laneq_s32(words, 3); break;
+    }
+    const int8x16_t y = vreinterpretq_s8_s32(y4);
     const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(cs), vget_low_s8(y)));  // rows 0, 1: 2 pair sums each
     const int32x4_t hi = vpaddlq_s16(vmull_high_s8(cs, y));                      // rows 2, 3
     return vaddq_s32(acc, vpaddq_s32(lo, hi));
@@ -617,6 +639,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     SFMP_X8_UNROLL
     for (int half = 0; half < (W == 8 ? 2 : 1); ++half) {
         x8i acc[SFMP_X8_MAX_COLUMNS];
+        int8x16_t y16[SFMP_X8_MAX_COLUMNS];  // groups 4m..4m+3 of each column's activations
         for (int c = 0; c < ncols; ++c) {
             acc[c] = x8i_zero();
         }
@@ -626,9 +649,11 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
                                   : tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U)
                                            : group_codes(codes, Ws, X, plane, g);
             for (int c = 0; c < ncols; ++c) {
-                const int8x16_t yb = broadcast4(y[c] + 4 * g);
-                acc[c].lo = dot4_rows(acc[c].lo, code.lo, yb);
-                acc[c].hi = dot4_rows(acc[c].hi, code.hi, yb);
+                if (g % 4 == 0) {
+                    y16[c] = vld1q_s8(y[c] + 4 * g);
+                }
+                acc[c].lo = dot4_rows(acc[c].lo, code.lo, y16[c], g % 4);
+                acc[c].hi = dot4_rows(acc[c].hi, code.hi, y16[c], g % 4);
             }
         }
         for (int c = 0; c < ncols; ++c) {
