@@ -112,3 +112,13 @@ def test_generated_c_table_is_current(source):
     assert codegen.TYPES_INC.read_text() == codegen.render_types_inc(upstream)
     with pytest.raises(ValueError, match="past SFMP's first id"):
         codegen.render_types_inc(FIRST_TYPE_ID + 1)
+
+
+@pytest.mark.unit
+def test_a_missing_tool_names_the_command_that_builds_its_variant(tmp_path):
+    from sfmp_gguf.llama.build import not_built
+
+    for folder, command in (("build-cpu", "python -m sfmp_gguf.llama.build"),
+                            ("build-avx2", "python -m sfmp_gguf.llama.build --variant avx2")):
+        path = tmp_path / folder / "bin" / "llama-bench"
+        assert str(not_built(path, tmp_path / folder)) == f"{path}: not built; run `{command}`"

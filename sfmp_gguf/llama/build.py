@@ -26,6 +26,14 @@ TOOLS = ("llama-cli", "llama-server", "llama-quantize", "llama-perplexity", "lla
          "test-quantize-fns", "test-backend-ops")
 
 
+def not_built(path: Path, folder: Path) -> FileNotFoundError:
+    """The one-line error for a program missing from build folder ``folder`` (``build-<variant>``),
+    naming the command that builds that variant."""
+    variant = folder.name.removeprefix("build-")
+    command = "python -m sfmp_gguf.llama.build" + ("" if variant == "cpu" else f" --variant {variant}")
+    return FileNotFoundError(f"{path}: not built; run `{command}`")
+
+
 @dataclass(frozen=True)
 class Build:
     """Where a finished build's programs live."""
@@ -39,7 +47,7 @@ class Build:
     def tool(self, name: str) -> Path:
         path = self.bin_dir / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: not built; run `python -m sfmp_gguf.llama.build`")
+            raise not_built(path, self.folder)
         return path
 
     @property
