@@ -38,6 +38,12 @@ import numpy as np
 from sfmp_gguf.errors import InputError, is_full_disk
 from sfmp_gguf.model_source import ModelSource
 
+# Intel MKL, torch's BLAS on x86, splits some products across threads by the thread count on AVX-512
+# CPUs, so Fisher, and with it the file, changed with --threads (a Sapphire Rapids VM; not an AMD
+# EPYC). Strict conditional numerical reproducibility makes its GEMMs independent of the thread
+# count. MKL reads it when it first runs, after this import; a value the user set is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 CTX = 512
 SAMPLES = 16
 CHUNK_BYTES = 32 << 20  # rows of the embedding and the output head read at once
