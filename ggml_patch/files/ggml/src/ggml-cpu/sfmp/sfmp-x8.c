@@ -360,14 +360,16 @@ typedef struct {
     x8i up_rows;  // all ones in the lanes of upgraded rows
 } x8_tables;
 
-SFMP_X8_INLINE x8_tables x8_tables_make(const uint8_t * plain, const uint8_t * up, x8i up_rows) {
+SFMP_X8_INLINE x8_tables x8_tables_make(const uint8_t * plain, const uint8_t * up, x8i up_rows, const int W) {
+    (void) W;
     x8_tables t = {_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) plain)),
                    _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) up)), up_rows};
     return t;
 }
 
 // Codes to biased levels; U = 0 types have one table.
-SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U) {
+SFMP_X8_INLINE __m256i lookup(__m256i code, const x8_tables * t, const int U, const int W) {
+    (void) W;
     const __m256i plain = _mm256_shuffle_epi8(t->plain, code);
     return U ? _mm256_blendv_epi8(plain, _mm256_shuffle_epi8(t->up, code), t->up_rows) : plain;
 }
@@ -391,7 +393,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     }
     SFMP_X8_UNROLL
     for (int g = 0; g < 8; ++g) {
-        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U) : group_codes(codes, Ws, X, plane, g);
+        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U, Ws + X) : group_codes(codes, Ws, X, plane, g);
         for (int c = 0; c < ncols; ++c) {
             s[c] = dpbusd4(s[c], code, y[c] + 4 * g);
         }
@@ -446,7 +448,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     }
     SFMP_X8_UNROLL
     for (int g = 0; g < 8; ++g) {
-        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U) : group_codes(codes, Ws, X, plane, g);
+        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U, Ws + X) : group_codes(codes, Ws, X, plane, g);
         for (int c = 0; c < ncols; ++c) {
             acc[c] = _mm256_add_epi16(acc[c], _mm256_maddubs_epi16(code, broadcast4(y[c] + 4 * g)));
         }
@@ -581,23 +583,32 @@ SFMP_X8_INLINE x8_codes group_codes(const uint8_t * codes, const int W, const in
     return X ? with_extra(code, plane, g) : code;
 }
 
-// As the AVX2 x8_tables.
+// As the AVX2 x8_tables, as one table: the plain one's 2^W entries, then the upgraded one's, which
+// an upgraded row's W-bit codes reach with 2^W added. 16 entries in all (one tbl) where W <= 3, else
+// 32 (tbl of two registers).
 typedef struct {
-    uint8x16_t plain, up;
-    x8i up_rows;
+    uint8x16x2_t both;
+    x8_codes up_index;  // 2^W in the bytes of upgraded rows
 } x8_tables;
 
-SFMP_X8_INLINE x8_tables x8_tables_make(const uint8_t * plain, const uint8_t * up, x8i up_rows) {
-    x8_tables t = {vld1q_u8(plain), vld1q_u8(up), up_rows};
+SFMP_X8_INLINE x8_tables x8_tables_make(const uint8_t * plain, const uint8_t * up, x8i up_rows, const int W) {
+    const uint8x16_t offset = vdupq_n_u8((uint8_t) (W <= 3 ? 8 : 16));
+    x8_tables t = {{{vld1q_u8(plain), vld1q_u8(up)}},
+                   {vandq_u8(vreinterpretq_u8_s32(up_rows.lo), offset), vandq_u8(vreinterpretq_u8_s32(up_rows.hi), offset)}};
+    if (W <= 3) {
+        t.both.val[0] = vcombine_u8(vget_low_u8(t.both.val[0]), vget_low_u8(t.both.val[1]));
+    }
     return t;
 }
 
-SFMP_X8_INLINE x8_codes lookup(x8_codes code, const x8_tables * t, const int U) {
-    x8_codes v = {vqtbl1q_u8(t->plain, code.lo), vqtbl1q_u8(t->plain, code.hi)};
-    if (U) {
-        v.lo = vbslq_u8(vreinterpretq_u8_s32(t->up_rows.lo), vqtbl1q_u8(t->up, code.lo), v.lo);
-        v.hi = vbslq_u8(vreinterpretq_u8_s32(t->up_rows.hi), vqtbl1q_u8(t->up, code.hi), v.hi);
+SFMP_X8_INLINE x8_codes lookup(x8_codes code, const x8_tables * t, const int U, const int W) {
+    if (!U) {
+        x8_codes v = {vqtbl1q_u8(t->both.val[0], code.lo), vqtbl1q_u8(t->both.val[0], code.hi)};
+        return v;
     }
+    const uint8x16_t lo = vorrq_u8(code.lo, t->up_index.lo), hi = vorrq_u8(code.hi, t->up_index.hi);
+    x8_codes v = {W <= 3 ? vqtbl1q_u8(t->both.val[0], lo) : vqtbl2q_u8(t->both, lo),
+                  W <= 3 ? vqtbl1q_u8(t->both.val[0], hi) : vqtbl2q_u8(t->both, hi)};
     return v;
 }
 
@@ -646,7 +657,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
         SFMP_X8_UNROLL
         for (int g = 0; g < 8; ++g) {
             const x8_codes code = W == 8 ? (half ? group_codes(codes + 128, Ws - 4, X, plane, g) : group_codes(codes, 4, 0, plane, g))
-                                  : tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U)
+                                  : tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U, Ws + X)
                                            : group_codes(codes, Ws, X, plane, g);
             for (int c = 0; c < ncols; ++c) {
                 if (g % 4 == 0) {
@@ -693,7 +704,7 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
     const uint8_t * codes = xb + codes_at(n_sub, B, U, j);
     x8i s[SFMP_X8_MAX_COLUMNS];
     if (NL) {
-        const x8_tables tables = x8_tables_make(U ? sfmp_nl_spread[B] : sfmp_nl_biased[B], sfmp_nl_biased[B + (U > 0)], upgraded);
+        const x8_tables tables = x8_tables_make(U ? sfmp_nl_spread[B] : sfmp_nl_biased[B], sfmp_nl_biased[B + (U > 0)], upgraded, code_width(B, U));
         code_dot(codes, B, U, &tables, plane, y, ncols, s);
     } else {
         code_dot(codes, B, U, NULL, plane, y, ncols, s);
