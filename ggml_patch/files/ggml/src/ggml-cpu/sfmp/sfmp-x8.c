@@ -55,14 +55,13 @@ SFMP_X8_INLINE int code_width(int B, int U) {
     return B + (U > 0);
 }
 
-// What code_dot takes from each W-bit code (not a nonlinear level) before multiplying, for ncols
-// columns: 128 where plain AVX2 takes 8-bit codes as signed bytes (code_dot), else 0.
-SFMP_X8_INLINE int code_bias(int W, int NL, int ncols) {
+// What code_dot takes from each W-bit code before multiplying, for ncols columns: 128 where plain AVX2
+// takes 8-bit codes as signed bytes (code_dot), else 0.
+SFMP_X8_INLINE int code_bias(int W, int ncols) {
 #if defined(SFMP_X8_AVX2) && !defined(SFMP_X8_VNNI)
-    return !NL && W == 8 && ncols > 1 ? 128 : 0;
+    return W == 8 && ncols > 1 ? 128 : 0;
 #else
     (void) W;
-    (void) NL;
     (void) ncols;
     return 0;
 #endif
@@ -402,7 +401,7 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
     const int W = code_width(B, U);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[SFMP_X8_MAX_COLUMNS];
-    if (W == 8 && !code_bias(W, tables != NULL, ncols)) {
+    if (W == 8 && !code_bias(W, ncols)) {
         SFMP_X8_UNROLL
         for (int half = 0; half < 2; ++half) {
             acc[0] = _mm256_setzero_si256();
@@ -416,27 +415,17 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
         }
         return;
     }
-    const int bias = code_bias(W, tables != NULL, ncols);
-    if (bias) {
-        // Pair sums of |c - bias| <= bias against |y| <= 127 stay within 2 * bias * 127: `wide` groups
-        // add up in 16 bits before widening (one at W = 8, two at W = 7).
-        const int wide = 32767 / (2 * bias * 127);
+    if (code_bias(W, ncols)) {
         for (int c = 0; c < ncols; ++c) {
-            acc[c] = _mm256_setzero_si256();
             s[c] = _mm256_setzero_si256();
         }
         SFMP_X8_UNROLL
         for (int g = 0; g < 8; ++g) {
-            const __m256i biased = _mm256_sub_epi8(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) bias));
+            const __m256i biased = _mm256_xor_si256(group_codes(codes, Ws, X, plane, g), _mm256_set1_epi8((char) code_bias(W, ncols)));
             const __m256i magnitude = _mm256_abs_epi8(biased);
             for (int c = 0; c < ncols; ++c) {
                 const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast4(y[c] + 4 * g), biased));
-                acc[c] = g % wide ? _mm256_add_epi16(acc[c], pairs) : pairs;
-            }
-            if ((g + 1) % wide == 0) {
-                for (int c = 0; c < ncols; ++c) {
-                    s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(acc[c], ones));
-                }
+                s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(pairs, ones));
             }
         }
         return;
@@ -709,7 +698,7 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
     } else {
         code_dot(codes, B, U, NULL, plane, y, ncols, s);
     }
-    const int bias = code_bias(code_width(B, U), NL, ncols);
+    const int bias = code_bias(code_width(B, U), ncols);
     for (int c = 0; c < ncols; ++c) {
         const x8i sum_cy = bias ? x8i_add(s[c], x8i_set1(bias * act[c]->sum)) : s[c];
         x8i t = x8i_add(NL ? sum_cy : x8i_shl(sum_cy, U ? 1 : 2), x8i_set1(act[c]->offset));
