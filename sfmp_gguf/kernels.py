@@ -44,10 +44,13 @@ const char * sfmp_x8_path(void);
 bool sfmp_x8_supported(int type);
 size_t sfmp_x8_group_size(int type, int64_t n_per_row);
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
-typedef struct { int32_t offset; int32_t sum; float scale; } sfmp_x8_act;
+typedef struct { int32_t offset; int32_t sum; float scale; int32_t lo_offset; int32_t lo_sum; } sfmp_x8_act;
 void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts);
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst);
+void sfmp_x8_prepare_wide(int type, const void * vy, int64_t n, void * wide, sfmp_x8_act * acts);
+void sfmp_x8_mul_mat_wide(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                          const void * const * wide, const sfmp_x8_act * const * acts, float * const * dst);
 typedef struct { double range_to_rms, variance, mean_square, energy; } sfmp_analysis_moments;
 int sfmp_analysis_columns(void);
 void sfmp_analysis_sub_blocks(const float * w, int64_t rows, int64_t n, const float * h, int64_t h_row_stride,
@@ -127,16 +130,20 @@ class Kernels:
                                        weights.shape[1], self._ptr(activations, "void *"), activations.shape[1], 2)
         return out.reshape(2, 2).T  # s[r + c * bs] with bs = 2
 
-    def interleaved_mat_mul(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType) -> np.ndarray:
+    def interleaved_mat_mul(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType, wide: bool = False
+                            ) -> np.ndarray:
         """All weight rows (a multiple of 8) against each activation row (one per row of
-        ``activations``, raw Q8_K / Q8_0 bytes) through the SFMP_X8 buffer type's layout and kernel:
-        result[column, row]."""
+        ``activations``, raw bytes) through the SFMP_X8 buffer type's layout and kernel:
+        result[column, row]. The rows are Q8_K / Q8_0 blocks, or with ``wide`` (types with two-level
+        activations) the two-level pairs, which the kernel takes in its wide form."""
         weights = np.ascontiguousarray(weights, dtype=np.uint8)
         activations = np.ascontiguousarray(np.atleast_2d(activations), dtype=np.uint8)
         rows, row_bytes = weights.shape
         n = row_bytes // t.type_size * t.block_size
         if not self.lib.sfmp_x8_supported(t.type_id) or rows % 8:
             raise ValueError(f"{t.name}: no interleaved kernel for {rows} rows in this build")
+        if wide and not t.fine_activations:
+            raise ValueError(f"{t.name} takes 8-bit activations: it has no wide form")
         group = self.lib.sfmp_x8_group_size(t.type_id, n)
         packed = np.zeros(rows // 8 * group, dtype=np.uint8)
         for g in range(rows // 8):
@@ -144,13 +151,20 @@ class Kernels:
                                           self._ptr(packed[g * group:], "void *"), n)
         ncols = len(activations)
         prepared = [self.ffi.new("sfmp_x8_act[]", n // 32) for _ in range(ncols)]
+        forms = [np.zeros(n * 4, dtype=np.uint8)  # SFMP_X8_WIDE_BYTES (128) per 32 values
+                  for _ in range(ncols)] if wide else list(activations)
         out = np.zeros((ncols, rows), dtype=np.float32)
         for c in range(ncols):
-            self.lib.sfmp_x8_prepare_activations(t.type_id, self._ptr(activations[c], "void *"), n, prepared[c])
-        y = self.ffi.new("void *[]", [self._ptr(a, "void *") for a in activations])
+            if wide:
+                self.lib.sfmp_x8_prepare_wide(t.type_id, self._ptr(activations[c], "void *"), n,
+                                              self._ptr(forms[c], "void *"), prepared[c])
+            else:
+                self.lib.sfmp_x8_prepare_activations(t.type_id, self._ptr(activations[c], "void *"), n, prepared[c])
+        y = self.ffi.new("void *[]", [self._ptr(a, "void *") for a in forms])
         acts = self.ffi.new("sfmp_x8_act *[]", prepared)
         dst = self.ffi.new("float *[]", [self._ptr(o, "float *") for o in out])
-        self.lib.sfmp_x8_mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, acts, dst)
+        mul_mat = self.lib.sfmp_x8_mul_mat_wide if wide else self.lib.sfmp_x8_mul_mat
+        mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, acts, dst)
         return out
 
     def sub_block_errors(self, w: np.ndarray, importance: np.ndarray | None, per_row: bool = False

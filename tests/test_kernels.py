@@ -306,34 +306,61 @@ def x8_lib(request) -> kernels.Kernels:
     return kernels.load(current_build().kernel_library_vnni)
 
 
+def _interleaved_case(lib, t: SfmpType, rng: np.random.Generator, columns: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """24 weight rows of every kind with malformed upgrade flags among them, and ``columns``
+    activation rows twice: as quantized, and with their values drawn over the whole range each type
+    can take (two-level quantizers clamp to +-127, which plain AVX2's 8-bit codes and the int16 form
+    rely on: sfmp-x8.c)."""
+    w = np.concatenate([lib.quantize(_weights(kind, rng, rows=4).astype(np.float32), t) for kind in KINDS])
+    flags = w.reshape(len(w), -1, t.type_size)[:, :, t.sc_offset:t.base_offset]
+    flags[0] |= UPGRADE_FLAG  # more flagged sub-blocks than upgrades: the first ones count
+    flags[1] &= 0x7F  # none flagged
+    flags[2, :, ::3] &= 0x7F  # fewer flagged than upgrades: the planes of the rest move up
+    y_normal = np.stack([_activations(t, rng) for _ in range(columns)])
+    y_full = y_normal.copy()
+    y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
+    y_blocks["qs"] = rng.integers(-127 if t.fine_activations else -128, 128, size=y_blocks["qs"].shape)
+    return w, y_normal, y_full
+
+
 @pytest.mark.native
 @pytest.mark.parametrize("t", SFMP_TYPES, ids=lambda t: t.name)
 def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, request, t: SfmpType):
     """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass, 1 to 4 columns per decode) returns
     exactly what sfmp_vec_dot_generic returns for each row and column, malformed blocks and
     full-range activations included (+-127 for two-level activations, as their quantizers clamp),
-    on both its paths (plain AVX2 and AVX2 with VNNI). It takes one
-    8-bit level per column; for types with two-level activations the reference gets lo = 0 (the
-    buffer's sum of both levels is checked in test_llama_integration)."""
+    on both its paths (plain AVX2 and AVX2 with VNNI). Here it takes 8-bit activations; types with
+    two-level ones take their hi level, as the buffer runs them under SFMP_ACTIVATIONS=8bit, against
+    the reference with lo = 0 (both levels: the test below)."""
     lib = x8_lib
     assert lib.x8_path == request.node.callspec.params["x8_lib"]
     seed = stable_seed("interleaved", t.name)
-    rng = np.random.default_rng(seed)
-    w = np.concatenate([lib.quantize(_weights(kind, rng, rows=4).astype(np.float32), t) for kind in KINDS])
-    flags = w.reshape(len(w), -1, t.type_size)[:, :, t.sc_offset:t.base_offset]
-    flags[0] |= UPGRADE_FLAG  # more flagged sub-blocks than upgrades: the first ones count
-    flags[1] &= 0x7F  # none flagged
-    flags[2, :, ::3] &= 0x7F  # fewer flagged than upgrades: the planes of the rest move up
-    y_normal = np.stack([_activations(t, rng) for _ in range(6)])  # 6 columns: a call of 4, then 2
-    y_full = y_normal.copy()
-    y_blocks = y_full.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)
-    # The full range of the activations each type can take: two-level quantizers clamp to +-127,
-    # which plain AVX2's 8-bit codes rely on (sfmp-x8.c, code_dot).
-    y_blocks["qs"] = rng.integers(-127 if t.fine_activations else -128, 128, size=y_blocks["qs"].shape)
+    w, y_normal, y_full = _interleaved_case(lib, t, np.random.default_rng(seed), 6)  # a call of 4, then 2
     for y in (y_normal, y_full, y_full[:1]):
         kernel_y, reference_y = hi_only(y, t) if t.fine_activations else (y, y)
         expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in reference_y], dtype=np.float32)
         assert np.array_equal(lib.interleaved_mat_mul(w, kernel_y, t), expected), f"seed {seed}"
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("t", [t for t in SFMP_TYPES if t.fine_activations], ids=lambda t: t.name)
+def test_interleaved_kernel_on_two_level_activations_equals_the_scalar_reference(x8_lib, request, t: SfmpType):
+    """Both levels of two-level activations in one pass (sfmp_x8_mul_mat_wide, as the buffer runs
+    them by default): exactly sfmp_vec_dot_generic's result on the pairs, for 1 column (hi and lo as
+    two byte columns), 2 and 9 (the levels as int16 256 hi + lo on x86: calls of 8 or 4, then the
+    rest), with malformed blocks and both levels over their whole range +-127, on both x86 paths."""
+    lib = x8_lib
+    assert lib.x8_path == request.node.callspec.params["x8_lib"]
+    seed = stable_seed("interleaved-wide", t.name)
+    rng = np.random.default_rng(seed)
+    w, y_normal, y_full = _interleaved_case(lib, t, rng, 9)
+    y_extreme = y_normal.copy()  # every value at a corner of the range: the largest sums
+    qs = y_extreme.view(activations.Q8_K if t.block_size == 256 else activations.Q8_0)["qs"]
+    qs[:] = rng.choice(np.array([-127, 127], dtype=np.int8), size=qs.shape)
+    for y in (y_normal, y_full, y_extreme, y_full[:1], y_normal[:2]):
+        expected = np.array([[lib.vec_dot(row, column, t) for row in w] for column in y], dtype=np.float32)
+        assert np.array_equal(lib.interleaved_mat_mul(w, y, t, wide=True), expected), f"seed {seed}, {len(y)} columns"
 
 
 @pytest.mark.native

@@ -72,8 +72,9 @@ def neon_x8_binary(request, tmp_path_factory) -> tuple[str, Path]:
 def test_neon_interleaved_kernel_matches_the_scalar_reference(neon_x8_binary):
     """The SFMP_X8 kernel's NEON path: every type, 16 rows, 1 and 5 columns (a call of 4, then 1),
     malformed blocks among them, exactly the scalar reference's results on the same machine. Types
-    with two-level activations take their hi level per column, as the buffer runs them, against the
-    reference with lo = 0 (tests/levels.py)."""
+    with two-level activations take both levels in their wide form (calls of 2, then 1), as the
+    buffer runs them by default, and their hi level alone as 8-bit columns, as under
+    SFMP_ACTIVATIONS=8bit, against the reference with lo = 0 (tests/levels.py)."""
     path, binary = neon_x8_binary
     lib = kernels.load()
     rng = np.random.default_rng(7)
@@ -85,10 +86,10 @@ def test_neon_interleaved_kernel_matches_the_scalar_reference(neon_x8_binary):
         w[5, t.sc_offset:t.base_offset:3] &= 0x7F  # fewer
         for columns in (1, 5):
             y = np.stack([activations.quantize_for(t, rng.standard_normal(512).astype(np.float32)) for _ in range(columns)])
-            if t.fine_activations:
-                y = hi_only(y, t)[1]
-            stream += struct.pack("<4i", t.type_id, 512, 16, columns) + w.tobytes() + y.tobytes()
-            cases += 16 * columns
+            for wide in (0, 1) if t.fine_activations else (0,):
+                levels = y if wide or not t.fine_activations else hi_only(y, t)[1]
+                stream += struct.pack("<5i", t.type_id, 512, 16, columns, wide) + w.tobytes() + levels.tobytes()
+                cases += 16 * columns
     result = subprocess.run([*QEMU, str(binary)], input=bytes(stream), capture_output=True, timeout=600)
     assert result.returncode == 0, result.stderr.decode()
     lines = result.stdout.decode().splitlines()

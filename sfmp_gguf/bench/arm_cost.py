@@ -6,8 +6,8 @@ q4_K_q8_K, iq4_xs_q8_K, q6_K_q8_K}`` (arch/arm/quants.c of the patched tree), th
 llama.cpp's CPU_REPACK buffer runs for Q4_0, Q4_K and Q6_K on a core with dotprod (``ggml_gemv_q4_0_4x4_q8_0``,
 ``ggml_gemv_q{4,6}_K_8x4_q8_K``, arch/arm/repack.cpp; REPACKED), our per-row
 ``sfmp_cpu_vec_dot_<type>`` (sfmp-cpu.c) and, for SFMP_X8, ``group_x8`` of sfmp-x8.c for one
-activation column (matrix-vector; its two levels, two columns, for types with two-level activations),
-8 rows per call. The loop body is taken from an execution trace,
+activation column (matrix-vector; in the wide form for types with two-level activations, whose hi
+and lo share the decode as two byte columns), 8 rows per call. The loop body is taken from an execution trace,
 not from the assembly's layout: gcc places the upgraded paths out of line and keeps some sub-block
 loops rolled, so a backward branch in the text does not delimit one block's work. The driver runs
 under ``qemu-aarch64 -singlestep -d exec``, once per kernel, on ``4 * W`` weights (``W`` the weights
@@ -67,15 +67,15 @@ REPACKED = {"repack_q4_0_4x4": ("Q4_0", 4.5, "Q8_0", 4 * 32, 4, "ggml_gemv_q4_0_
 # 8 rows of one block each, for one column.
 WEIGHTS = {("row", 256): 256, ("row", 64): 64, ("x8", 256): 8 * 256, ("x8", 64): 8 * 64}
 
-# A type with two-level activations runs as two columns (hi and lo), as the SFMP_X8 buffer calls it.
+# A type with two-level activations takes them in their wide form, as the SFMP_X8 buffer calls it
+# (on NEON: hi and lo as two byte columns sharing the decode).
 X8_WRAPPER = r"""#include "sfmp-x8.c"
 static sfmp_x8_act acts[4096];
-static float lo_out[SFMP_X8_ROWS];
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) \
 void x8_##lname(int n, float *s, size_t bs_, const void *vx, size_t bx, const void *vy, size_t by, int nrc) { \
-    columns_x8 cols = {{(const uint8_t *) vy, (const uint8_t *) vy}, {acts, acts}, {s, lo_out}}; \
-    group_x8((bs), (budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, n / (bs), \
-             (const uint8_t *) vx, &cols, SFMP_FINE_ACTIVATIONS(nsub, budget) ? 2 : 1, 0); }
+    columns_x8 cols = {{(const uint8_t *) vy}, {acts}, {s}}; \
+    group_x8((bs), (budget) / (nsub), (budget) % (nsub), (grid) == SFMP_GRID_NONLINEAR, SFMP_FINE_ACTIVATIONS(nsub, budget), \
+             n / (bs), (const uint8_t *) vx, &cols, 1, 0); }
 #include "ggml-sfmp-types.inc"
 """
 REPACK_WRAPPER = r"""#include <stddef.h>

@@ -1,14 +1,14 @@
-"""SFMP_X8's kernel alone: microseconds per ``sfmp_x8_mul_mat`` call for every uniform ``_k`` rung.
+"""SFMP_X8's kernel alone: microseconds per kernel call for every uniform ``_k`` rung.
 
-One 512 x 1536 tensor of heavy-tailed weights, quantized to each type and interleaved, against 1, 2
-and 8 Q8_K activation columns (random bytes): 2 is generation with two-level activations, whose two
-levels the kernel takes as two columns. It stays in cache, so this measures the kernel's
-arithmetic, without the memory traffic and the noise of a whole model run. Each figure is the best of
-5 batches of 20 calls in each of 3 sweeps over the types, every library timed on a type before the
-next (``measure``). The kernel libraries are this build's plain-AVX2 and AVX512-VNNI ones
-(the VNNI one where the host runs VNNI); ``--library NAME=PATH`` adds another, for example one built
-from an older commit. Types with two-level activations are timed on one 8-bit level per column, as
-the kernel takes them. Writes ``bench-results/x8_kernel.{md,png}``.
+One 512 x 1536 tensor of heavy-tailed weights, quantized to each type and interleaved, against 1 and
+8 activation rows: generation and prompt processing. It stays in cache, so this measures the kernel's
+arithmetic, without the memory traffic and the noise of a whole model run. Types with two-level
+activations take them as the buffer does: in the wide form (``sfmp_x8_mul_mat_wide``), or, in a
+library from before it, as two 8-bit columns per row, hi and lo. Each figure is the best of 5 batches
+of 20 calls in each of 3 sweeps over the types, every library timed on a type before the next
+(``measure``). The kernel libraries are this build's plain-AVX2 and AVX512-VNNI ones (the VNNI one
+where the host runs VNNI); ``--library NAME=PATH`` adds another, for example one built from an older
+commit. Writes ``bench-results/x8_kernel.{md,png}``.
 
     python -m sfmp_gguf.bench.x8_kernel [--library NAME=PATH ...] [--smoke --out DIR]
 """
@@ -29,7 +29,7 @@ from sfmp_gguf.format import SFMP_TYPES
 from sfmp_gguf.quant import activations
 
 ROWS, N = 512, 1536
-COLUMNS = (1, 2, 8)
+COLUMNS = (1, 8)
 BATCHES, CALLS, SWEEPS = 5, 20, 3
 RUNGS = tuple(t for t in SFMP_TYPES if t.name in speed.RUNGS)
 
@@ -46,9 +46,10 @@ def default_libraries() -> dict[str, Path]:
 
 
 class Case:
-    """One type's interleaved tensor and prepared activations, for one kernel library."""
+    """One type's interleaved tensor and prepared activations, for one kernel library: ``pairs`` are
+    two-level rows, of which types with 8-bit activations take the hi level."""
 
-    def __init__(self, lib, t, x: np.ndarray, y_bytes: np.ndarray):
+    def __init__(self, lib, t, x: np.ndarray, pairs: np.ndarray):
         ffi, c = lib.ffi, lib.lib
         w = lib.quantize(x, t)
         group = c.sfmp_x8_group_size(t.type_id, N)
@@ -56,14 +57,27 @@ class Case:
         for g in range(ROWS // 8):
             c.sfmp_x8_repack_group(t.type_id, lib._ptr(w[8 * g:], "void *"), w.shape[1],
                                    lib._ptr(self.packed[g * group:], "void *"), N)
-        self.prepared = [ffi.new("sfmp_x8_act[]", N // 32) for _ in range(len(y_bytes))]
-        for k, row in enumerate(y_bytes):
-            c.sfmp_x8_prepare_activations(t.type_id, lib._ptr(row, "void *"), N, self.prepared[k])
-        self.out = np.zeros((len(y_bytes), ROWS), np.float32)
-        self.args = (ffi.new("void *[]", [lib._ptr(a, "void *") for a in y_bytes]), ffi.new("sfmp_x8_act *[]", self.prepared),
+        levels = pairs.view(activations.Q8_K).reshape(len(pairs), -1, 2)
+        wide = t.fine_activations and hasattr(c, "sfmp_x8_mul_mat_wide")
+        if wide:
+            rows = [np.zeros(4 * N, np.uint8) for _ in pairs]  # SFMP_X8_WIDE_BYTES (128) per 32 values
+        elif t.fine_activations:  # a library without the wide form: hi and lo as two 8-bit columns
+            rows = [np.ascontiguousarray(levels[k, :, level]).view(np.uint8) for k in range(len(pairs)) for level in (0, 1)]
+        else:
+            rows = [np.ascontiguousarray(levels[k, :, 0]).view(np.uint8) for k in range(len(pairs))]
+        self.prepared = [ffi.new("sfmp_x8_act[]", N // 32) for _ in rows]
+        for k, row in enumerate(rows):
+            if wide:
+                c.sfmp_x8_prepare_wide(t.type_id, lib._ptr(pairs[k], "void *"), N, lib._ptr(row, "void *"), self.prepared[k])
+            else:
+                c.sfmp_x8_prepare_activations(t.type_id, lib._ptr(row, "void *"), N, self.prepared[k])
+        self.rows = rows
+        self.out = np.zeros((len(rows), ROWS), np.float32)
+        self.args = (ffi.new("void *[]", [lib._ptr(a, "void *") for a in rows]), ffi.new("sfmp_x8_act *[]", self.prepared),
                      ffi.new("float *[]", [lib._ptr(o, "float *") for o in self.out]))
-        self.call = lambda ncols: c.sfmp_x8_mul_mat(t.type_id, N, lib._ptr(self.packed, "void *"), 0, ROWS // 8, ncols,
-                                                    *self.args)
+        kernel = c.sfmp_x8_mul_mat_wide if wide else c.sfmp_x8_mul_mat
+        per_row = 2 if t.fine_activations and not wide else 1
+        self.call = lambda ncols: kernel(t.type_id, N, lib._ptr(self.packed, "void *"), 0, ROWS // 8, per_row * ncols, *self.args)
 
     def seconds(self, ncols: int) -> float:
         best = float("inf")
@@ -76,19 +90,19 @@ class Case:
 
 
 def measure(libraries: dict[str, Path], types, sweeps: int = SWEEPS) -> dict[str, dict[str, dict[int, float]]]:
-    """Microseconds per call, by library, type and column count: the best of ``sweeps`` sweeps, each
-    timing every library on a type before the next type, so that a slow spell of the machine spreads
-    over all of them."""
+    """Microseconds per call, by library, type and activation rows: the best of ``sweeps`` sweeps,
+    each timing every library on a type before the next type, so that a slow spell of the machine
+    spreads over all of them."""
     from sfmp_gguf import kernels
 
     rng = np.random.default_rng(0)
     x = (rng.standard_t(3, size=(ROWS, N)) * 0.02).astype(np.float32)
-    y = np.zeros((max(COLUMNS), N // 256), activations.Q8_K)
-    y["d"] = 0.01
-    y["qs"] = rng.integers(-127, 128, size=y["qs"].shape)
-    y_bytes = y.view(np.uint8).reshape(len(y), -1)
     libs = {name: kernels.load(path) for name, path in libraries.items()}
-    cases = {(name, t.name): Case(lib, t, x, y_bytes) for name, lib in libs.items() for t in types}
+    fine = next(t for t in SFMP_TYPES if t.fine_activations and t.block_size == 256)
+    first = next(iter(libs.values()))
+    pairs = np.stack([first.two_level_activations(rng.standard_t(5, size=N).astype(np.float32), fine)
+                      for _ in range(max(COLUMNS))])
+    cases = {(name, t.name): Case(lib, t, x, pairs) for name, lib in libs.items() for t in types}
     times = {name: {t.name: {c: float("inf") for c in COLUMNS} for t in types} for name in libs}
     for _ in range(sweeps):
         for t in types:
@@ -100,7 +114,7 @@ def measure(libraries: dict[str, Path], types, sweeps: int = SWEEPS) -> dict[str
 
 def markdown(times: dict[str, dict[str, dict[int, float]]], setup: str) -> str:
     names = list(times)
-    head = "| type | " + " | ".join(f"{n}, {c} col (us)" for n in names for c in COLUMNS) + " |"
+    head = "| type | " + " | ".join(f"{n}, {c} row{'s' * (c > 1)} (us)" for n in names for c in COLUMNS) + " |"
     lines = ["# SFMP_X8 kernel per call", "", setup, "", head, "|---" * (1 + len(names) * len(COLUMNS)) + "|"]
     for t in next(iter(times.values())):
         lines.append(f"| {t} | " + " | ".join(f"{times[n][t][c]:.1f}" for n in names for c in COLUMNS) + " |")
@@ -113,7 +127,7 @@ def plot(times: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = COLUMNS[1:]
+    shown = COLUMNS
     fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4))
     types = list(next(iter(times.values())))
     width = 0.8 / len(times)
@@ -121,8 +135,8 @@ def plot(times: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
         for k, (name, by_type) in enumerate(times.items()):
             ax.bar(np.arange(len(types)) + k * width, [by_type[t][ncols] for t in types], width, label=name)
         ax.set_xticks(np.arange(len(types)) + 0.4 - width / 2, types, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel(f"microseconds per call, {ncols} columns")
-        ax.set_title(f"SFMP_X8 kernel, {ROWS} x {N} weights in cache, {ncols} columns", fontsize=9)
+        ax.set_ylabel(f"microseconds per call, {ncols} activation rows")
+        ax.set_title(f"SFMP_X8 kernel, {ROWS} x {N} weights in cache, {ncols} activation rows", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
@@ -135,7 +149,7 @@ def run(out_dir: Path, smoke: bool, extra: dict[str, Path] | None = None) -> dic
         libraries = dict(list(libraries.items())[:1])
     times = measure(libraries, RUNGS[3:5] if smoke else RUNGS)
     setup = (f"{ROWS} x {N} weights (Student-t, 3 degrees of freedom) per type, {', '.join(map(str, COLUMNS[:-1]))} and {COLUMNS[-1]} "
-             f"Q8_K columns, best of {BATCHES} batches of {CALLS} calls in each of {SWEEPS} sweeps; "
+             f"activation rows (two-level from sfmp525_k up), best of {BATCHES} batches of {CALLS} calls in each of {SWEEPS} sweeps; "
              f"{date.today().isoformat()}, {cpu_name()}; libraries: "
              + ", ".join(f"{n} = `{p}`" for n, p in libraries.items()) + ".")
     out_dir.mkdir(parents=True, exist_ok=True)

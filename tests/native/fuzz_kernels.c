@@ -200,8 +200,10 @@ int main(int argc, char ** argv) {
         uint8_t * group_src = malloc(SFMP_X8_ROWS * row_bytes);
         uint8_t * group = malloc(sfmp_x8_group_size(type, n));
         sfmp_x8_act * prepared = malloc(sizeof(sfmp_x8_act) * (size_t) (n / 32) * 2);
+        uint8_t * wide = malloc(SFMP_X8_WIDE_BYTES * (size_t) (n / 32) * 2);  // two-level activations' wide form
         float interleaved[2][SFMP_X8_ROWS];
         const void * vy[2] = {acts, (uint8_t *) acts + act_bytes};
+        const void * vw[2] = {wide, wide + SFMP_X8_WIDE_BYTES * (size_t) (n / 32)};
         const sfmp_x8_act * pa[2] = {prepared, prepared + n / 32};
         float * dst[2] = {interleaved[0], interleaved[1]};
         for (int r = 0; r < SFMP_X8_ROWS; ++r) {
@@ -209,12 +211,16 @@ int main(int argc, char ** argv) {
         }
         sfmp_x8_repack_group(type, group_src, row_bytes, group, n);
         for (int k = 0; k < 2; ++k) {
-            sfmp_x8_prepare_activations(type, vy[k], n, prepared + k * (n / 32));
+            if (L->fine) {
+                sfmp_x8_prepare_wide(type, vy[k], n, (void *) vw[k], prepared + k * (n / 32));
+            } else {
+                sfmp_x8_prepare_activations(type, vy[k], n, prepared + k * (n / 32));
+            }
         }
         if (sfmp_x8_supported(type)) {
-            sfmp_x8_mul_mat(type, n, group, 0, 1, 2, vy, pa, dst);
+            (L->fine ? sfmp_x8_mul_mat_wide : sfmp_x8_mul_mat)(type, n, group, 0, 1, 2, L->fine ? vw : vy, pa, dst);
         }
-        if (ok && sfmp_x8_supported(type) && !L->fine) {  // two levels: tests/test_kernels.py
+        if (ok && sfmp_x8_supported(type)) {
             for (int r = 0; r < SFMP_X8_ROWS; ++r) {
                 for (int k = 0; k < 2; ++k) {
                     if (interleaved[k][r] != generic[r % 2][k]) {
@@ -228,6 +234,7 @@ int main(int argc, char ** argv) {
         free(group_src);
         free(group);
         free(prepared);
+        free(wide);
         if (ok) {
             ++valid;
             for (int i = 0; i < n; ++i) {

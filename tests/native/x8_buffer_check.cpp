@@ -4,7 +4,7 @@
 // tokens each routed to USED distinct random experts, with ACT_ROWS (1: shared, or USED) activation
 // rows per token. Both are also compared with the same op on the dequantized weights in F32, which
 // multiplies the activations unquantized. Prints "<max |x8 - plain|> <max |plain|> <buffer name>
-// <max |plain - f32|>"; a type the SFMP_X8 buffer does not take (two-level activations) gives
+// <max |plain - f32|>"; a type the SFMP_X8 buffer does not take gives
 // "nan <max |plain|> none <max |plain - f32|>". tests/test_llama_integration.py bounds the ratios.
 // Usage: sfmp_x8_buffer_check TYPE_ID N_PER_ROW ROWS COLUMNS THREADS [EXPERTS USED ACT_ROWS]
 #include "ggml-alloc.h"

@@ -1,9 +1,10 @@
 // Runs the interleaved (SFMP_X8) kernel and the scalar reference on cases read from stdin, for
 // cross-architecture checks under emulation (NEON under qemu-aarch64). Input, repeated until EOF,
-// little-endian: int32 type, int32 n, int32 rows (a multiple of 8), int32 columns, then rows rows of
-// weights and columns rows of activations (Q8_K or Q8_0; for a type with two-level activations, the
-// pairs, of which the kernel takes the hi level as the buffer does). Output: the kernel's path, then
-// for each column and row "<generic> <interleaved>" as C99 hex floats.
+// little-endian: int32 type, int32 n, int32 rows (a multiple of 8), int32 columns, int32 wide, then
+// rows rows of weights and columns rows of activations (Q8_K or Q8_0; for a type with two-level
+// activations, the pairs). With wide the kernel takes the pairs in their wide form; else, as the
+// buffer under SFMP_ACTIVATIONS=8bit, their hi level. Output: the kernel's path, then for each
+// column and row "<generic> <interleaved>" as C99 hex floats.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,11 +14,11 @@
 
 int main(void) {
     printf("path %s\n", sfmp_x8_path());
-    int32_t h[4];
-    while (fread(h, sizeof(int32_t), 4, stdin) == 4) {
-        const int type = h[0], n = h[1], rows = h[2], cols = h[3];
+    int32_t h[5];
+    while (fread(h, sizeof(int32_t), 5, stdin) == 5) {
+        const int type = h[0], n = h[1], rows = h[2], cols = h[3], wide = h[4];
         const sfmp_layout * L = sfmp_get_layout(type);
-        if (!L || rows % SFMP_X8_ROWS || cols < 1 || cols > 64) {
+        if (!L || rows % SFMP_X8_ROWS || cols < 1 || cols > 64 || (wide && !L->fine)) {
             fprintf(stderr, "bad case header\n");
             return 1;
         }
@@ -27,7 +28,7 @@ int main(void) {
         const size_t act_bytes = blocks * level_block * levels, hi_bytes = blocks * level_block;
         const size_t group = sfmp_x8_group_size(type, n);
         unsigned char * x = malloc(row_bytes * rows), * y = malloc(act_bytes * cols), * x8 = malloc(group * (rows / 8));
-        unsigned char * hi = malloc(hi_bytes * cols);
+        unsigned char * hi = malloc((wide ? SFMP_X8_WIDE_BYTES * (size_t) (n / 32) : hi_bytes) * cols);
         sfmp_x8_act * acts = malloc(sizeof(sfmp_x8_act) * (n / 32) * cols);
         float * out = malloc(sizeof(float) * rows * cols);
         if (!x || !y || !x8 || !hi || !acts || !out || fread(x, 1, row_bytes * rows, stdin) != row_bytes * rows ||
@@ -42,15 +43,20 @@ int main(void) {
             sfmp_x8_repack_group(type, x + g * 8 * row_bytes, row_bytes, x8 + g * group, n);
         }
         for (int c = 0; c < cols; ++c) {
+            pa[c] = acts + c * (n / 32);
+            dst[c] = out + c * rows;
+            if (wide) {
+                vy[c] = hi + c * SFMP_X8_WIDE_BYTES * (size_t) (n / 32);
+                sfmp_x8_prepare_wide(type, y + c * act_bytes, n, (void *) vy[c], acts + c * (n / 32));
+                continue;
+            }
             for (size_t b = 0; b < blocks; ++b) {
                 memcpy(hi + c * hi_bytes + b * level_block, y + c * act_bytes + b * levels * level_block, level_block);
             }
             vy[c] = hi + c * hi_bytes;
-            pa[c] = acts + c * (n / 32);
-            dst[c] = out + c * rows;
             sfmp_x8_prepare_activations(type, vy[c], n, acts + c * (n / 32));
         }
-        sfmp_x8_mul_mat(type, n, x8, 0, rows / 8, cols, vy, pa, dst);
+        (wide ? sfmp_x8_mul_mat_wide : sfmp_x8_mul_mat)(type, n, x8, 0, rows / 8, cols, vy, pa, dst);
         for (int c = 0; c < cols; ++c) {
             for (int r = 0; r < rows; ++r) {
                 float generic = 0.0f;

@@ -1,9 +1,9 @@
 // The SFMP_X8 buffer type: ggml's extra-buffer interface around sfmp-x8.c. The weights are
 // interleaved once, when the model loader uploads them; MUL_MAT and MUL_MAT_ID (mixture-of-experts)
 // quantize the activations (Q8_K or Q8_0, as the plain path does), then the threads share the row groups.
-// Types with two-level activations (sfmp-quants.h) run the kernel on each level as its own 8-bit row,
-// hi and lo / 256, and add the two results: equal to the plain path up to float rounding. With
-// SFMP_ACTIVATIONS=8bit lo is all zeros, so they run on hi alone.
+// Types with two-level activations (sfmp-quants.h) take them in the kernel's wide form, both levels
+// in one pass (sfmp_x8_mul_mat_wide). With SFMP_ACTIVATIONS=8bit lo is all zeros, so they run the
+// 8-bit kernel on hi alone.
 #include "sfmp-x8-buffer.h"
 
 #include "sfmp-x8.h"
@@ -36,7 +36,7 @@ namespace {
 
 // Row groups per chunk: the chunk's weights stay in cache while every activation row passes.
 constexpr int64_t GROUPS_PER_CHUNK = 16;
-// Activation levels per kernel call: the kernel decodes each block once for up to 8 (4 without AVX-512).
+// Activation rows per kernel call: the kernel decodes each block once for up to 8 (fewer on some paths).
 constexpr int64_t COLUMNS_PER_CALL = 8;
 
 // Every ne1 rows (one matrix, or one expert of a 3-D tensor) split into whole row groups, so a group
@@ -50,30 +50,24 @@ size_t matrix_bytes(const ggml_tensor * t) {
     return sfmp_x8_group_size(t->type, t->ne[0]) * (size_t) (t->ne[1] / SFMP_X8_ROWS);
 }
 
-// Per activation level in the work buffer: its Q8_K / Q8_0 blocks, then its prepared terms per 32
-// values. Activation row c has level c * levels + k (k = 0: hi; 1: lo, with two-level activations).
-// Then, with two levels, each thread's results for the lo levels of one kernel call.
+// Per activation row in the work buffer: its Q8_K / Q8_0 blocks (or, with two-level activations, their
+// wide form), then its prepared terms per 32 values.
 struct activation_layout {
-    ggml_type type;  // of one level
-    int       levels;
-    size_t    block;  // bytes of one level's block
+    ggml_type type;  // Q8_K or Q8_0: of the 8-bit blocks, or of each level
+    bool      wide;
+    size_t    block;  // bytes of one block (of one level)
     size_t    quantized;
     size_t    stride;
-    size_t    total;  // every level of every row of src1
-    size_t    scratch;  // floats per thread
+    size_t    total;  // every row of src1
 
     explicit activation_layout(const ggml_tensor * op)
         : type(ggml_blck_size(op->src[0]->type) == 256 ? GGML_TYPE_Q8_K : GGML_TYPE_Q8_0),
-          levels(sfmp_fine_activations(op->src[0]->type) && sfmp_two_level_activations() ? 2 : 1),
+          wide(sfmp_fine_activations(op->src[0]->type) && sfmp_two_level_activations()),
           block(ggml_type_size(type)),
-          quantized(GGML_PAD(ggml_row_size(type, op->src[1]->ne[0]), alignof(sfmp_x8_act))),
+          quantized(GGML_PAD(wide ? SFMP_X8_WIDE_BYTES * (size_t) (op->src[1]->ne[0] / 32) : ggml_row_size(type, op->src[1]->ne[0]),
+                             alignof(sfmp_x8_act))),
           stride(quantized + sizeof(sfmp_x8_act) * (op->src[1]->ne[0] / 32)),
-          total(GGML_PAD(stride * levels * ggml_nrows(op->src[1]), sizeof(float))),
-          scratch(levels == 2 ? (size_t) op->src[0]->ne[1] * COLUMNS_PER_CALL / 2 : 0) {}
-
-    size_t size(int n_threads) const {
-        return total + sizeof(float) * scratch * (size_t) n_threads;
-    }
+          total(GGML_PAD(stride * ggml_nrows(op->src[1]), sizeof(float))) {}
 };
 
 // MUL_MAT_ID's work buffer after the activations: where each expert's rows start (n_expert + 1
@@ -105,27 +99,23 @@ void prepare_activations(ggml_compute_params * params, const ggml_tensor * op, c
     for (int64_t c = params->ith; c < ggml_nrows(src1); c += params->nth) {
         const float * x = reinterpret_cast<const float *>(static_cast<const char *>(src1->data) + (c % ne11) * src1->nb[1] +
                                                           (c / ne11 % ne12) * src1->nb[2] + (c / (ne11 * ne12)) * src1->nb[3]);
-        char * hi = static_cast<char *>(params->wdata) + c * act.levels * act.stride;
+        char * row = static_cast<char *>(params->wdata) + c * act.stride;
+        auto * terms = reinterpret_cast<sfmp_x8_act *>(row + act.quantized);
         if (!sfmp_fine_activations(weights)) {
-            from_float(x, hi, ne10);
-        } else {  // each two-level block into the hi row and, unless lo is all zeros, the lo row
+            from_float(x, row, ne10);
+            sfmp_x8_prepare_activations(weights, row, ne10, terms);
+        } else {  // each two-level block into its wide form, or its hi level alone when lo is all zeros
             alignas(sizeof(float)) char pair[2 * sizeof(sfmp_block_q8_K)];
             for (int64_t b = 0; b < ne10 / bs; ++b) {
                 from_float(x + b * bs, pair, bs);
-                for (int k = 0; k < act.levels; ++k) {
-                    memcpy(hi + k * act.stride + b * act.block, pair + k * act.block, act.block);
+                if (act.wide) {
+                    sfmp_x8_prepare_wide(weights, pair, bs, row + SFMP_X8_WIDE_BYTES * (bs / 32) * b, terms + bs / 32 * b);
+                } else {
+                    memcpy(row + b * act.block, pair, act.block);
                 }
             }
-        }
-        for (int k = 0; k < act.levels; ++k) {
-            char * level = hi + k * act.stride;
-            sfmp_x8_prepare_activations(weights, level, ne10, reinterpret_cast<sfmp_x8_act *>(level + act.quantized));
-        }
-        if (act.levels == 2) {  // lo's exact scale, hi's / 256 (its fp16 d field may round)
-            const auto * hi_acts = reinterpret_cast<const sfmp_x8_act *>(hi + act.quantized);
-            auto * lo_acts = reinterpret_cast<sfmp_x8_act *>(hi + act.stride + act.quantized);
-            for (int64_t s = 0; s < ne10 / 32; ++s) {
-                lo_acts[s].scale = hi_acts[s].scale / (float) SFMP_RESIDUAL_STEPS;
+            if (!act.wide) {
+                sfmp_x8_prepare_activations(weights, row, ne10, terms);
             }
         }
     }
@@ -138,41 +128,32 @@ template <typename Column>
 void mul_groups(const ggml_compute_params * params, const ggml_tensor * src0, const activation_layout & act,
                 const void * x8, int64_t first, int64_t last, int64_t ncols, Column column) {
     const char * wdata = static_cast<const char *>(params->wdata);
-    const int64_t per_call = COLUMNS_PER_CALL / act.levels;
-    float * scratch = reinterpret_cast<float *>(static_cast<char *>(params->wdata) + act.total) + params->ith * act.scratch;
     for (int64_t g0 = first; g0 < last; g0 += GROUPS_PER_CHUNK) {
         const int64_t g1 = std::min(last, g0 + GROUPS_PER_CHUNK);
-        for (int64_t c0 = 0; c0 < ncols; c0 += per_call) {
+        for (int64_t c0 = 0; c0 < ncols; c0 += COLUMNS_PER_CALL) {
             const void * y[COLUMNS_PER_CALL];
             const sfmp_x8_act * acts[COLUMNS_PER_CALL];
             float * out[COLUMNS_PER_CALL];
-            const int nc = (int) std::min<int64_t>(per_call, ncols - c0);
+            const int nc = (int) std::min<int64_t>(COLUMNS_PER_CALL, ncols - c0);
             for (int i = 0; i < nc; ++i) {
                 const auto [c, dst_row] = column(c0 + i);
-                for (int k = 0; k < act.levels; ++k) {
-                    const char * col = wdata + (c * act.levels + k) * act.stride;
-                    y[act.levels * i + k] = col;
-                    acts[act.levels * i + k] = reinterpret_cast<const sfmp_x8_act *>(col + act.quantized);
-                    out[act.levels * i + k] = k ? scratch + i * src0->ne[1] : dst_row;
-                }
+                const char * row = wdata + c * act.stride;
+                y[i] = row;
+                acts[i] = reinterpret_cast<const sfmp_x8_act *>(row + act.quantized);
+                out[i] = dst_row;
             }
-            sfmp_x8_mul_mat(src0->type, src0->ne[0], x8, g0, g1, act.levels * nc, y, acts, out);
-            for (int i = 0; i < nc && act.levels == 2; ++i) {
-                for (int64_t r = g0 * SFMP_X8_ROWS; r < g1 * SFMP_X8_ROWS; ++r) {
-                    out[2 * i][r] += out[2 * i + 1][r];
-                }
-            }
+            (act.wide ? sfmp_x8_mul_mat_wide : sfmp_x8_mul_mat)(src0->type, src0->ne[0], x8, g0, g1, nc, y, acts, out);
         }
     }
 }
 
 class x8_tensor_traits : public ggml::cpu::tensor_traits {
-    bool work_size(int n_threads, const ggml_tensor * op, size_t & size) override {
+    bool work_size(int /* n_threads */, const ggml_tensor * op, size_t & size) override {
         if (op->op != GGML_OP_MUL_MAT && op->op != GGML_OP_MUL_MAT_ID) {
             return false;
         }
         const activation_layout act(op);
-        size = act.size(n_threads) + (op->op == GGML_OP_MUL_MAT_ID ? expert_lists_size(op) : 0);
+        size = act.total + (op->op == GGML_OP_MUL_MAT_ID ? expert_lists_size(op) : 0);
         return true;
     }
 
@@ -195,7 +176,7 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
         GGML_ASSERT(ne0 == ne01 && ne1 == ne11 && ne2 == ne12 && ne3 == ne13 && nb0 == sizeof(float));
 
         const activation_layout act(dst);
-        GGML_ASSERT(params->wsize >= act.size(params->nth));
+        GGML_ASSERT(params->wsize >= act.total);
         prepare_activations(params, dst, act);
 
         // Activation row c writes the same (i1, i2, i3) of dst as it has in src1.
@@ -219,8 +200,8 @@ class x8_tensor_traits : public ggml::cpu::tensor_traits {
         GGML_ASSERT(nb0 == sizeof(float) && n_used % ne11 == 0);
 
         const activation_layout act(dst);
-        GGML_ASSERT(params->wsize >= act.size(params->nth) + expert_lists_size(dst));
-        int32_t * start = reinterpret_cast<int32_t *>(static_cast<char *>(params->wdata) + act.size(params->nth));
+        GGML_ASSERT(params->wsize >= act.total + expert_lists_size(dst));
+        int32_t * start = reinterpret_cast<int32_t *>(static_cast<char *>(params->wdata) + act.total);
         expert_row * rows = reinterpret_cast<expert_row *>(start + n_expert + 1);
         auto expert_of = [&](int64_t slot, int64_t token) {
             const int32_t e = *reinterpret_cast<const int32_t *>(static_cast<const char *>(ids->data) +

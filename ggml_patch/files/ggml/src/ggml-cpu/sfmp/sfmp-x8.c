@@ -67,6 +67,22 @@ SFMP_X8_INLINE int code_bias(int W, int ncols) {
 #endif
 }
 
+// Whether two-level activations go to the kernel as int16 (x86 from two columns, and plain AVX2 for
+// 8-bit codes), else as their two 8-bit levels (any_code_dot). The faster of the two in
+// bench.x8_kernel: one level-pair column per decode is cheaper as two byte dot products.
+SFMP_X8_INLINE int wide_as_int16(int W, int ncols) {
+#if defined(SFMP_X8_VNNI)
+    (void) W;
+    return ncols > 1;
+#elif defined(SFMP_X8_AVX2)
+    return W == 8 || ncols > 1;
+#else
+    (void) W;
+    (void) ncols;
+    return 0;
+#endif
+}
+
 // Where B + 1 = 4 an x8 block stores every code widened to B + 1 bits (a plain one shifted up by a 0
 // bit): one nibble to decode, where B bits and an extra plane take three pieces, and at 3 to 4 bits
 // the kernel is bound more by decoding than by memory. Without VNNI it is bound by arithmetic at
@@ -233,30 +249,63 @@ void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * 
     }
 }
 
-void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts) {
-    const sfmp_layout * L = sfmp_get_layout(type);
+// Sub-block s's terms from its 32 values' sum (each level's, with two levels) and their scale d.
+static sfmp_x8_act activation_terms(const sfmp_layout * L, int32_t sum, int32_t lo_sum, float d, float unit) {
     const int B = L->base_bits;
     const int32_t k0 = L->grid == SFMP_GRID_NONLINEAR ? -SFMP_NL_BIAS : L->upgrades ? 1 - (2 << B) : 2 * (1 - (1 << B));
+    const sfmp_x8_act act = {k0 * sum, sum, d * unit, k0 * lo_sum, lo_sum};  // unit is a power of two: (d_w * scale) * a rounds as (d_w * d) * (a * unit)
+    return act;
+}
+
+// Sub-block s of an activation row: its hi values and scale, and with two levels its lo values.
+static const int8_t * sub_block_levels(const sfmp_layout * L, const void * vy, int64_t s, int two_level, const int8_t ** lo,
+                                       float * d) {
+    if (L->block_size == 256) {
+        const sfmp_block_q8_K * y = two_level ? &((const sfmp_block_q8_K_x2 *) vy)[s / 8].hi : (const sfmp_block_q8_K *) vy + s / 8;
+        *lo = two_level ? ((const sfmp_block_q8_K_x2 *) vy)[s / 8].lo.qs + SFMP_SUB_BLOCK * (s % 8) : NULL;
+        *d = y->d;
+        return y->qs + SFMP_SUB_BLOCK * (s % 8);
+    }
+    const sfmp_block_q8_0 * y = two_level ? &((const sfmp_block_q8_0_x2 *) vy)[s].hi : (const sfmp_block_q8_0 *) vy + s;
+    *lo = two_level ? ((const sfmp_block_q8_0_x2 *) vy)[s].lo.qs : NULL;
+    *d = sfmp_fp16_to_fp32(y->d);
+    return y->qs;
+}
+
+void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_act * acts) {
+    const sfmp_layout * L = sfmp_get_layout(type);
     const float unit = 1.0f / (float) (1 << L->unit_shift);
     for (int64_t s = 0; s < n / SFMP_SUB_BLOCK; ++s) {
-        const int8_t * q;
+        const int8_t * lo;
         float d;
-        if (L->block_size == 256) {
-            const sfmp_block_q8_K * y = (const sfmp_block_q8_K *) vy + s / 8;
-            q = y->qs + SFMP_SUB_BLOCK * (s % 8);
-            d = y->d;
-        } else {
-            const sfmp_block_q8_0 * y = (const sfmp_block_q8_0 *) vy + s;
-            q = y->qs;
-            d = sfmp_fp16_to_fp32(y->d);
-        }
+        const int8_t * q = sub_block_levels(L, vy, s, 0, &lo, &d);
         int32_t sum = 0;
         for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
             sum += q[t];
         }
-        acts[s].offset = k0 * sum;
-        acts[s].sum = sum;
-        acts[s].scale = d * unit;  // a power of two: (d_w * scale) * a rounds as (d_w * d) * (a * unit)
+        acts[s] = activation_terms(L, sum, 0, d, unit);
+    }
+}
+
+// The wide form of 32 two-level values (sfmp-x8.h): hi's bytes, lo's, then 256 hi + lo as int16.
+void sfmp_x8_prepare_wide(int type, const void * vy, int64_t n, void * wide, sfmp_x8_act * acts) {
+    const sfmp_layout * L = sfmp_get_layout(type);
+    const float unit = 1.0f / (float) (1 << L->unit_shift) / (float) SFMP_RESIDUAL_STEPS;
+    for (int64_t s = 0; s < n / SFMP_SUB_BLOCK; ++s) {
+        const int8_t * lo;
+        float d;
+        const int8_t * hi = sub_block_levels(L, vy, s, 1, &lo, &d);
+        uint8_t * out = (uint8_t *) wide + SFMP_X8_WIDE_BYTES * s;
+        memcpy(out, hi, SFMP_SUB_BLOCK);
+        memcpy(out + SFMP_SUB_BLOCK, lo, SFMP_SUB_BLOCK);
+        int32_t hi_sum = 0, lo_sum = 0;
+        for (int t = 0; t < SFMP_SUB_BLOCK; ++t) {
+            const int16_t v = (int16_t) (SFMP_RESIDUAL_STEPS * hi[t] + lo[t]);
+            memcpy(out + SFMP_X8_WIDE_VALUES_AT + sizeof(v) * t, &v, sizeof(v));
+            hi_sum += hi[t];
+            lo_sum += lo[t];
+        }
+        acts[s] = activation_terms(L, hi_sum, lo_sum, d, unit);
     }
 }
 
@@ -268,6 +317,12 @@ void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_a
 #define SFMP_X8_MAX_COLUMNS 8
 #else
 #define SFMP_X8_MAX_COLUMNS 4
+#endif
+// Two-level activation rows per call: NEON takes each as two 8-bit columns (any_code_dot), so half.
+#if defined(SFMP_X8_AVX2)
+#define SFMP_X8_WIDE_COLUMNS SFMP_X8_MAX_COLUMNS
+#else
+#define SFMP_X8_WIDE_COLUMNS (SFMP_X8_MAX_COLUMNS / 2)
 #endif
 
 // ---- per-ISA primitives: x8i holds one int32 per row, x8f one float per row --------------------
@@ -284,6 +339,7 @@ SFMP_X8_INLINE x8i x8i_and(x8i a, x8i b) { return _mm256_and_si256(a, b); }
 SFMP_X8_INLINE x8i x8i_or(x8i a, x8i b) { return _mm256_or_si256(a, b); }
 SFMP_X8_INLINE x8i x8i_mul(x8i a, x8i b) { return _mm256_mullo_epi32(a, b); }
 SFMP_X8_INLINE x8i x8i_shl(x8i a, int k) { return _mm256_slli_epi32(a, k); }
+SFMP_X8_INLINE x8i x8i_sra(x8i a, int k) { return _mm256_srai_epi32(a, k); }
 // All ones where a < b (both below 2^31).
 SFMP_X8_INLINE x8i x8i_less(x8i a, x8i b) { return _mm256_cmpgt_epi32(b, a); }
 SFMP_X8_INLINE x8i x8i_load_u8(const uint8_t * p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *) p)); }
@@ -294,6 +350,23 @@ SFMP_X8_INLINE x8f x8f_mul(x8f a, x8f b) { return _mm256_mul_ps(a, b); }
 SFMP_X8_INLINE x8f x8f_from_x8i(x8i a) { return _mm256_cvtepi32_ps(a); }
 SFMP_X8_INLINE x8f x8f_load_f16(const uint8_t * p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) p)); }
 SFMP_X8_INLINE void x8f_store(float * p, x8f v) { _mm256_storeu_ps(p, v); }
+
+// a * 2^k + b per lane, rounded once to float as the reference rounds its int64: exact in double
+// (below 2^53), then converted.
+SFMP_X8_INLINE x8f x8f_from_pair(x8i a, const int k, x8i b) {
+    const __m256d scale = _mm256_set1_pd((double) (1 << k));
+    const __m256d lo = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(a)), scale),
+                                     _mm256_cvtepi32_pd(_mm256_castsi256_si128(b)));
+    const __m256d hi = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(a, 1)), scale),
+                                     _mm256_cvtepi32_pd(_mm256_extracti128_si256(b, 1)));
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
+// m * t per lane, rounded once to float: exact in double (|m t| < 2^38), then converted.
+SFMP_X8_INLINE x8f x8f_from_product(x8i m, x8i t) {
+    const __m256d lo = _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(m)), _mm256_cvtepi32_pd(_mm256_castsi256_si128(t)));
+    const __m256d hi = _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(m, 1)), _mm256_cvtepi32_pd(_mm256_extracti128_si256(t, 1)));
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
 
 // An extra-bit plane: row r's 4 bytes, weight 4g + b of a sub-block at byte b, bit g.
 typedef __m256i x8_codes;
@@ -451,6 +524,56 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
 #endif
 }
 
+// s + per lane the weight pair's codes (16-bit, lane r: row r) times y's 16-bit pair, broadcast: dpwssd
+// with VNNI (the broadcast folded in with AVX512VL, as in dpbusd4), else madd and add.
+SFMP_X8_INLINE __m256i madd_pair(__m256i s, __m256i codes, const int16_t * y) {
+#if defined(SFMP_X8_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__GNUC__)
+    __asm__("vpdpwssd %2%{1to8%}, %1, %0" : "+v"(s) : "v"(codes), "m"(*(const int32_t *) y));
+    return s;
+#else
+    int32_t pair;
+    memcpy(&pair, y, sizeof(pair));
+#if defined(SFMP_X8_VNNI) && defined(__AVXVNNI__)
+    return _mm256_dpwssd_avx_epi32(s, codes, _mm256_set1_epi32(pair));
+#elif defined(SFMP_X8_VNNI)
+    return _mm256_dpwssd_epi32(s, codes, _mm256_set1_epi32(pair));
+#else
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(codes, _mm256_set1_epi32(pair)));
+#if defined(__GNUC__)
+    // Keeps gcc from reassociating a column's sum into a tree over every product, which spills them.
+    __asm__("" : "+x"(s));
+#endif
+    return s;
+#endif
+#endif
+}
+
+// As code_dot, against two-level activations as the int16 256 hi + lo (|y| <= 256 * 127 + 127, both
+// levels being within +-127), where wide_as_int16. Each group's codes are widened to 16
+// bits as weight pairs (4g, 4g + 1) and (4g + 2, 4g + 3), row r's in lane r, so that one madd per
+// pair and column adds both levels' products into 32 bits: a pair sums at most 2 * 255 * 32639 and a
+// sub-block 32 * 255 * 32639 < 2^31. Without VNNI there is no 16-bit sum to widen and no 8-bit code to
+// bias, as two 8-bit levels need; with it, twice the columns share a decode.
+SFMP_X8_INLINE void code_dot_int16(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
+                                   const int16_t * const * y, const int ncols, x8i * s) {
+    const int Ws = stored_width(B, U), X = code_width(B, U) - Ws;
+    const __m256i by_pairs = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                              0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    for (int c = 0; c < ncols; ++c) {
+        s[c] = _mm256_setzero_si256();
+    }
+    SFMP_X8_UNROLL
+    for (int g = 0; g < 8; ++g) {
+        const __m256i code = tables ? lookup(group_codes(codes, Ws, X, plane, g), tables, U, Ws + X) : group_codes(codes, Ws, X, plane, g);
+        const __m256i paired = _mm256_shuffle_epi8(code, by_pairs);
+        const __m256i first = _mm256_unpacklo_epi8(paired, _mm256_setzero_si256());
+        const __m256i second = _mm256_unpackhi_epi8(paired, _mm256_setzero_si256());
+        for (int c = 0; c < ncols; ++c) {
+            s[c] = madd_pair(madd_pair(s[c], first, y[c] + 4 * g), second, y[c] + 4 * g + 2);
+        }
+    }
+}
+
 #else  // NEON: two 128-bit halves, rows 0-3 and rows 4-7
 
 typedef struct {
@@ -469,6 +592,10 @@ SFMP_X8_INLINE x8i x8i_or(x8i a, x8i b) { x8i r = {vorrq_s32(a.lo, b.lo), vorrq_
 SFMP_X8_INLINE x8i x8i_mul(x8i a, x8i b) { x8i r = {vmulq_s32(a.lo, b.lo), vmulq_s32(a.hi, b.hi)}; return r; }
 SFMP_X8_INLINE x8i x8i_shl(x8i a, int k) {
     x8i r = {vshlq_s32(a.lo, vdupq_n_s32(k)), vshlq_s32(a.hi, vdupq_n_s32(k))};
+    return r;
+}
+SFMP_X8_INLINE x8i x8i_sra(x8i a, int k) {
+    x8i r = {vshlq_s32(a.lo, vdupq_n_s32(-k)), vshlq_s32(a.hi, vdupq_n_s32(-k))};
     return r;
 }
 SFMP_X8_INLINE x8i x8i_less(x8i a, x8i b) {
@@ -493,6 +620,27 @@ SFMP_X8_INLINE x8f x8f_load_f16(const uint8_t * p) {
 SFMP_X8_INLINE void x8f_store(float * p, x8f v) {
     vst1q_f32(p, v.lo);
     vst1q_f32(p + 4, v.hi);
+}
+
+// As the AVX2 x8f_from_pair, in 64-bit integers.
+SFMP_X8_INLINE float32x4_t f32_from_pair(int32x4_t a, const int k, int32x4_t b) {
+    const int64x2_t shift = vdupq_n_s64(k);
+    const int64x2_t lo = vaddq_s64(vshlq_s64(vmovl_s32(vget_low_s32(a)), shift), vmovl_s32(vget_low_s32(b)));
+    const int64x2_t hi = vaddq_s64(vshlq_s64(vmovl_high_s32(a), shift), vmovl_high_s32(b));
+    return vcvt_high_f32_f64(vcvt_f32_f64(vcvtq_f64_s64(lo)), vcvtq_f64_s64(hi));
+}
+SFMP_X8_INLINE x8f x8f_from_pair(x8i a, const int k, x8i b) {
+    x8f r = {f32_from_pair(a.lo, k, b.lo), f32_from_pair(a.hi, k, b.hi)};
+    return r;
+}
+// As the AVX2 x8f_from_product, in 64-bit integers.
+SFMP_X8_INLINE float32x4_t f32_from_product(int32x4_t m, int32x4_t t) {
+    return vcvt_high_f32_f64(vcvt_f32_f64(vcvtq_f64_s64(vmull_s32(vget_low_s32(m), vget_low_s32(t)))),
+                             vcvtq_f64_s64(vmull_high_s32(m, t)));
+}
+SFMP_X8_INLINE x8f x8f_from_product(x8i m, x8i t) {
+    x8f r = {f32_from_product(m.lo, t.lo), f32_from_product(m.hi, t.hi)};
+    return r;
 }
 
 typedef struct {
@@ -666,10 +814,57 @@ SFMP_X8_INLINE void code_dot(const uint8_t * codes, const int B, const int U, co
 
 // ---- shared by both ISAs -----------------------------------------------------------------------
 
-// The exact integers a of sub-block j for the 8 rows of one x8 block, one vector per column.
-SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, const int NL, const int n_sub,
-                                 const int j, x8i * before, const int8_t * const * y, const sfmp_x8_act * const * act,
-                                 const int ncols, x8i * a) {
+// Per lane (row) and column, the sums of one sub-block's codes times its activations: 8-bit values
+// (code_dot); or two-level ones in the wide form (sfmp-x8.h), as int16 (code_dot_int16, where
+// wide_as_int16) or as their hi and lo bytes, two 8-bit columns sharing the decode: s[2c] and
+// s[2c + 1] (faster there: bench.x8_kernel).
+SFMP_X8_INLINE void any_code_dot(const uint8_t * codes, const int B, const int U, const x8_tables * tables, x8_codes plane,
+                                 const int wide, const uint8_t * const * y, const int ncols, x8i * s) {
+    if (!wide) {
+        code_dot(codes, B, U, tables, plane, (const int8_t * const *) y, ncols, s);
+        return;
+    }
+#if defined(SFMP_X8_AVX2)
+    if (wide_as_int16(code_width(B, U), ncols)) {
+        const int16_t * values[SFMP_X8_MAX_COLUMNS];
+        for (int c = 0; c < ncols; ++c) {
+            values[c] = (const int16_t *) (y[c] + SFMP_X8_WIDE_VALUES_AT);
+        }
+        code_dot_int16(codes, B, U, tables, plane, values, ncols, s);
+        return;
+    }
+#endif
+    const int8_t * levels[SFMP_X8_MAX_COLUMNS];
+    for (int c = 0; c < ncols; ++c) {
+        levels[2 * c] = (const int8_t *) y[c];
+        levels[2 * c + 1] = (const int8_t *) y[c] + SFMP_SUB_BLOCK;
+    }
+    code_dot(codes, B, U, tables, plane, levels, 2 * ncols, s);
+}
+
+// The integer t of one level (or of the int16 values) from its sum(c y): the header's formula,
+// bias * sum(y) added back where code_dot biased the codes.
+SFMP_X8_INLINE x8i level_terms(x8i sum_cy, int32_t offset, int32_t sum, const int U, const int NL, x8i plain, const int bias) {
+    const x8i s = bias ? x8i_add(sum_cy, x8i_set1(bias * sum)) : sum_cy;
+    const x8i t = x8i_add(NL ? s : x8i_shl(s, U ? 1 : 2), x8i_set1(offset));
+    return U && !NL ? x8i_add(t, x8i_and(plain, x8i_set1(sum))) : t;
+}
+
+// How a sub-block's exact integer m * t is carried, as m * (t_a * 2^shift + t_b), each part's sum
+// over a block below 2^31: 8-bit activations take t_a = t (shift 0, no t_b); two 8-bit levels
+// t_hi and t_lo (shift 8: t = 256 t_hi + t_lo); int16 values t >> 10 and its low 10 bits. With two
+// levels |t| <= 2^9 * 32 * 32639 < 2^30 (|K1 c + K0| <= 2^9), so 8 sub-blocks of m * (t >> 10) stay
+// below 8 * 127 * 2^20 < 2^31, and t itself fits int32 (group_s).
+SFMP_X8_INLINE int pair_shift(const int W, const int wide, const int ncols) {
+    return !wide ? 0 : wide_as_int16(W, ncols) ? 10 : 8;
+}
+
+// Sub-block j of the 8 rows of one x8 block: each row's amplitude m, and per column its exact integer
+// a = m * t (the header's formula) as the parts t_a and t_b of t (pair_shift). y: 8-bit values, or
+// with `wide` two-level activations in their wide form.
+SFMP_X8_INLINE x8i sub_block_x8(const uint8_t * xb, const int B, const int U, const int NL, const int wide, const int n_sub,
+                                const int j, x8i * before, const uint8_t * const * y, const sfmp_x8_act * const * act,
+                                const int ncols, x8i * t_a, x8i * t_b) {
     const x8i m = x8i_load_u8(xb + amplitudes_at(j));
     const x8i amp = x8i_and(m, x8i_set1(SFMP_AMPLITUDE_MAX));
     const x8i plain = x8i_less(m, x8i_set1(SFMP_UPGRADE_FLAG));
@@ -691,22 +886,29 @@ SFMP_X8_INLINE void sub_block_x8(const uint8_t * xb, const int B, const int U, c
         before[0] = x8i_or(before[0], plain);
     }
     const uint8_t * codes = xb + codes_at(n_sub, B, U, j);
-    x8i s[SFMP_X8_MAX_COLUMNS];
+    x8i s[SFMP_X8_MAX_COLUMNS];  // 2 ncols <= SFMP_X8_MAX_COLUMNS where two levels are split
     if (NL) {
         const x8_tables tables = x8_tables_make(U ? sfmp_nl_spread[B] : sfmp_nl_biased[B], sfmp_nl_biased[B + (U > 0)], upgraded, code_width(B, U));
-        code_dot(codes, B, U, &tables, plane, y, ncols, s);
+        any_code_dot(codes, B, U, &tables, plane, wide, y, ncols, s);
     } else {
-        code_dot(codes, B, U, NULL, plane, y, ncols, s);
+        any_code_dot(codes, B, U, NULL, plane, wide, y, ncols, s);
     }
-    const int bias = code_bias(code_width(B, U), ncols);
+    const int W = code_width(B, U), shift = pair_shift(W, wide, ncols);
     for (int c = 0; c < ncols; ++c) {
-        const x8i sum_cy = bias ? x8i_add(s[c], x8i_set1(bias * act[c]->sum)) : s[c];
-        x8i t = x8i_add(NL ? sum_cy : x8i_shl(sum_cy, U ? 1 : 2), x8i_set1(act[c]->offset));
-        if (U && !NL) {
-            t = x8i_add(t, x8i_and(plain, x8i_set1(act[c]->sum)));
+        const sfmp_x8_act * a = act[c];
+        if (shift == 0) {
+            t_a[c] = level_terms(s[c], a->offset, a->sum, U, NL, plain, code_bias(W, ncols));
+        } else if (shift == 8) {
+            t_a[c] = level_terms(s[2 * c], a->offset, a->sum, U, NL, plain, code_bias(W, 2 * ncols));
+            t_b[c] = level_terms(s[2 * c + 1], a->lo_offset, a->lo_sum, U, NL, plain, code_bias(W, 2 * ncols));
+        } else {
+            const x8i t = level_terms(s[c], a->offset * SFMP_RESIDUAL_STEPS + a->lo_offset, a->sum * SFMP_RESIDUAL_STEPS + a->lo_sum,
+                                      U, NL, plain, 0);
+            t_a[c] = x8i_sra(t, 10);
+            t_b[c] = x8i_and(t, x8i_set1((1 << 10) - 1));
         }
-        a[c] = x8i_mul(amp, t);
     }
+    return amp;
 }
 
 // The columns one kernel call serves.
@@ -716,37 +918,53 @@ typedef struct {
     float * dst[SFMP_X8_MAX_COLUMNS];
 } columns_x8;
 
-// _k types: the block's integer over 8 sub-blocks fits int32 (at most 8 * 127 * 2 * 32 * 255 * 128).
-SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
-                            const int ncols, const int64_t g) {
+// Bytes of column activations per 32 values: 8-bit values in Q8_K or Q8_0 blocks, or the wide form.
+SFMP_X8_INLINE const uint8_t * activations_at(const columns_x8 * cols, const int c, const int wide, const int block_size,
+                                              const int64_t s) {
+    if (wide) {
+        return cols->y[c] + SFMP_X8_WIDE_BYTES * s;
+    }
+    return block_size == 256 ? (const uint8_t *) (((const sfmp_block_q8_K *) cols->y[c])[s / 8].qs + SFMP_SUB_BLOCK * (s % 8))
+                             : (const uint8_t *) ((const sfmp_block_q8_0 *) cols->y[c])[s].qs;
+}
+
+// _k types: the block's integer a over 8 sub-blocks, as parts A and B of A * 2^shift + B
+// (pair_shift); each part fits int32 (8-bit values: at most 8 * 127 * 2 * 32 * 255 * 128).
+SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int wide, const int64_t nb, const uint8_t * x8,
+                            const columns_x8 * cols, const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(8, B, U);
+    const int shift = pair_shift(code_width(B, U), wide, ncols);
     x8f sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
         sum[c] = x8f_zero();
     }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
-        x8i acc[SFMP_X8_MAX_COLUMNS];
+        x8i acc_a[SFMP_X8_MAX_COLUMNS], acc_b[SFMP_X8_MAX_COLUMNS];
         for (int c = 0; c < ncols; ++c) {
-            acc[c] = x8i_zero();
+            acc_a[c] = x8i_zero();
+            acc_b[c] = x8i_zero();
         }
         x8i before[2] = {x8i_zero(), x8i_zero()};  // for plane_index
         for (int j = 0; j < 8; ++j) {
-            const int8_t * y[SFMP_X8_MAX_COLUMNS];
+            const uint8_t * y[SFMP_X8_MAX_COLUMNS];
             const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
-            x8i a[SFMP_X8_MAX_COLUMNS];
+            x8i t_a[SFMP_X8_MAX_COLUMNS], t_b[SFMP_X8_MAX_COLUMNS];
             for (int c = 0; c < ncols; ++c) {
-                y[c] = ((const sfmp_block_q8_K *) cols->y[c])[i].qs + SFMP_SUB_BLOCK * j;
+                y[c] = activations_at(cols, c, wide, 256, 8 * i + j);
                 act[c] = cols->acts[c] + 8 * i + j;
             }
-            sub_block_x8(x8, B, U, NL, 8, j, before, y, act, ncols, a);
+            const x8i amp = sub_block_x8(x8, B, U, NL, wide, 8, j, before, y, act, ncols, t_a, t_b);
             for (int c = 0; c < ncols; ++c) {
-                acc[c] = x8i_add(acc[c], a[c]);
+                acc_a[c] = x8i_add(acc_a[c], x8i_mul(amp, t_a[c]));
+                if (shift) {
+                    acc_b[c] = x8i_add(acc_b[c], x8i_mul(amp, t_b[c]));
+                }
             }
         }
         const x8f d = x8f_load_f16(x8);
         for (int c = 0; c < ncols; ++c) {
             const x8f scale = x8f_mul(d, x8f_set1(cols->acts[c][8 * i].scale));
-            sum[c] = x8f_add(sum[c], x8f_mul(scale, x8f_from_x8i(acc[c])));
+            sum[c] = x8f_add(sum[c], x8f_mul(scale, shift ? x8f_from_pair(acc_a[c], shift, acc_b[c]) : x8f_from_x8i(acc_a[c])));
         }
     }
     for (int c = 0; c < ncols; ++c) {
@@ -754,27 +972,31 @@ SFMP_X8_INLINE void group_k(const int B, const int U, const int NL, const int64_
     }
 }
 
-SFMP_X8_INLINE void group_s(const int B, const int U, const int NL, const int64_t nb, const uint8_t * x8, const columns_x8 * cols,
-                            const int ncols, const int64_t g) {
+SFMP_X8_INLINE void group_s(const int B, const int U, const int NL, const int wide, const int64_t nb, const uint8_t * x8,
+                            const columns_x8 * cols, const int ncols, const int64_t g) {
     const size_t bsz = block_size_x8(2, B, U);
+    const int shift = pair_shift(code_width(B, U), wide, ncols);
     x8f sum[SFMP_X8_MAX_COLUMNS], block_sum[SFMP_X8_MAX_COLUMNS];
     for (int c = 0; c < ncols; ++c) {
         sum[c] = x8f_zero();
+        block_sum[c] = x8f_zero();  // each block's first sub-block sets it; this keeps gcc from warning
     }
     for (int64_t i = 0; i < nb; ++i, x8 += bsz) {
         const x8f d = x8f_load_f16(x8);
         x8i before[2] = {x8i_zero(), x8i_zero()};
         for (int j = 0; j < 2; ++j) {
-            const int8_t * y[SFMP_X8_MAX_COLUMNS];
+            const uint8_t * y[SFMP_X8_MAX_COLUMNS];
             const sfmp_x8_act * act[SFMP_X8_MAX_COLUMNS];
-            x8i a[SFMP_X8_MAX_COLUMNS];
+            x8i t_a[SFMP_X8_MAX_COLUMNS], t_b[SFMP_X8_MAX_COLUMNS];
             for (int c = 0; c < ncols; ++c) {
-                y[c] = ((const sfmp_block_q8_0 *) cols->y[c])[2 * i + j].qs;
+                y[c] = activations_at(cols, c, wide, 64, 2 * i + j);
                 act[c] = cols->acts[c] + 2 * i + j;
             }
-            sub_block_x8(x8, B, U, NL, 2, j, before, y, act, ncols, a);
+            const x8i amp = sub_block_x8(x8, B, U, NL, wide, 2, j, before, y, act, ncols, t_a, t_b);
             for (int c = 0; c < ncols; ++c) {
-                const x8f v = x8f_mul(x8f_mul(d, x8f_set1(act[c]->scale)), x8f_from_x8i(a[c]));
+                // t_a * 2^shift + t_b is t itself, below 2^30 (pair_shift)
+                const x8f a = shift ? x8f_from_product(amp, x8i_add(x8i_shl(t_a[c], shift), t_b[c])) : x8f_from_x8i(x8i_mul(amp, t_a[c]));
+                const x8f v = x8f_mul(x8f_mul(d, x8f_set1(act[c]->scale)), a);
                 block_sum[c] = j ? x8f_add(block_sum[c], v) : v;
             }
         }
@@ -787,74 +1009,112 @@ SFMP_X8_INLINE void group_s(const int B, const int U, const int NL, const int64_
     }
 }
 
-SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, const int NL, const int64_t nb,
+SFMP_X8_INLINE void group_x8(const int block_size, const int B, const int U, const int NL, const int wide, const int64_t nb,
                              const uint8_t * x8, const columns_x8 * cols, const int ncols, const int64_t g) {
     if (block_size == 256) {
-        group_k(B, U, NL, nb, x8, cols, ncols, g);
+        group_k(B, U, NL, wide, nb, x8, cols, ncols, g);
     } else {
-        group_s(B, U, NL, nb, x8, cols, ncols, g);
+        group_s(B, U, NL, wide, nb, x8, cols, ncols, g);
     }
 }
 
-// The column count as a constant, so that the loops over columns unroll.
-SFMP_X8_INLINE void group_cols(const int block_size, const int B, const int U, const int NL, const int64_t nb,
+// Columns per kernel call for each activation form.
+SFMP_X8_INLINE int columns_per_call(const int wide) {
+    return wide ? SFMP_X8_WIDE_COLUMNS : SFMP_X8_MAX_COLUMNS;
+}
+
+// The column count as a constant, so that the loops over columns unroll (only counts the form takes).
+#define SFMP_X8_COLUMNS(k) \
+    case k: if ((k) <= columns_per_call(wide)) { group_x8(block_size, B, U, NL, wide, nb, x8, cols, k, g); } break;
+SFMP_X8_INLINE void group_cols(const int block_size, const int B, const int U, const int NL, const int wide, const int64_t nb,
                                const uint8_t * x8, const columns_x8 * cols, const int ncols, const int64_t g) {
     switch (ncols) {
 #if SFMP_X8_MAX_COLUMNS == 8
-        case 8: group_x8(block_size, B, U, NL, nb, x8, cols, 8, g); break;
-        case 7: group_x8(block_size, B, U, NL, nb, x8, cols, 7, g); break;
-        case 6: group_x8(block_size, B, U, NL, nb, x8, cols, 6, g); break;
-        case 5: group_x8(block_size, B, U, NL, nb, x8, cols, 5, g); break;
+        SFMP_X8_COLUMNS(8)
+        SFMP_X8_COLUMNS(7)
+        SFMP_X8_COLUMNS(6)
+        SFMP_X8_COLUMNS(5)
 #endif
-        case 4: group_x8(block_size, B, U, NL, nb, x8, cols, 4, g); break;
-        case 3: group_x8(block_size, B, U, NL, nb, x8, cols, 3, g); break;
-        case 2: group_x8(block_size, B, U, NL, nb, x8, cols, 2, g); break;
-        default: group_x8(block_size, B, U, NL, nb, x8, cols, 1, g); break;
+        SFMP_X8_COLUMNS(4)
+        SFMP_X8_COLUMNS(3)
+        SFMP_X8_COLUMNS(2)
+        default: group_x8(block_size, B, U, NL, wide, nb, x8, cols, 1, g); break;
+    }
+}
+#undef SFMP_X8_COLUMNS
+
+// Every `per_call` columns in turn, each row group's weights serving all of them while in cache.
+SFMP_X8_INLINE void mul_mat_x8(const int block_size, const int B, const int U, const int NL, const int wide, int64_t n,
+                               const uint8_t * x8, int64_t g0, int64_t g1, int ncols, const void * const * vy,
+                               const sfmp_x8_act * const * acts, float * const * dst) {
+    const int per_call = columns_per_call(wide);
+    const int64_t nb = n / block_size;
+    const size_t gsz = (size_t) nb * block_size_x8(block_size / SFMP_SUB_BLOCK, B, U);
+    for (int64_t g = g0; g < g1; ++g) {
+        for (int c0 = 0; c0 < ncols; c0 += per_call) {
+            columns_x8 cols;
+            const int nc = ncols - c0 < per_call ? ncols - c0 : per_call;
+            for (int c = 0; c < nc; ++c) {
+                cols.y[c] = (const uint8_t *) vy[c0 + c];
+                cols.acts[c] = acts[c0 + c];
+                cols.dst[c] = dst[c0 + c];
+            }
+            group_cols(block_size, B, U, NL, wide, nb, x8 + g * gsz, &cols, nc, g);
+        }
     }
 }
 
-// One specialised kernel per type: B, U, the block size and the column count are constants, so
-// every loop unrolls. Each row group's weights serve all columns while they are in cache.
-#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                               \
-    static void mul_mat_##lname(int64_t n, const uint8_t * x8, int64_t g0, int64_t g1, int ncols,           \
-                                const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) { \
-        const int B = (budget) / (nsub), U = (budget) % (nsub), NL = (grid) == SFMP_GRID_NONLINEAR;        \
-        const int64_t nb = n / (bs);                                                                       \
-        const size_t gsz = (size_t) nb * block_size_x8((nsub), B, U);                                      \
-        for (int64_t g = g0; g < g1; ++g) {                                                                \
-            for (int c0 = 0; c0 < ncols; c0 += SFMP_X8_MAX_COLUMNS) {                                      \
-                columns_x8 cols;                                                                           \
-                const int nc = ncols - c0 < SFMP_X8_MAX_COLUMNS ? ncols - c0 : SFMP_X8_MAX_COLUMNS;        \
-                for (int c = 0; c < nc; ++c) {                                                             \
-                    cols.y[c] = (const uint8_t *) vy[c0 + c];                                              \
-                    cols.acts[c] = acts[c0 + c];                                                           \
-                    cols.dst[c] = dst[c0 + c];                                                             \
-                }                                                                                          \
-                group_cols((bs), B, U, NL, nb, x8 + g * gsz, &cols, nc, g);                                \
-            }                                                                                              \
-        }                                                                                                  \
+// One specialised kernel per type and activation form: B, U, the block size and the column count are
+// constants, so every loop unrolls. Only types with two-level activations get a wide one.
+#define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid)                                                    \
+    static void mul_mat_##lname(int64_t n, const uint8_t * x8, int64_t g0, int64_t g1, int ncols,                \
+                                const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst,     \
+                                const int wide) {                                                                 \
+        const int B = (budget) / (nsub), U = (budget) % (nsub), NL = (grid) == SFMP_GRID_NONLINEAR;             \
+        if (SFMP_FINE_ACTIVATIONS(nsub, budget) && wide) {                                                      \
+            mul_mat_x8((bs), B, U, NL, 1, n, x8, g0, g1, ncols, vy, acts, dst);                                 \
+        } else {                                                                                                \
+            mul_mat_x8((bs), B, U, NL, 0, n, x8, g0, g1, ncols, vy, acts, dst);                                 \
+        }                                                                                                       \
     }
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
 
-void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
-                     const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
+static void mul_mat_type(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                         const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst, int wide) {
     switch (type) {
 #define SFMP_TYPE(id, lname, uname, bs, nsub, budget, tsize, grid) \
-        case id: mul_mat_##lname(n, (const uint8_t *) x8, group_begin, group_end, ncols, vy, acts, dst); break;
+        case id: mul_mat_##lname(n, (const uint8_t *) x8, group_begin, group_end, ncols, vy, acts, dst, wide); break;
 #include "ggml-sfmp-types.inc"
 #undef SFMP_TYPE
         default: break;
     }
 }
 
-#else
-
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
-    // Never reached: sfmp_x8_supported is false without AVX2 or NEON, so no tensor is interleaved.
+    mul_mat_type(type, n, x8, group_begin, group_end, ncols, vy, acts, dst, 0);
+}
+
+void sfmp_x8_mul_mat_wide(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                          const void * const * wide, const sfmp_x8_act * const * acts, float * const * dst) {
+    if (sfmp_fine_activations(type)) {
+        mul_mat_type(type, n, x8, group_begin, group_end, ncols, wide, acts, dst, 1);
+    }
+}
+
+#else
+
+// Never reached: sfmp_x8_supported is false without AVX2 or NEON, so no tensor is interleaved.
+void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                     const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst) {
     (void) type; (void) n; (void) x8; (void) group_begin; (void) group_end; (void) ncols; (void) vy; (void) acts;
     (void) dst;
+}
+
+void sfmp_x8_mul_mat_wide(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                          const void * const * wide, const sfmp_x8_act * const * acts, float * const * dst) {
+    sfmp_x8_mul_mat(type, n, x8, group_begin, group_end, ncols, wide, acts, dst);
 }
 
 #endif

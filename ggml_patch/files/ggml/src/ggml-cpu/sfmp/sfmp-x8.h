@@ -37,11 +37,14 @@ size_t sfmp_x8_group_size(int type, int64_t n_per_row);
 void sfmp_x8_repack_group(int type, const void * src, size_t row_stride, void * dst, int64_t n_per_row);
 // What the kernel needs of each 32 activations besides their int8 values, worked out once per
 // activation row (not once per row group): the offset term K0 * sum(y), sum(y), and the scale
-// y_d / 2^(B+1) (Q8_0: per 32; Q8_K: per 256, in the first of its 8 entries).
+// y_d / 2^(B+1) (Q8_0: per 32; Q8_K: per 256, in the first of its 8 entries). With two-level
+// activations, offset and sum are hi's, lo_offset and lo_sum lo's (else 0), and the scale hi's / 256.
 typedef struct {
     int32_t offset;
     int32_t sum;
     float   scale;
+    int32_t lo_offset;
+    int32_t lo_sum;
 } sfmp_x8_act;
 
 // Fill acts[0 .. n/32) for one activation row vy (Q8_K for _k types, Q8_0 for _s types).
@@ -52,6 +55,17 @@ void sfmp_x8_prepare_activations(int type, const void * vy, int64_t n, sfmp_x8_a
 // (4 without AVX-512).
 void sfmp_x8_mul_mat(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
                      const void * const * vy, const sfmp_x8_act * const * acts, float * const * dst);
+
+// Two-level activations (sfmp_block_q8_K_x2 / _Q8_0_x2 rows, for the types whose layout is `fine`),
+// in the kernel's wide form: per 32 values, hi's 32 bytes, lo's 32, then 256 hi + lo as 32 int16
+// (at SFMP_X8_WIDE_VALUES_AT), both levels within [-127, 127] as their quantizers make them.
+#define SFMP_X8_WIDE_BYTES 128
+#define SFMP_X8_WIDE_VALUES_AT 64
+void sfmp_x8_prepare_wide(int type, const void * vy, int64_t n, void * wide, sfmp_x8_act * acts);
+// As sfmp_x8_mul_mat against rows in the wide form: both levels in one pass, bit-identical to
+// sfmp_vec_dot_generic on the two-level rows.
+void sfmp_x8_mul_mat_wide(int type, int64_t n, const void * x8, int64_t group_begin, int64_t group_end, int ncols,
+                          const void * const * wide, const sfmp_x8_act * const * acts, float * const * dst);
 
 #ifdef __cplusplus
 }
