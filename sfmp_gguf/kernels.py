@@ -205,7 +205,8 @@ class Kernels:
 
     @property
     def x8_path(self) -> str:
-        """The interleaved kernel's instruction set: "avx2-vnni", "avx2" or "none"."""
+        """The interleaved kernel's instruction set: "avx2-vnni" (AVX512-VNNI), "avx-vnni", "avx2",
+        "neon-dotprod", "neon" or "none"."""
         return self.ffi.string(self.lib.sfmp_x8_path()).decode()
 
 

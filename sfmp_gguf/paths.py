@@ -26,6 +26,7 @@ COMPLETE_MARKER = ".sfmp-complete"  # written into the extracted tree last, hold
 LLAMA_CPP_DIR_ENV = "SFMP_LLAMA_CPP_DIR"  # a user's own llama.cpp checkout instead of the pinned one
 KERNEL_LIBRARY = "libsfmp_kernels.so"
 KERNEL_LIBRARY_VNNI = "libsfmp_kernels_vnni.so"  # built only where the host runs AVX512-VNNI
+KERNEL_LIBRARY_AVX_VNNI = "libsfmp_kernels_avxvnni.so"  # built only where the host runs AVX-VNNI (VEX)
 
 
 def cache_dir() -> Path:

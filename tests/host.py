@@ -1,5 +1,5 @@
 """What the host CPU can run, for tests that check one instruction-set path: they skip, with the
-reason, where the host lacks it (an ARM machine, an x86 one without AVX2 or AVX512-VNNI)."""
+reason, where the host lacks it (an ARM machine, an x86 one without AVX2, AVX512-VNNI or AVX-VNNI)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,4 @@ AARCH64 = platform.machine().lower() in ("aarch64", "arm64")
 # What the kernel library's AVX2 build needs (-mavx2 -mfma -mf16c), and its VNNI build on top.
 AVX2 = X86 and {"avx2", "fma", "f16c"} <= cpu_flags()
 AVX512_VNNI = AVX2 and {"avx512_vnni", "avx512vl"} <= cpu_flags()
+AVX_VNNI = AVX2 and "avx_vnni" in cpu_flags()

@@ -293,17 +293,22 @@ def test_validation_rejects_malformed_blocks_and_kernels_stay_safe(lib, t: SfmpT
     assert not lib.validate(good[:-1], t)  # not a whole number of blocks
 
 
-@pytest.fixture(scope="module", params=["avx2", "avx2-vnni"])
+@pytest.fixture(scope="module", params=["avx2", "avx2-vnni", "avx-vnni"])
 def x8_lib(request) -> kernels.Kernels:
-    """The kernel library built for each x86 path of the interleaved kernel (test_neon checks the
-    NEON one under qemu)."""
+    """The kernel library built for each x86 path of the interleaved kernel: plain AVX2, VNNI with
+    AVX-512 (servers) and AVX-VNNI, its 256-bit VEX form (laptops). test_neon checks the NEON one
+    under qemu."""
     if not host.AVX2:
         pytest.skip("this CPU cannot run AVX2 code")
     if request.param == "avx2":
         return kernels.load()
-    if not host.AVX512_VNNI:
-        pytest.skip("this CPU cannot run AVX512-VNNI code")
-    return kernels.load(current_build().kernel_library_vnni)
+    if request.param == "avx2-vnni":
+        if not host.AVX512_VNNI:
+            pytest.skip("this CPU cannot run AVX512-VNNI code")
+        return kernels.load(current_build().kernel_library_vnni)
+    if not host.AVX_VNNI:
+        pytest.skip("this CPU cannot run AVX-VNNI code")
+    return kernels.load(current_build().kernel_library_avx_vnni)
 
 
 def _interleaved_case(lib, t: SfmpType, rng: np.random.Generator, columns: int
@@ -330,7 +335,7 @@ def test_interleaved_kernel_equals_the_scalar_reference_row_by_row(x8_lib, reque
     """The SFMP_X8 buffer type's kernel (8 rows per SIMD pass, 1 to 4 columns per decode) returns
     exactly what sfmp_vec_dot_generic returns for each row and column, malformed blocks and
     full-range activations included (+-127 for two-level activations, as their quantizers clamp),
-    on both its paths (plain AVX2 and AVX2 with VNNI). Here it takes 8-bit activations; types with
+    on each x86 path (plain AVX2, AVX512-VNNI, AVX-VNNI). Here it takes 8-bit activations; types with
     two-level ones take their hi level, as the buffer runs them under SFMP_ACTIVATIONS=8bit, against
     the reference with lo = 0 (both levels: the test below)."""
     lib = x8_lib
@@ -349,7 +354,7 @@ def test_interleaved_kernel_on_two_level_activations_equals_the_scalar_reference
     """Both levels of two-level activations in one pass (sfmp_x8_mul_mat_wide, as the buffer runs
     them by default): exactly sfmp_vec_dot_generic's result on the pairs, for 1 column (hi and lo as
     two byte columns), 2 and 9 (the levels as int16 256 hi + lo on x86: calls of 8 or 4, then the
-    rest), with malformed blocks and both levels over their whole range +-127, on both x86 paths."""
+    rest), with malformed blocks and both levels over their whole range +-127, on each x86 path."""
     lib = x8_lib
     assert lib.x8_path == request.node.callspec.params["x8_lib"]
     seed = stable_seed("interleaved-wide", t.name)

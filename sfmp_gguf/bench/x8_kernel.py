@@ -6,9 +6,9 @@ arithmetic, without the memory traffic and the noise of a whole model run. Types
 activations take them as the buffer does: in the wide form (``sfmp_x8_mul_mat_wide``), or, in a
 library from before it, as two 8-bit columns per row, hi and lo. Each figure is the best of 5 batches
 of 20 calls in each of 3 sweeps over the types, every library timed on a type before the next
-(``measure``). The kernel libraries are this build's plain-AVX2 and AVX512-VNNI ones (the VNNI one
-where the host runs VNNI); ``--library NAME=PATH`` adds another, for example one built from an older
-commit. Writes ``bench-results/x8_kernel.{md,png}``.
+(``measure``). The kernel libraries are this build's plain-AVX2, AVX512-VNNI and AVX-VNNI ones (each
+VNNI one where the host runs it); ``--library NAME=PATH`` adds another, for example one built from an
+older commit. Writes ``bench-results/x8_kernel.{md,png}``.
 
     python -m sfmp_gguf.bench.x8_kernel [--library NAME=PATH ...] [--smoke --out DIR]
 """
@@ -35,13 +35,14 @@ RUNGS = tuple(t for t in SFMP_TYPES if t.name in speed.RUNGS)
 
 
 def default_libraries() -> dict[str, Path]:
-    """This build's kernel libraries, named by their SFMP_X8 path. The build makes the VNNI one only
-    where the host runs VNNI code (CMakeLists.txt)."""
+    """This build's kernel libraries, named by their SFMP_X8 path. The build makes each VNNI one only
+    where the host runs its code (CMakeLists.txt)."""
     from sfmp_gguf import kernels
     from sfmp_gguf.llama.build import current_build
 
     build = current_build()
-    found = [path for path in (build.kernel_library, build.kernel_library_vnni) if path.is_file()]
+    found = [path for path in (build.kernel_library, build.kernel_library_vnni, build.kernel_library_avx_vnni)
+             if path.is_file()]
     return {kernels.load(path).x8_path: path for path in found}
 
 

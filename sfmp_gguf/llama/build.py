@@ -20,7 +20,7 @@ from sfmp_gguf import paths
 from sfmp_gguf.llama import bindings
 from sfmp_gguf.llama.patch import PatchError, apply_patch, sync_tree
 from sfmp_gguf.llama.source import LlamaSource, SourceError, llama_source
-from sfmp_gguf.paths import KERNEL_LIBRARY, KERNEL_LIBRARY_VNNI, REPO_ROOT, cache_dir
+from sfmp_gguf.paths import KERNEL_LIBRARY, KERNEL_LIBRARY_AVX_VNNI, KERNEL_LIBRARY_VNNI, REPO_ROOT, cache_dir
 
 TOOLS = ("llama-cli", "llama-server", "llama-quantize", "llama-perplexity", "llama-imatrix", "llama-bench",
          "test-quantize-fns", "test-backend-ops")
@@ -57,6 +57,10 @@ class Build:
     @property
     def kernel_library_vnni(self) -> Path:
         return self.folder / KERNEL_LIBRARY_VNNI
+
+    @property
+    def kernel_library_avx_vnni(self) -> Path:
+        return self.folder / KERNEL_LIBRARY_AVX_VNNI
 
 
 def patched_tree(source: LlamaSource) -> Path:

@@ -19,9 +19,12 @@
 #include <immintrin.h>
 #define SFMP_X8_AVX2 1
 // VNNI's dpbusd multiplies and adds into 32 bits in one instruction, with no 16-bit saturation.
-#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define SFMP_X8_VNNI 1
 #define SFMP_X8_PATH "avx2-vnni"
+#elif defined(__AVXVNNI__)
+#define SFMP_X8_VNNI 1
+#define SFMP_X8_PATH "avx-vnni"
 #else
 #define SFMP_X8_PATH "avx2"
 #endif

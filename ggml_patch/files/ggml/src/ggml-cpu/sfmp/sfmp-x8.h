@@ -27,7 +27,7 @@ extern "C" {
 
 #define SFMP_X8_ROWS 8
 
-// Which kernel this build has: "avx2-vnni", "avx2" or "none".
+// Which kernel this build has: "avx2-vnni" (AVX512-VNNI), "avx-vnni", "avx2", "neon-dotprod", "neon" or "none".
 const char * sfmp_x8_path(void);
 // True if this build has an interleaved kernel for the type (AVX2 builds, every SFMP type).
 bool sfmp_x8_supported(int type);
