@@ -20,6 +20,8 @@ from sfmp_gguf.format import ACTIVATIONS, SfmpType
 from sfmp_gguf.paths import KERNEL_LIBRARY, build_folder
 
 LIBRARY_ENV = "SFMP_KERNELS_LIB"
+# SFMP_X8_WIDE_BYTES (sfmp-x8.h): bytes of two-level activations' wide form per 32 values.
+X8_WIDE_BYTES = 128
 
 CDEF = """
 int32_t sfmp_format_version(void);
@@ -130,41 +132,53 @@ class Kernels:
                                        weights.shape[1], self._ptr(activations, "void *"), activations.shape[1], 2)
         return out.reshape(2, 2).T  # s[r + c * bs] with bs = 2
 
+    def x8_pack(self, weights: np.ndarray, t: SfmpType) -> np.ndarray:
+        """Weight rows (a multiple of 8, in the file's layout) interleaved as the SFMP_X8 buffer holds
+        them, 8 rows per group."""
+        weights = np.ascontiguousarray(weights, dtype=np.uint8)
+        rows, row_bytes = weights.shape
+        n = row_bytes // t.type_size * t.block_size
+        if not self.lib.sfmp_x8_supported(t.type_id) or rows % 8:
+            raise ValueError(f"{t.name}: no interleaved kernel for {rows} rows in this build")
+        group = self.lib.sfmp_x8_group_size(t.type_id, n)
+        packed = np.zeros(rows // 8 * group, dtype=np.uint8)
+        for g in range(rows // 8):
+            self.lib.sfmp_x8_repack_group(t.type_id, self._ptr(weights[8 * g:], "void *"), row_bytes,
+                                          self._ptr(packed[g * group:], "void *"), n)
+        return packed
+
+    def x8_prepare(self, activations: np.ndarray, t: SfmpType, n: int, wide: bool) -> tuple[list[np.ndarray], list]:
+        """Each row of ``n`` activations (raw bytes) as the interleaved kernel takes it, with its
+        prepared terms: the Q8_K / Q8_0 rows themselves, or with ``wide`` the two-level pairs' wide
+        form."""
+        activations = np.ascontiguousarray(np.atleast_2d(activations), dtype=np.uint8)
+        if wide and not t.fine_activations:
+            raise ValueError(f"{t.name} takes 8-bit activations: it has no wide form")
+        prepared = [self.ffi.new("sfmp_x8_act[]", n // 32) for _ in activations]
+        forms = [np.zeros(n // 32 * X8_WIDE_BYTES, dtype=np.uint8) for _ in activations] if wide else list(activations)
+        for row, form, terms in zip(activations, forms, prepared):
+            if wide:
+                self.lib.sfmp_x8_prepare_wide(t.type_id, self._ptr(row, "void *"), n, self._ptr(form, "void *"), terms)
+            else:
+                self.lib.sfmp_x8_prepare_activations(t.type_id, self._ptr(row, "void *"), n, terms)
+        return forms, prepared
+
     def interleaved_mat_mul(self, weights: np.ndarray, activations: np.ndarray, t: SfmpType, wide: bool = False
                             ) -> np.ndarray:
         """All weight rows (a multiple of 8) against each activation row (one per row of
         ``activations``, raw bytes) through the SFMP_X8 buffer type's layout and kernel:
         result[column, row]. The rows are Q8_K / Q8_0 blocks, or with ``wide`` (types with two-level
         activations) the two-level pairs, which the kernel takes in its wide form."""
-        weights = np.ascontiguousarray(weights, dtype=np.uint8)
-        activations = np.ascontiguousarray(np.atleast_2d(activations), dtype=np.uint8)
-        rows, row_bytes = weights.shape
+        packed = self.x8_pack(weights, t)
+        rows, row_bytes = np.shape(weights)
         n = row_bytes // t.type_size * t.block_size
-        if not self.lib.sfmp_x8_supported(t.type_id) or rows % 8:
-            raise ValueError(f"{t.name}: no interleaved kernel for {rows} rows in this build")
-        if wide and not t.fine_activations:
-            raise ValueError(f"{t.name} takes 8-bit activations: it has no wide form")
-        group = self.lib.sfmp_x8_group_size(t.type_id, n)
-        packed = np.zeros(rows // 8 * group, dtype=np.uint8)
-        for g in range(rows // 8):
-            self.lib.sfmp_x8_repack_group(t.type_id, self._ptr(weights[8 * g:], "void *"), row_bytes,
-                                          self._ptr(packed[g * group:], "void *"), n)
-        ncols = len(activations)
-        prepared = [self.ffi.new("sfmp_x8_act[]", n // 32) for _ in range(ncols)]
-        forms = [np.zeros(n * 4, dtype=np.uint8)  # SFMP_X8_WIDE_BYTES (128) per 32 values
-                  for _ in range(ncols)] if wide else list(activations)
-        out = np.zeros((ncols, rows), dtype=np.float32)
-        for c in range(ncols):
-            if wide:
-                self.lib.sfmp_x8_prepare_wide(t.type_id, self._ptr(activations[c], "void *"), n,
-                                              self._ptr(forms[c], "void *"), prepared[c])
-            else:
-                self.lib.sfmp_x8_prepare_activations(t.type_id, self._ptr(activations[c], "void *"), n, prepared[c])
+        forms, prepared = self.x8_prepare(activations, t, n, wide)
+        out = np.zeros((len(forms), rows), dtype=np.float32)
         y = self.ffi.new("void *[]", [self._ptr(a, "void *") for a in forms])
         acts = self.ffi.new("sfmp_x8_act *[]", prepared)
         dst = self.ffi.new("float *[]", [self._ptr(o, "float *") for o in out])
         mul_mat = self.lib.sfmp_x8_mul_mat_wide if wide else self.lib.sfmp_x8_mul_mat
-        mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, ncols, y, acts, dst)
+        mul_mat(t.type_id, n, self._ptr(packed, "void *"), 0, rows // 8, len(forms), y, acts, dst)
         return out
 
     def sub_block_errors(self, w: np.ndarray, importance: np.ndarray | None, per_row: bool = False

@@ -52,29 +52,18 @@ class Case:
 
     def __init__(self, lib, t, x: np.ndarray, pairs: np.ndarray):
         ffi, c = lib.ffi, lib.lib
-        w = lib.quantize(x, t)
-        group = c.sfmp_x8_group_size(t.type_id, N)
-        self.packed = np.zeros(ROWS // 8 * group, np.uint8)
-        for g in range(ROWS // 8):
-            c.sfmp_x8_repack_group(t.type_id, lib._ptr(w[8 * g:], "void *"), w.shape[1],
-                                   lib._ptr(self.packed[g * group:], "void *"), N)
+        self.packed = lib.x8_pack(lib.quantize(x, t), t)
         levels = pairs.view(activations.Q8_K).reshape(len(pairs), -1, 2)
         wide = t.fine_activations and hasattr(c, "sfmp_x8_mul_mat_wide")
         if wide:
-            rows = [np.zeros(4 * N, np.uint8) for _ in pairs]  # SFMP_X8_WIDE_BYTES (128) per 32 values
+            rows = pairs
         elif t.fine_activations:  # a library without the wide form: hi and lo as two 8-bit columns
-            rows = [np.ascontiguousarray(levels[k, :, level]).view(np.uint8) for k in range(len(pairs)) for level in (0, 1)]
+            rows = np.stack([levels[k, :, level] for k in range(len(pairs)) for level in (0, 1)]).view(np.uint8)
         else:
-            rows = [np.ascontiguousarray(levels[k, :, 0]).view(np.uint8) for k in range(len(pairs))]
-        self.prepared = [ffi.new("sfmp_x8_act[]", N // 32) for _ in rows]
-        for k, row in enumerate(rows):
-            if wide:
-                c.sfmp_x8_prepare_wide(t.type_id, lib._ptr(pairs[k], "void *"), N, lib._ptr(row, "void *"), self.prepared[k])
-            else:
-                c.sfmp_x8_prepare_activations(t.type_id, lib._ptr(row, "void *"), N, self.prepared[k])
-        self.rows = rows
-        self.out = np.zeros((len(rows), ROWS), np.float32)
-        self.args = (ffi.new("void *[]", [lib._ptr(a, "void *") for a in rows]), ffi.new("sfmp_x8_act *[]", self.prepared),
+            rows = np.ascontiguousarray(levels[:, :, 0]).view(np.uint8)
+        self.rows, self.prepared = lib.x8_prepare(rows, t, N, wide)
+        self.out = np.zeros((len(self.rows), ROWS), np.float32)
+        self.args = (ffi.new("void *[]", [lib._ptr(a, "void *") for a in self.rows]), ffi.new("sfmp_x8_act *[]", self.prepared),
                      ffi.new("float *[]", [lib._ptr(o, "float *") for o in self.out]))
         kernel = c.sfmp_x8_mul_mat_wide if wide else c.sfmp_x8_mul_mat
         per_row = 2 if t.fine_activations and not wide else 1

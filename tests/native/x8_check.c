@@ -28,10 +28,11 @@ int main(void) {
         const size_t act_bytes = blocks * level_block * levels, hi_bytes = blocks * level_block;
         const size_t group = sfmp_x8_group_size(type, n);
         unsigned char * x = malloc(row_bytes * rows), * y = malloc(act_bytes * cols), * x8 = malloc(group * (rows / 8));
-        unsigned char * hi = malloc((wide ? SFMP_X8_WIDE_BYTES * (size_t) (n / 32) : hi_bytes) * cols);
+        const size_t taken_bytes = wide ? SFMP_X8_WIDE_BYTES * (size_t) (n / 32) : hi_bytes;  // per column, as the kernel takes it
+        unsigned char * taken = malloc(taken_bytes * cols);
         sfmp_x8_act * acts = malloc(sizeof(sfmp_x8_act) * (n / 32) * cols);
         float * out = malloc(sizeof(float) * rows * cols);
-        if (!x || !y || !x8 || !hi || !acts || !out || fread(x, 1, row_bytes * rows, stdin) != row_bytes * rows ||
+        if (!x || !y || !x8 || !taken || !acts || !out || fread(x, 1, row_bytes * rows, stdin) != row_bytes * rows ||
             fread(y, 1, act_bytes * cols, stdin) != act_bytes * cols) {
             fprintf(stderr, "truncated input\n");
             return 1;
@@ -43,18 +44,18 @@ int main(void) {
             sfmp_x8_repack_group(type, x + g * 8 * row_bytes, row_bytes, x8 + g * group, n);
         }
         for (int c = 0; c < cols; ++c) {
+            unsigned char * col = taken + c * taken_bytes;
+            vy[c] = col;
             pa[c] = acts + c * (n / 32);
             dst[c] = out + c * rows;
             if (wide) {
-                vy[c] = hi + c * SFMP_X8_WIDE_BYTES * (size_t) (n / 32);
-                sfmp_x8_prepare_wide(type, y + c * act_bytes, n, (void *) vy[c], acts + c * (n / 32));
+                sfmp_x8_prepare_wide(type, y + c * act_bytes, n, col, acts + c * (n / 32));
                 continue;
             }
             for (size_t b = 0; b < blocks; ++b) {
-                memcpy(hi + c * hi_bytes + b * level_block, y + c * act_bytes + b * levels * level_block, level_block);
+                memcpy(col + b * level_block, y + c * act_bytes + b * levels * level_block, level_block);
             }
-            vy[c] = hi + c * hi_bytes;
-            sfmp_x8_prepare_activations(type, vy[c], n, acts + c * (n / 32));
+            sfmp_x8_prepare_activations(type, col, n, acts + c * (n / 32));
         }
         (wide ? sfmp_x8_mul_mat_wide : sfmp_x8_mul_mat)(type, n, x8, 0, rows / 8, cols, vy, pa, dst);
         for (int c = 0; c < cols; ++c) {
@@ -64,7 +65,7 @@ int main(void) {
                 printf("%a %a\n", (double) generic, (double) dst[c][r]);
             }
         }
-        free(x); free(y); free(hi); free(x8); free(acts); free(out);
+        free(x); free(y); free(taken); free(x8); free(acts); free(out);
     }
     return 0;
 }

@@ -907,8 +907,8 @@ SFMP_X8_INLINE x8i sub_block_x8(const uint8_t * xb, const int B, const int U, co
         } else {
             const x8i t = level_terms(s[c], a->offset * SFMP_RESIDUAL_STEPS + a->lo_offset, a->sum * SFMP_RESIDUAL_STEPS + a->lo_sum,
                                       U, NL, plain, 0);
-            t_a[c] = x8i_sra(t, 10);
-            t_b[c] = x8i_and(t, x8i_set1((1 << 10) - 1));
+            t_a[c] = x8i_sra(t, shift);
+            t_b[c] = x8i_and(t, x8i_set1((1 << shift) - 1));
         }
     }
     return amp;
