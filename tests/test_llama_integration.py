@@ -20,6 +20,8 @@ from sfmp_gguf.format import (BY_NAME, FIRST_TYPE_ID, FORMAT_VERSION, GGUF_VERSI
                               UPGRADE_FLAG)
 from sfmp_gguf.llama.build import current_build
 from tests.convert_helpers import quantize_with_overrides
+from tests.llama_runs import EIGHT_BIT_PPL_BOUND, TWO_LEVEL_OVERRIDES, TWO_LEVEL_PPL_BOUND, eval_text
+from tests.llama_runs import perplexity as run_perplexity
 
 pytestmark = pytest.mark.integration
 
@@ -194,6 +196,24 @@ def test_sfmp_x8_buffer_on_the_plain_avx2_build_agrees_with_the_plain_cpu_path(a
     n = 512 if t.block_size == 256 else 576
     for args in ((n, 64, 1, 2), (n, 64, 37, 2), (n, 64, 37, 2, 8, 2, 2)):
         _check_buffers(avx2_build, t, *args)
+
+
+@pytest.mark.parametrize("overrides", [TWO_LEVEL_OVERRIDES, OVERRIDES], ids=["two-level", "sfmp"])
+def test_the_plain_avx2_build_scores_a_file_as_the_native_build_does(build, avx2_build, overrides, tmp_path):
+    """The whole model on the plain-AVX2 build, as a laptop without AVX-512 runs it, against this
+    machine's build: within 1e-3 where every matmul takes two-level activations, within 3% with 8-bit
+    ones (llama_runs: their rounding turns the builds' last-bit F32 differences into whole steps)."""
+    tool = avx2_build.tool("llama-perplexity")
+    assert tool.is_file(), f"{tool}: not built; the test command builds it"
+    model = quantize_with_overrides(build, tmp_path / "teacher.gguf", overrides)
+    text = eval_text(tmp_path)
+    native, _ = run_perplexity(build.tool("llama-perplexity"), model, text)
+    avx2, log = run_perplexity(tool, model, text)
+    bound = TWO_LEVEL_PPL_BOUND if overrides is TWO_LEVEL_OVERRIDES else EIGHT_BIT_PPL_BOUND
+    gap = f"plain AVX2 / native perplexity: {avx2} / {native}, relative gap {abs(avx2 / native - 1):.2e}"
+    print(gap)
+    assert re.search(r"SFMP_X8 model buffer size = +[1-9]", log)
+    assert avx2 == pytest.approx(native, rel=bound), gap
 
 
 @pytest.mark.parametrize("t", [t for t in SFMP_TYPES if t.fine_activations], ids=lambda t: t.name)
