@@ -81,7 +81,7 @@ def patched_tree(key: str | None = None) -> Path:
 
 
 # The build flavours, each in its own folder ``build-<name>`` (llama/build.py gives each its flags).
-BUILD_VARIANTS = ("cpu", "cuda", "asan", "avx2", "aarch64-dotprod", "aarch64-i8mm")
+BUILD_VARIANTS = ("cpu", "cuda", "asan", "avx2", "avx-vnni", "aarch64-dotprod", "aarch64-i8mm")
 
 
 def build_folder(key: str | None = None, variant: str = "cpu") -> Path:

@@ -61,7 +61,8 @@ SYNTHETIC_SIZE = "0.5B"
 SYNTHETIC_STOCK = ("Q2_K", "Q3_K", "IQ4_XS", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 RUNGS = tuple(t.name for t in SFMP_TYPES if t.block_size == 256 and t.grid == "uniform")
 VARIANT_PATHS = {"cpu": "this machine's build (-march=native: SFMP_X8 takes its AVX512-VNNI path here)",
-                 "avx2": "the plain-AVX2 build (no AVX-512, no VNNI: SFMP_X8 takes its AVX2 path)"}
+                 "avx2": "the plain-AVX2 build (no AVX-512, no VNNI: SFMP_X8 takes its AVX2 path)",
+                 "avx-vnni": "the AVX-VNNI build (AVX2 and AVX-VNNI, no AVX-512: SFMP_X8 takes its avx-vnni path)"}
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ _PLAIN_AVX2 = ("-DSFMP_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_F
                "-DGGML_BMI2=ON", "-DGGML_AVX_VNNI=OFF", "-DGGML_AVX512=OFF", "-DGGML_AVX512_VBMI=OFF",
                "-DGGML_AVX512_VNNI=OFF", "-DGGML_AVX512_BF16=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
                "-DGGML_AMX_BF16=OFF")
+# The same with AVX-VNNI, the 256-bit VEX form that laptops from Alder Lake on have without AVX-512.
+_AVX_VNNI = tuple(option.replace("-DGGML_AVX_VNNI=OFF", "-DGGML_AVX_VNNI=ON") for option in _PLAIN_AVX2)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ VARIANTS = {v.name: v for v in (
     Variant("cuda", ("-DSFMP_CUDA=ON",), ("sfmp_tools",)),
     Variant("asan", ("-DSFMP_SANITIZE=ON",), ("sfmp_fuzz_loader",)),
     Variant("avx2", _PLAIN_AVX2, ("llama-bench", "llama-cli")),
+    Variant("avx-vnni", _AVX_VNNI, ("llama-bench",)),
     Variant("aarch64-dotprod", _AARCH64 + ("-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod",),
             ("llama-cli", "llama-perplexity"), cross=True),
     Variant("aarch64-i8mm", _AARCH64 + ("-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+i8mm",),
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=tuple(VARIANTS), default="cpu",
                         help="the build flavour, each in its own folder: cpu (this machine's SIMD), cuda, "
                              "asan (AddressSanitizer + UndefinedBehaviorSanitizer, the fuzz harness), avx2 (plain "
-                             "AVX2 as on most laptops), aarch64-dotprod and aarch64-i8mm (cross-compiled, run "
+                             "AVX2 as on most laptops), avx-vnni (AVX2 with AVX-VNNI, as on newer laptops), aarch64-dotprod and aarch64-i8mm (cross-compiled, run "
                              "under qemu)")
     parser.add_argument("--cuda", action="store_const", dest="variant", const="cuda", help="--variant cuda")
     parser.add_argument("--sanitize", action="store_const", dest="variant", const="asan", help="--variant asan")

@@ -92,7 +92,8 @@ SFMP_X8_INLINE int wide_as_int16(int W, int ncols) {
 // higher rates too (plain AVX2: bench.speed, bench.x8_kernel; NEON: bench.arm_cost), so there
 // B + 1 = 6 and 8 widen as well: 4 + 2 bits in place of 4 + 1 and a plane, 4 + 4 in place of
 // 4 + 2 + 1 and a plane (B + 1 = 7 would still take three pieces). Those tensors grow by (8 - U) / 8
-// bits per weight.
+// bits per weight. AVX-VNNI (4 columns a decode) keeps VNNI's layout: widened there, its calls ran
+// faster in cache (bench.x8_kernel) but whole-model generation slower (llama-bench, avx-vnni build).
 SFMP_X8_INLINE int widened(int B, int U) {
 #if defined(SFMP_X8_VNNI)
     return U > 0 && B + 1 == 4;
