@@ -80,6 +80,17 @@ def test_llama_cli_loads_and_generates(build, sfmp_model):
     assert len(_continuation(result).strip()) > 5
 
 
+def test_llama_names_an_sfmp_file_type_without_guessing(build, tmp_path):
+    """An SFMP ftype is its type id (1024 and up), whose bit 1024 llama.cpp reads as its "guessed"
+    flag: the loader names it as the SFMP type, not as "(guessed)" and the stock type of the low bits."""
+    model = quantize_with_overrides(build, tmp_path / "teacher-sfmp425_k.gguf", {}, base="sfmp425_k")
+    result = _generate(build, model, "-n", "1", "-lv", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert re.search(r"file type += SFMP425_K - SFMP mixed precision\n", log), log[-3000:]
+    assert "(guessed)" not in log
+
+
 def _copy_with(tmp_path: Path, model: Path, edit) -> Path:
     copy = tmp_path / "edited.gguf"
     shutil.copyfile(model, copy)
