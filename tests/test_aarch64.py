@@ -23,7 +23,6 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 from sfmp_gguf import gguf_types
 from sfmp_gguf.format import SFMP_TYPES
-
 from sfmp_gguf.llama.build import AARCH64_SYSROOT, VARIANTS, current_build
 from tests.convert_helpers import quantize_with_overrides
 from tests import native_build

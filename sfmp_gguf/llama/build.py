@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=tuple(VARIANTS), default="cpu",
                         help="the build flavour, each in its own folder: cpu (this machine's SIMD), cuda, "
                              "asan (AddressSanitizer + UndefinedBehaviorSanitizer, the fuzz harness), avx2 (plain "
-                             "AVX2 as on most laptops), avx-vnni (AVX2 with AVX-VNNI, as on newer laptops), aarch64-dotprod and aarch64-i8mm (cross-compiled, run "
-                             "under qemu)")
+                             "AVX2 as on most laptops), avx-vnni (AVX2 with AVX-VNNI, as on newer laptops), "
+                             "aarch64-dotprod and aarch64-i8mm (cross-compiled, run under qemu)")
     parser.add_argument("--cuda", action="store_const", dest="variant", const="cuda", help="--variant cuda")
     parser.add_argument("--sanitize", action="store_const", dest="variant", const="asan", help="--variant asan")
     parser.add_argument("--jobs", "-j", type=int, default=None)
